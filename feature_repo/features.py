@@ -1,0 +1,46 @@
+"""Feature views, generated from the feature catalogue."""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Float64
+
+from feature_repo.data_sources import history_features_source, user_events_push
+from feature_repo.entities import user
+from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES, FeatureSpec
+
+
+def _fields(specs: tuple[FeatureSpec, ...]) -> list[Field]:
+    return [
+        Field(
+            name=spec.name,
+            dtype=Float64,
+            description=f"{spec.description} ({spec.window or 'latest'}, {spec.unit})",
+        )
+        for spec in specs
+    ]
+
+
+user_stream_features = FeatureView(
+    name="user_stream_features",
+    entities=[user],
+    ttl=timedelta(days=8),
+    schema=_fields(STREAM_FEATURES),
+    source=user_events_push,
+    online=True,
+    description="Sliding-window behaviour, kept fresh by the stream worker.",
+    owner="segscore",
+    tags={"group": "stream"},
+)
+
+user_history_features = FeatureView(
+    name="user_history_features",
+    entities=[user],
+    ttl=timedelta(days=3),
+    schema=_fields(HISTORY_FEATURES),
+    source=history_features_source,
+    online=True,
+    description="90-day purchase history, computed daily by the backfill.",
+    owner="segscore",
+    tags={"group": "history"},
+)

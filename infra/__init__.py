@@ -1,0 +1,1 @@
+"""How segscore runs: settings, the local stack, the CLI."""

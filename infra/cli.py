@@ -1,0 +1,221 @@
+"""The ``segscore`` command line: one subcommand per stage of the data flow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from infra import local_stack
+from infra.settings import get_settings
+
+app = typer.Typer(
+    help="Real-time segments and purchase propensity, explained.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Settings come from SEGSCORE_* environment variables (see infra/settings.py)."""
+    _setup_logging(verbose)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+@app.command()
+def up() -> None:
+    """Start Redis and the Kafka-protocol broker where missing; create topics."""
+    from infra.feast_config import write_feature_store_yaml
+    from infra.topics import ensure_topics
+
+    settings = get_settings()
+    stack = local_stack.up(settings)
+    ensure_topics(stack.kafka_broker, settings)
+    yaml_path = write_feature_store_yaml(
+        settings, stack.redis_url, settings.feature_repo / "feature_store.yaml"
+    )
+    console.print(f"redis  {stack.redis_url}")
+    console.print(f"kafka  {stack.kafka_broker}")
+    console.print(f"feast  {yaml_path} (cd feature_repo && feast apply)")
+
+
+@app.command()
+def down() -> None:
+    """Stop what ``segscore up`` started (nothing else)."""
+    stopped = local_stack.down(get_settings())
+    for service in stopped:
+        console.print(f"stopped {service.name} (pid {service.pid})")
+    if not stopped:
+        console.print("nothing to stop")
+
+
+@app.command()
+def status() -> None:
+    """Show where the stack runs and whether each part answers."""
+    state = local_stack.status(get_settings())
+    if not state:
+        console.print("stack not running (segscore up)")
+        raise typer.Exit(1)
+    for name, info in state.items():
+        mark = "[green]up[/]" if info["up"] else "[red]down[/]"
+        console.print(f"{name:6} {info['address']}  {mark}")
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="How many shoppers.")] = 1000,
+    days: Annotated[float, typer.Option(help="Days of history, ending now.")] = 28,
+    seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 7,
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet/JSONL file (default: data dir).")
+    ] = None,
+    to_kafka: Annotated[
+        bool, typer.Option(help="Produce to the events topic.")
+    ] = False,
+) -> None:
+    """Generate shopping sessions for behavioural personas."""
+    from streams.simulator import simulate as run
+
+    settings = get_settings()
+    end = time.time()
+    sim = run(users, end - days * 86_400, end, seed=seed)
+    if to_kafka:
+        from streams.producer import produce_events
+
+        stack = local_stack.current(settings)
+        sent = produce_events(stack.kafka_broker, settings.events_topic, sim.events)
+        console.print(f"produced {sent} events to {settings.events_topic}")
+        return
+    path = out or settings.data_dir / "events.parquet"
+    write_events(sim.events, path)
+    personas = path.with_suffix(".personas.json")
+    personas.write_text(json.dumps(sim.personas))
+    console.print(f"wrote {len(sim.events)} events of {users} users to {path}")
+
+
+def write_events(events: list, path: Path) -> None:
+    """Write events as Parquet or JSON lines, by file suffix."""
+    from streams.simulator import events_frame
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        with path.open("wb") as out:
+            for event in events:
+                out.write(event.to_json() + b"\n")
+    else:
+        events_frame(events).to_parquet(path, index=False)
+
+
+@app.command()
+def apply() -> None:
+    """Register the feature repo (same as ``feast apply`` in feature_repo/)."""
+    from infra.feast_config import apply_repo, feature_store
+
+    settings = get_settings()
+    stack = local_stack.current(settings)
+    apply_repo(feature_store(settings, stack.redis_url))
+    console.print("feature repo applied")
+
+
+@app.command()
+def train(
+    events: Annotated[
+        Path | None, typer.Option(help="Event file (default: data dir).")
+    ] = None,
+    seed_online: Annotated[
+        bool, typer.Option(help="Also seed the online store from the backfill.")
+    ] = True,
+) -> None:
+    """Backfill, build point-in-time training sets, train and register both models."""
+    from training.workflow import run_training
+
+    settings = get_settings()
+    path = events or settings.data_dir / "events.parquet"
+    summary = run_training(settings, path, seed_online=seed_online, console=console)
+    console.print_json(data=summary)
+
+
+@app.command()
+def worker() -> None:
+    """Run the Faust stream worker in the foreground."""
+    from streams.app import main as worker_main
+
+    sys.argv = ["faust", "worker", "-l", "warning"]
+    worker_main()
+
+
+@app.command()
+def serve(port: Annotated[int, typer.Option()] = 3000) -> None:
+    """Run the BentoML scoring service in the foreground."""
+    from infra.processes import process_env
+
+    settings = get_settings()
+    cmd = [
+        sys.executable, "-m", "bentoml", "serve", "serving.service:ScoringService",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    os.execve(sys.executable, cmd, process_env(settings))
+
+
+@app.command()
+def score(
+    user_ids: Annotated[list[str], typer.Argument(help="Users to score.")],
+    url: Annotated[str, typer.Option()] = "http://127.0.0.1:3000",
+    top_k: Annotated[int, typer.Option()] = 5,
+) -> None:
+    """Score users through the running service (real HTTP)."""
+    import httpx
+
+    response = httpx.post(
+        f"{url}/score",
+        json={"user_ids": user_ids, "explain": True, "top_k": top_k},
+        timeout=10,
+    )
+    if response.status_code != 200:
+        console.print(f"[red]{response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    console.print_json(data=response.json())
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(help="Shoppers in the history.")] = 600,
+    days: Annotated[float, typer.Option(help="Days of history.")] = 28,
+    home: Annotated[
+        Path | None, typer.Option(help="State dir (default: a fresh temp dir).")
+    ] = None,
+) -> None:
+    """From nothing to live scores: stack, history, training, stream, before/after."""
+    from infra.demo import run_demo
+
+    run_demo(users=users, days=days, home=home, console=console)
+
+
+@app.command()
+def catalogue() -> None:
+    """Print the feature catalogue as Markdown."""
+    from streams.feature_catalog import markdown_table
+
+    typer.echo(markdown_table())
+
+
+if __name__ == "__main__":
+    app()

