@@ -17,9 +17,7 @@ MAX_USERS_PER_REQUEST = 1000
 MAX_USER_ID_CHARS = 128
 MAX_TOP_K = 50
 
-UserId = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS)
-]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS)]
 
 
 class ScoreRequest(BaseModel):

@@ -18,6 +18,7 @@ import bentoml
 import joblib
 import lightgbm as lgb
 import numpy as np
+from bentoml._internal.models.model import ModelStore
 from sklearn.pipeline import Pipeline
 
 from infra.settings import PROJECT_ROOT, Settings
@@ -89,18 +90,21 @@ def code_version() -> str:
         return "unknown"
 
 
-def _use_store(settings: Settings) -> None:
-    # BentoML reads BENTOML_HOME when its store is first touched in the process.
-    import os
+def model_store(settings: Settings) -> ModelStore:
+    """The BentoML model store under settings' BentoML home.
 
-    os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
+    Passed explicitly because BentoML resolves BENTOML_HOME once per process, and
+    one process (a test run, the demo) may work with several homes.
+    """
+    root = settings.bentoml_home / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    return ModelStore(str(root))
 
 
 def save_segmenter(
     bundle: SegmenterBundle, settings: Settings, provenance: dict[str, Any]
 ) -> str:
     """Store a segmenter; returns its tag."""
-    _use_store(settings)
     payload = {
         "features": bundle.features,
         "segments": [asdict(s) for s in bundle.segments],
@@ -108,7 +112,9 @@ def save_segmenter(
         "metrics": bundle.metrics,
     }
     with bentoml.models.create(
-        SEGMENTER, metadata={**bundle.metrics, **provenance}
+        SEGMENTER,
+        metadata={**bundle.metrics, **provenance},
+        _model_store=model_store(settings),
     ) as model:
         joblib.dump(bundle.pipeline, Path(model.path) / "pipeline.joblib")
         (Path(model.path) / "bundle.json").write_text(json.dumps(payload))
@@ -119,7 +125,6 @@ def save_propensity(
     bundle: PropensityBundle, settings: Settings, provenance: dict[str, Any]
 ) -> str:
     """Store a propensity model; returns its tag."""
-    _use_store(settings)
     payload = {
         "features": bundle.features,
         "defaults": bundle.defaults,
@@ -127,7 +132,9 @@ def save_propensity(
         "metrics": bundle.metrics,
     }
     with bentoml.models.create(
-        PROPENSITY, metadata={**bundle.metrics, **provenance}
+        PROPENSITY,
+        metadata={**bundle.metrics, **provenance},
+        _model_store=model_store(settings),
     ) as model:
         bundle.booster.save_model(str(Path(model.path) / "model.txt"))
         (Path(model.path) / "bundle.json").write_text(json.dumps(payload))
@@ -156,8 +163,9 @@ def champion_tag(name: str, settings: Settings) -> str:
 
 def load_segmenter(settings: Settings, tag: str | None = None) -> SegmenterBundle:
     """Load the champion (or ``tag``) segmenter from the model store."""
-    _use_store(settings)
-    model = bentoml.models.get(tag or champion_tag(SEGMENTER, settings))
+    model = bentoml.models.get(
+        tag or champion_tag(SEGMENTER, settings), _model_store=model_store(settings)
+    )
     root = Path(model.path)
     payload = json.loads((root / "bundle.json").read_text())
     return SegmenterBundle(
@@ -172,8 +180,9 @@ def load_segmenter(settings: Settings, tag: str | None = None) -> SegmenterBundl
 
 def load_propensity(settings: Settings, tag: str | None = None) -> PropensityBundle:
     """Load the champion (or ``tag``) propensity model from the model store."""
-    _use_store(settings)
-    model = bentoml.models.get(tag or champion_tag(PROPENSITY, settings))
+    model = bentoml.models.get(
+        tag or champion_tag(PROPENSITY, settings), _model_store=model_store(settings)
+    )
     root = Path(model.path)
     payload = json.loads((root / "bundle.json").read_text())
     return PropensityBundle(
