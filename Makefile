@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`. Each builds .venv when it is missing.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +38,11 @@ def main(
 ) -> None:
     """Settings come from SEGSCORE_* environment variables (see infra/settings.py)."""
     _setup_logging(verbose)
+    if not verbose:
+        # Library deprecation chatter (pathspec via feast, pandas nanoseconds) is
+        # noise to a user of the CLI; -v shows it.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Discarding nonzero nanoseconds")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 
@@ -158,7 +164,7 @@ def worker() -> None:
     """Run the Faust stream worker in the foreground."""
     from streams.app import main as worker_main
 
-    sys.argv = ["faust", "worker", "-l", "warning"]
+    sys.argv = ["faust", "worker", "-l", "warn"]
     worker_main()
 
 

@@ -39,7 +39,7 @@ def _demo_home(home: Path | None) -> Iterator[Path]:
 def _score(url: str, user_ids: list[str]) -> dict[str, dict]:
     response = httpx.post(
         f"{url}/score",
-        json={"user_ids": user_ids, "explain": True, "top_k": 3},
+        json={"user_ids": user_ids, "explain": True, "top_k": 50},
         timeout=10,
     )
     response.raise_for_status()
@@ -53,12 +53,12 @@ def _wait_for_update(
     after = before
     while time.monotonic() < deadline:
         after = _score(url, user_ids)
+        # The history ends two minutes back, so a fresh age means the live write.
         changed = [
             u
             for u in user_ids
-            if after[u]["feature_age_seconds"] != before[u]["feature_age_seconds"]
-            and after[u]["feature_age_seconds"] is not None
-            and after[u]["feature_age_seconds"] < 120
+            if after[u]["feature_age_seconds"] is not None
+            and after[u]["feature_age_seconds"] < 60
         ]
         if len(changed) == len(user_ids):
             return after
@@ -144,6 +144,18 @@ def _pick_users(personas: dict[str, str]) -> list[str]:
     return chosen
 
 
+def _biggest_change(before: dict, after: dict) -> str:
+    """The feature whose contribution moved most, as 'name v0 -> v1 (+delta)'."""
+    old = {e["feature"]: e for e in before["explanation"]}
+    new = {e["feature"]: e for e in after["explanation"]}
+    name = max(new, key=lambda f: abs(new[f]["contribution"] - old[f]["contribution"]))
+    delta = new[name]["contribution"] - old[name]["contribution"]
+    return (
+        f"{name} {old[name]['value']:.4g} -> {new[name]['value']:.4g} "
+        f"({delta:+.2f} log-odds)"
+    )
+
+
 def _print_table(
     console: Console,
     users: list[str],
@@ -151,24 +163,19 @@ def _print_table(
     before: dict[str, dict],
     after: dict[str, dict],
 ) -> None:
-    table = Table(title="Scores before and after live events")
-    for column in ("user", "persona", "segment before", "segment after", "propensity"):
-        table.add_column(column)
-    table.add_column("top reason now")
+    table = Table(title="Scores before and after live events", expand=True)
+    for column in ("user", "persona", "segment", "propensity", "biggest change"):
+        table.add_column(column, overflow="fold")
     for uid in users:
         b, a = before[uid], after[uid]
-        top = a["explanation"][0] if a["explanation"] else None
-        reason = (
-            f"{top['feature']}={top['value']:g} ({top['contribution']:+.2f})"
-            if top
-            else "-"
-        )
+        segment = b["segment"]["name"]
+        if a["segment"]["id"] != b["segment"]["id"]:
+            segment = f"{segment} -> {a['segment']['name']}"
         table.add_row(
             uid,
             personas[uid],
-            b["segment"]["name"],
-            a["segment"]["name"],
+            segment,
             f"{b['propensity']:.3f} -> {a['propensity']:.3f}",
-            reason,
+            _biggest_change(b, a),
         )
     console.print(table)

@@ -81,8 +81,8 @@ class UserScore(BaseModel):
         description="No stored features for this user: population defaults were used."
     )
     feature_age_seconds: float | None = Field(
-        description="Seconds since the user's stored features were last written; "
-        "null on cold start."
+        description="Seconds since the user's real-time (stream) features were "
+        "last written; null when none are stored."
     )
 
 

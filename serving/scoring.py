@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.feature_catalog import stored_features
+from streams.feature_catalog import STREAM_FEATURES, stored_features
 from streams.feature_math import request_features
 from training.registry import PropensityBundle, SegmenterBundle
 
@@ -33,6 +33,8 @@ TIMESTAMP_SUFFIX = "__ts"
 LGBM_PREDICT_PARAMS: dict[str, Any] = {"num_threads": 1}
 
 StoredColumns = Mapping[str, Sequence[Any]]
+
+REALTIME_FEATURES = tuple(spec.name for spec in STREAM_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,9 @@ def score(
         )
         explanations = [[] for _ in range(n)]
     probabilities = models.propensity.probability(margin).tolist()
-    ages = feature_ages(stored, models.stored_features, n, as_of)
+    # Freshness is that of the real-time features; batch history is refreshed daily
+    # and would make every user look fresh right after a backfill.
+    ages = feature_ages(stored, REALTIME_FEATURES, n, as_of)
     cold = inputs.cold_start.tolist()
     names = models.segment_names
 

@@ -24,8 +24,10 @@ def seed_online(
 ) -> int:
     """Write states, latest stream features and history features; returns users.
 
-    Stream features are taken as of each user's newest event, exactly as the worker
-    computes them; history features as of ``as_of``.
+    Features are computed as of ``as_of`` (so windows are right now, not at the
+    user's last event), but stream rows keep the newest event time as their
+    timestamp: Feast's Redis store drops writes older than what it holds, and the
+    worker's next write for the user is stamped with that user's event time.
     """
     save_states(client, states)
     users = [u for u, s in states.items() if s.last_event_ts is not None]
@@ -34,7 +36,7 @@ def seed_online(
         for uid in users[start : start + chunk]:
             state = states[uid]
             last = state.last_event_ts
-            features = stream_features(state, last)
+            features = stream_features(state, as_of)
             stream_rows.append({"user_id": uid, "event_timestamp": last, **features})
             history = history_features(state, as_of)
             history_rows.append({"user_id": uid, "event_timestamp": as_of, **history})
