@@ -19,8 +19,16 @@ from infra.settings import Settings
 PROJECT = "segscore"
 
 
-def redis_connection_string(redis_url: str) -> str:
-    """Translate ``redis://[:password@]host:port/db`` into Feast's form."""
+def redis_connection_string(
+    redis_url: str, fail_fast_seconds: float | None = None
+) -> str:
+    """Translate ``redis://[:password@]host:port/db`` into Feast's form.
+
+    With ``fail_fast_seconds`` the client times out after that long and does not
+    retry: redis-py's default retry policy turns a refused connection into a ~10 s
+    stall, and a scoring request would rather get a 503 at once. Feast passes the
+    extra ``key=value`` pairs (JSON-decoded) to the redis-py client.
+    """
     url = urlparse(redis_url)
     parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
     if url.password:
@@ -29,10 +37,16 @@ def redis_connection_string(redis_url: str) -> str:
         parts.append("ssl=true")
     db = (url.path or "/0").lstrip("/") or "0"
     parts.append(f"db={db}")
+    if fail_fast_seconds is not None:
+        parts.append(f"socket_timeout={fail_fast_seconds}")
+        parts.append(f"socket_connect_timeout={fail_fast_seconds}")
+        parts.append("retry=null")
     return ",".join(parts)
 
 
-def repo_config_dict(settings: Settings, redis_url: str) -> dict:
+def repo_config_dict(
+    settings: Settings, redis_url: str, fail_fast_seconds: float | None = None
+) -> dict:
     """The feature_store.yaml content for this settings + stack."""
     return {
         "project": PROJECT,
@@ -44,18 +58,21 @@ def repo_config_dict(settings: Settings, redis_url: str) -> dict:
         },
         "online_store": {
             "type": "redis",
-            "connection_string": redis_connection_string(redis_url),
+            "connection_string": redis_connection_string(redis_url, fail_fast_seconds),
         },
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,
     }
 
 
-def feature_store(settings: Settings, redis_url: str) -> FeatureStore:
+def feature_store(
+    settings: Settings, redis_url: str, fail_fast_seconds: float | None = None
+) -> FeatureStore:
     """A FeatureStore bound to the repo in settings and the given Redis."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
-        repo_path=settings.feature_repo, **repo_config_dict(settings, redis_url)
+        repo_path=settings.feature_repo,
+        **repo_config_dict(settings, redis_url, fail_fast_seconds),
     )
     return FeatureStore(repo_path=str(settings.feature_repo), config=config)
 

@@ -42,23 +42,6 @@ ONLINE_STORE_TIMEOUT_SECONDS = 0.25
 JSON = "application/json"
 
 
-def _fail_fast(store: FeatureStore, timeout: float) -> None:
-    """Make the store's Redis client give up after ``timeout`` instead of retrying.
-
-    redis-py's default retry policy (3 retries, exponential backoff capped at 10 s)
-    turns a refused connection into a ~10 s stall. Feast passes extra
-    ``key=value`` pairs of the connection string to the client as keyword
-    arguments (JSON-decoded), and ``retry=null`` means "no retry object", i.e. one
-    attempt. This must run before the first read creates the client.
-    """
-    config = store.config.online_store
-    if getattr(config, "type", None) != "redis":
-        return
-    config.connection_string += (
-        f",socket_timeout={timeout},socket_connect_timeout={timeout},retry=null"
-    )
-
-
 def _feature_refs(store: FeatureStore, names: tuple[str, ...]) -> list[str]:
     """``view:feature`` references for stored feature names, from the registry."""
     owner: dict[str, str] = {}
@@ -106,8 +89,9 @@ class ScoringService:
         settings = get_settings()
         redis_url = current(settings).redis_url
 
-        self.store = feature_store(settings, redis_url)
-        _fail_fast(self.store, ONLINE_STORE_TIMEOUT_SECONDS)
+        self.store = feature_store(
+            settings, redis_url, fail_fast_seconds=ONLINE_STORE_TIMEOUT_SECONDS
+        )
         self.models = scoring.ScoringModels.from_bundles(
             load_segmenter(settings), load_propensity(settings)
         )
