@@ -1,0 +1,181 @@
+"""The training pipeline end to end on real Feast (file offline store) and a real
+BentoML model store, in a temporary home."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pandas as pd
+import pytest
+from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.models import ModelStore
+
+from infra.feast_config import apply_repo, feature_store
+from infra.settings import Settings
+from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
+from streams.simulator import events_frame, simulate
+from training import registry
+from training.pipeline import TrainResult, train
+from training.training_set import complete_features, matrix, training_frame
+
+START = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC
+DAYS = 24
+# Construction needs an online store address; nothing here goes online.
+UNUSED_REDIS = "redis://127.0.0.1:1/0"
+
+
+def _reload_feature_repo() -> None:
+    # feature_repo resolves its file paths from the settings at import time.
+    from feature_repo import data_sources, feature_services, features
+
+    for module in (data_sources, features, feature_services):
+        importlib.reload(module)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("training-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGSCORE_HOME", str(root))
+        patch.setenv("BENTOML_HOME", str(root / "bentoml"))
+        _reload_feature_repo()
+        models = root / "bentoml" / "models"
+        models.mkdir(parents=True)
+        # BentoML resolves its store once per process; other tests may have
+        # touched it already under another home.
+        with BentoMLContainer.model_store.patch(ModelStore(str(models))):
+            yield root
+    _reload_feature_repo()
+
+
+@pytest.fixture(scope="module")
+def trained(home: Path):
+    settings = Settings()
+    assert settings.home == home
+    store = feature_store(settings, UNUSED_REDIS)
+    apply_repo(store)
+    sim = simulate(240, START, START + DAYS * 86_400, seed=5)
+    events = events_frame(sim.events)
+    result = train(settings, store, events, sim.personas)
+    return settings, store, events, sim.personas, result
+
+
+def test_models_are_stored_promoted_and_loadable(trained) -> None:
+    settings, _, _, _, result = trained
+    champions = json.loads((settings.home / "champions.json").read_text())
+    assert champions == {
+        registry.SEGMENTER: result.segmenter.tag,
+        registry.PROPENSITY: result.propensity.tag,
+    }
+    segmenter = registry.load_segmenter(settings)
+    propensity = registry.load_propensity(settings)
+    assert segmenter.tag == result.segmenter.tag
+    assert propensity.tag == result.propensity.tag
+    assert segmenter.features == list(SEGMENTATION_FEATURES)
+    assert propensity.features == list(PROPENSITY_FEATURES)
+    assert [s.name for s in segmenter.segments] == [
+        s.name for s in result.segmenter.segments
+    ]
+    assert propensity.calibration == pytest.approx(result.propensity.calibration)
+
+    # The stored models score exactly like the fitted ones.
+    rng = np.random.default_rng(0)
+    probe = np.abs(rng.normal(5.0, 3.0, size=(50, len(PROPENSITY_FEATURES))))
+    np.testing.assert_allclose(
+        propensity.margin(probe), result.propensity.margin(probe), rtol=1e-9
+    )
+    seg_probe = probe[:, : len(SEGMENTATION_FEATURES)]
+    np.testing.assert_array_equal(
+        segmenter.assign(seg_probe), result.segmenter.assign(seg_probe)
+    )
+
+
+def test_metadata_carries_metrics_and_provenance(trained) -> None:
+    _, _, events, _, result = trained
+    for tag, service, features in (
+        (result.segmenter.tag, "segmentation", SEGMENTATION_FEATURES),
+        (result.propensity.tag, "propensity", PROPENSITY_FEATURES),
+    ):
+        meta = bentoml.models.get(tag).info.metadata
+        assert meta["feature_service"] == service
+        assert meta["features"] == list(features)
+        assert meta["code_version"]
+        assert meta["n_events"] == len(events)
+        assert meta["n_rows"] > 0
+        assert meta["training_window_start"].startswith("2024-01-01")
+    seg_meta = bentoml.models.get(result.segmenter.tag).info.metadata
+    assert {"silhouette", "davies_bouldin", "k", "ari_vs_personas"} <= set(seg_meta)
+    prop_meta = bentoml.models.get(result.propensity.tag).info.metadata
+    assert {"roc_auc", "pr_auc", "brier", "baseline_roc_auc"} <= set(prop_meta)
+
+
+def test_feast_training_set_is_point_in_time_correct(trained) -> None:
+    _, store, _, _, result = trained
+    stream = result.backfill.stream
+    snapshot = stream["event_timestamp"].unique()[len(result.snapshots) // 2]
+    rows = stream[stream["event_timestamp"] == snapshot].head(40)
+    # Half a day after the snapshot Feast must still serve that snapshot's row,
+    # with the ages derived at the later instant.
+    later = rows[["user_id"]].assign(
+        event_timestamp=pd.Timestamp(snapshot) + pd.Timedelta(hours=12)
+    )
+    got = training_frame(store, later, "propensity").set_index("user_id")
+    history = result.backfill.history
+    expected_stored = rows.merge(
+        history[history["event_timestamp"] == snapshot],
+        on=["user_id", "event_timestamp"],
+    )
+    expected = complete_features(
+        expected_stored, PROPENSITY_FEATURES, later["event_timestamp"].to_numpy()
+    ).set_index(expected_stored["user_id"])
+    pd.testing.assert_frame_equal(
+        got.loc[expected.index, list(PROPENSITY_FEATURES)], expected, rtol=1e-9
+    )
+    assert got.loc[expected.index, "hours_since_last_event"].min() >= 12
+
+
+def test_result_exposes_states_and_metrics(trained) -> None:
+    _, _, events, personas, result = trained
+    assert set(result.states) == set(events["user_id"])
+    assert result.segmenter.metrics["ari_vs_personas"] > 0.3
+    assert result.propensity.metrics["roc_auc"] > 0.75
+    assert set(result.timings) >= {"backfill", "propensity_fit", "save"}
+    assert len(personas) == 240
+
+
+def test_retraining_keeps_segment_ids(trained) -> None:
+    settings, store, events, _, first = trained
+    second: TrainResult = train(settings, store, events, promote=False)
+    assert [(s.id, s.name) for s in second.segmenter.segments] == [
+        (s.id, s.name) for s in first.segmenter.segments
+    ]
+    data = matrix(
+        training_frame(
+            store,
+            pd.DataFrame(
+                {
+                    "user_id": sorted(first.states),
+                    "event_timestamp": pd.Timestamp(
+                        first.snapshots[-1], unit="s", tz="UTC"
+                    ),
+                }
+            ),
+            "segmentation",
+        ),
+        SEGMENTATION_FEATURES,
+    )
+    assert np.mean(first.segmenter.assign(data) == second.segmenter.assign(data)) > 0.95
+    # Not promoted: the champions are still the first run's.
+    assert registry.load_segmenter(settings).tag == first.segmenter.tag
+
+
+def test_too_short_history_is_refused_with_a_reason(trained) -> None:
+    settings, store, events, _, _ = trained
+    short = events[events["ts"] < START + 4 * 86_400]
+    with pytest.raises(ValueError, match="label horizon"):
+        train(settings, store, short)

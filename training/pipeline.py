@@ -1,0 +1,226 @@
+"""The training pipeline: events -> backfill -> offline store -> Feast -> models.
+
+One call does what ``segscore train`` promises: replay the events with the stream
+worker's feature code, write the snapshots where the Feast offline store reads
+them, build point-in-time training sets through the models' feature services, fit
+the segmenter and the propensity model, and store and promote both.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from bentoml.exceptions import NotFound
+from feast import FeatureStore
+from sklearn.metrics import adjusted_rand_score
+
+from infra.settings import Settings
+from streams.events import iso
+from streams.user_state import UserState
+from training import registry
+from training.backfill import (
+    BackfillResult,
+    backfill,
+    offline_paths,
+    snapshot_grid,
+    write_offline,
+)
+from training.labels import labelled_snapshots, purchase_labels
+from training.propensity import fit_propensity
+from training.registry import PropensityBundle, SegmenterBundle
+from training.segmenter import fit_segmenter
+from training.training_set import matrix, model_features, training_frame
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_SERVICE = "segmentation"
+PROPENSITY_SERVICE = "propensity"
+
+# Feature views whose offline source the backfill writes.
+_OFFLINE_VIEWS = ("user_stream_features", "user_history_features")
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced.
+
+    Attributes:
+        segmenter: The fitted segmenter (``tag`` set once stored).
+        propensity: The fitted propensity model (``tag`` set once stored).
+        states: Each user's feature state after the last event, for seeding the
+            online path.
+        backfill: The snapshot tables written to the offline store.
+        snapshots: Snapshot instants, epoch seconds.
+        window: First and last event time, epoch seconds.
+        timings: Seconds spent per stage.
+    """
+
+    segmenter: SegmenterBundle
+    propensity: PropensityBundle
+    states: dict[str, UserState]
+    backfill: BackfillResult
+    snapshots: list[float]
+    window: tuple[float, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_offline_sources(store: FeatureStore, settings: Settings) -> None:
+    """Fail fast when the registered sources are not the files the backfill writes.
+
+    ``feature_repo`` resolves its paths from the settings at import time; a repo
+    applied under another ``SEGSCORE_HOME`` would silently train on stale files.
+    """
+    expected = {p.resolve() for p in offline_paths(settings)}
+    for name in _OFFLINE_VIEWS:
+        source = store.get_feature_view(name).batch_source
+        path = Path(getattr(source, "path", "")).resolve()
+        if path not in expected:
+            raise RuntimeError(
+                f"feature view {name!r} reads {path}, but the backfill writes "
+                f"{sorted(str(p) for p in expected)}; re-apply the feature repo "
+                "with the same SEGSCORE_HOME"
+            )
+
+
+def _previous_segmenter(settings: Settings) -> SegmenterBundle | None:
+    try:
+        return registry.load_segmenter(settings)
+    except (NotFound, OSError, KeyError, ValueError):
+        return None
+
+
+def train(
+    settings: Settings,
+    store: FeatureStore,
+    events: pd.DataFrame,
+    personas: dict[str, str] | None = None,
+    *,
+    promote: bool = True,
+) -> TrainResult:
+    """Backfill, build training sets through Feast, fit, store and promote.
+
+    Args:
+        settings: Paths, snapshot spacing, label horizon and lateness.
+        store: A Feast store with the repo applied for the same settings.
+        events: Validated events (contract columns, ``ts`` in epoch seconds).
+        personas: Ground-truth persona per user (simulated data only); adds the
+            adjusted Rand index to the segmenter's metrics.
+        promote: Make the new models the champions.
+
+    Returns:
+        The fitted models (with their store tags), final user states, backfill
+        tables and timings.
+    """
+    if events.empty:
+        raise ValueError("events: nothing to train on")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
+    ts = events["ts"].to_numpy(dtype=np.float64)
+    window = (float(ts.min()), float(ts.max()))
+    snapshots = snapshot_grid(*window, settings.snapshot_every_days)
+    if not snapshots:
+        raise ValueError(
+            f"events: {iso(window[0])}..{iso(window[1])} contains no snapshot instant"
+        )
+    labelled = labelled_snapshots(snapshots, settings.label_horizon_days, window[1])
+    if len(labelled) < 2:
+        raise ValueError(
+            f"events: {iso(window[0])}..{iso(window[1])} is too short: the "
+            f"propensity split needs two snapshots with a full "
+            f"{settings.label_horizon_days}-day label horizon after them"
+        )
+    check_offline_sources(store, settings)
+    result = backfill(events, snapshots, settings.allowed_lateness_seconds)
+    lap("backfill")
+    write_offline(result, settings)
+    lap("write_offline")
+
+    latest = result.stream["event_timestamp"].max()
+    population = result.stream.loc[
+        result.stream["event_timestamp"] == latest, ["user_id", "event_timestamp"]
+    ].reset_index(drop=True)
+    seg_frame = training_frame(store, population, SEGMENTATION_SERVICE)
+    lap("segmentation_set")
+    segmenter = fit_segmenter(seg_frame, previous=_previous_segmenter(settings))
+    if personas:
+        truth = seg_frame["user_id"].map(personas)
+        known = truth.notna().to_numpy()
+        assigned = segmenter.assign(matrix(seg_frame, tuple(segmenter.features)))
+        segmenter.metrics["ari_vs_personas"] = float(
+            adjusted_rand_score(truth[known], assigned[known])
+        )
+    lap("segmenter_fit")
+
+    entities = purchase_labels(
+        events, snapshots, settings.label_horizon_days, data_end=window[1]
+    )
+    prop_frame = training_frame(store, entities, PROPENSITY_SERVICE)
+    lap("propensity_set")
+    propensity = fit_propensity(prop_frame, settings.label_horizon_days)
+    lap("propensity_fit")
+
+    common: dict[str, Any] = {
+        "training_window_start": iso(window[0]),
+        "training_window_end": iso(window[1]),
+        "code_version": registry.code_version(),
+        "n_events": len(events),
+        "n_users": len(result.states),
+        "n_snapshots": len(snapshots),
+    }
+    segmenter.tag = registry.save_segmenter(
+        segmenter,
+        settings,
+        {
+            **common,
+            "feature_service": SEGMENTATION_SERVICE,
+            "features": list(model_features(SEGMENTATION_SERVICE)),
+            "n_rows": len(seg_frame),
+            "snapshot": str(latest),
+            "segments": [s.name for s in segmenter.segments],
+        },
+    )
+    propensity.tag = registry.save_propensity(
+        propensity,
+        settings,
+        {
+            **common,
+            "feature_service": PROPENSITY_SERVICE,
+            "features": list(model_features(PROPENSITY_SERVICE)),
+            "n_rows": len(prop_frame),
+            "label_horizon_days": settings.label_horizon_days,
+        },
+    )
+    if promote:
+        registry.promote(registry.SEGMENTER, segmenter.tag, settings)
+        registry.promote(registry.PROPENSITY, propensity.tag, settings)
+    lap("save")
+    log.info(
+        "trained %s and %s%s in %.1fs (%s)",
+        segmenter.tag,
+        propensity.tag,
+        " (promoted)" if promote else "",
+        sum(timings.values()),
+        timings,
+    )
+    return TrainResult(
+        segmenter=segmenter,
+        propensity=propensity,
+        states=result.states,
+        backfill=result,
+        snapshots=snapshots,
+        window=window,
+        timings=timings,
+    )
