@@ -3,11 +3,16 @@
 from datetime import timedelta
 
 from feast import FeatureView, Field
-from feast.types import Float64
+from feast.types import Bytes, Float64
 
 from feature_repo.data_sources import history_features_source, user_events_push
 from feature_repo.entities import user
-from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES, FeatureSpec
+from streams.feature_catalog import (
+    HISTORY_FEATURES,
+    STATE_FEATURE,
+    STREAM_FEATURES,
+    FeatureSpec,
+)
 
 
 def _fields(specs: tuple[FeatureSpec, ...]) -> list[Field]:
@@ -25,7 +30,15 @@ user_stream_features = FeatureView(
     name="user_stream_features",
     entities=[user],
     ttl=timedelta(days=8),
-    schema=_fields(STREAM_FEATURES),
+    schema=[
+        *_fields(STREAM_FEATURES),
+        Field(
+            name=STATE_FEATURE,
+            dtype=Bytes,
+            description="Bucketed per-user state; windows are summed from it at "
+            "read time, so they are right when read, not only when written.",
+        ),
+    ],
     source=user_events_push,
     online=True,
     description="Sliding-window behaviour, kept fresh by the stream worker.",

@@ -42,7 +42,10 @@ def start_worker(
     settings: Settings, name: str = "worker", extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """Start ``faust -A streams.app worker`` as a subprocess (log in home/logs)."""
-    cmd = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"]
+    cmd = [
+        sys.executable, "-m", "faust", "-A", "streams.app", "worker",
+        "-l", "info", "--without-web",
+    ]  # fmt: skip
     with _log(settings, name).open("ab") as out:
         return subprocess.Popen(
             cmd,

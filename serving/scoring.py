@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from streams.feature_catalog import STREAM_FEATURES, stored_features
-from streams.feature_math import request_features
+from streams.feature_catalog import STATE_FEATURE, STREAM_FEATURES, stored_features
+from streams.feature_math import request_features, stream_features
+from streams.user_state import UserState
 from training.registry import PropensityBundle, SegmenterBundle
 
 TIMESTAMP_SUFFIX = "__ts"
@@ -35,6 +36,37 @@ LGBM_PREDICT_PARAMS: dict[str, Any] = {"num_threads": 1}
 StoredColumns = Mapping[str, Sequence[Any]]
 
 REALTIME_FEATURES = tuple(spec.name for spec in STREAM_FEATURES)
+_REALTIME = frozenset(REALTIME_FEATURES)
+
+
+def online_columns(model_stored: Sequence[str]) -> tuple[str, ...]:
+    """What to read online: the state blob instead of the stream features.
+
+    Stream features stored online are as of their write; the blob lets every window
+    be computed as of the request instead.
+    """
+    return (STATE_FEATURE, *(n for n in model_stored if n not in _REALTIME))
+
+
+def with_read_time_features(
+    stored: StoredColumns, n_users: int, as_of: float
+) -> StoredColumns:
+    """Add the stream feature columns computed from each user's state at ``as_of``.
+
+    Uses :func:`streams.feature_math.stream_features`, the function the backfill
+    uses for training rows, so serving and training cannot disagree.
+    """
+    blobs = stored.get(STATE_FEATURE)
+    if blobs is None:
+        return stored
+    columns: dict[str, list[Any]] = {name: [None] * n_users for name in _REALTIME}
+    for i, blob in enumerate(blobs):
+        if blob:
+            for name, value in stream_features(
+                UserState.from_bytes(blob), as_of
+            ).items():
+                columns[name][i] = value
+    return {**stored, **columns}
 
 
 @dataclass(frozen=True)
@@ -252,6 +284,7 @@ def score(
         A dict of the shape of :class:`serving.schemas.ScoreResponse`.
     """
     n = len(user_ids)
+    stored = with_read_time_features(stored, n, as_of)
     inputs = build_inputs(stored, n, as_of, models)
     segments = models.segmenter.assign(inputs.segmentation).tolist()
 
@@ -276,7 +309,7 @@ def score(
     probabilities = models.propensity.probability(margin).tolist()
     # Freshness is that of the real-time features; batch history is refreshed daily
     # and would make every user look fresh right after a backfill.
-    ages = feature_ages(stored, REALTIME_FEATURES, n, as_of)
+    ages = feature_ages(stored, (STATE_FEATURE, *REALTIME_FEATURES), n, as_of)
     cold = inputs.cold_start.tolist()
     names = models.segment_names
 

@@ -96,7 +96,9 @@ class ScoringService:
             load_segmenter(settings), load_propensity(settings)
         )
         # Resolving references loads the registry now rather than on the first call.
-        self.feature_refs = _feature_refs(self.store, self.models.stored_features)
+        self.feature_refs = _feature_refs(
+            self.store, scoring.online_columns(self.models.stored_features)
+        )
         self.segments_body = orjson.dumps(
             scoring.segment_catalogue(self.models.segmenter)
         )

@@ -30,17 +30,67 @@ class FeatureSpec:
     window: str = ""
 
 
+def _windowed(
+    stem: str, meaning: str, unit: str, windows: tuple[str, ...]
+) -> tuple[FeatureSpec, ...]:
+    return tuple(
+        FeatureSpec(f"{stem}_{w}", meaning, unit, Group.STREAM, w) for w in windows
+    )
+
+
+_WINDOWS = ("1h", "24h", "7d")
+
 STREAM_FEATURES: tuple[FeatureSpec, ...] = (
-    FeatureSpec("events_1h", "All events", "count", Group.STREAM, "1h"),
-    FeatureSpec("events_24h", "All events", "count", Group.STREAM, "24h"),
-    FeatureSpec("events_7d", "All events", "count", Group.STREAM, "7d"),
-    FeatureSpec("product_views_24h", "Product views", "count", Group.STREAM, "24h"),
-    FeatureSpec("cart_adds_24h", "Add-to-cart events", "count", Group.STREAM, "24h"),
+    *_windowed("events", "All events", "count", _WINDOWS),
+    *_windowed("product_views", "Product views", "count", _WINDOWS),
+    *_windowed("cart_adds", "Add-to-cart events", "count", _WINDOWS),
+    *_windowed("cart_removes", "Remove-from-cart events", "count", _WINDOWS),
+    *_windowed("purchases", "Purchase events", "count", _WINDOWS),
+    *_windowed("revenue", "Revenue of purchases", "currency", _WINDOWS),
+    *_windowed("sessions", "Distinct sessions with an event", "count", _WINDOWS),
     FeatureSpec(
-        "cart_removes_24h", "Remove-from-cart events", "count", Group.STREAM, "24h"
+        "distinct_categories_24h",
+        "Distinct product categories touched",
+        "count",
+        Group.STREAM,
+        "24h",
     ),
-    FeatureSpec("purchases_7d", "Purchase events", "count", Group.STREAM, "7d"),
-    FeatureSpec("revenue_7d", "Revenue of purchases", "currency", Group.STREAM, "7d"),
+    FeatureSpec(
+        "avg_viewed_price_24h",
+        "Mean price of viewed products (0 without priced views)",
+        "currency",
+        Group.STREAM,
+        "24h",
+    ),
+    FeatureSpec(
+        "avg_viewed_price_7d",
+        "Mean price of viewed products (0 without priced views)",
+        "currency",
+        Group.STREAM,
+        "7d",
+    ),
+    FeatureSpec(
+        "view_to_cart_rate_7d",
+        "Cart adds per product view (0 without views)",
+        "ratio",
+        Group.STREAM,
+        "7d",
+    ),
+    FeatureSpec(
+        "cart_abandonments_24h",
+        "Cart adds not followed by a purchase within 30 minutes",
+        "count",
+        Group.STREAM,
+        "24h",
+    ),
+    FeatureSpec(
+        "engagement_score",
+        "Events weighted by kind (view 1, cart 3, checkout 4, purchase 5), "
+        "decayed with a one-day half-life",
+        "score",
+        Group.STREAM,
+        "decayed",
+    ),
     FeatureSpec(
         "last_event_ts", "Event time of the latest event", "epoch s", Group.STREAM
     ),
@@ -68,6 +118,17 @@ HISTORY_FEATURES: tuple[FeatureSpec, ...] = (
         Group.HISTORY,
         "90d",
     ),
+    FeatureSpec("orders_30d", "Purchase events", "count", Group.HISTORY, "30d"),
+    FeatureSpec("sessions_30d", "Sessions started", "count", Group.HISTORY, "30d"),
+    FeatureSpec("product_views_30d", "Product views", "count", Group.HISTORY, "30d"),
+    FeatureSpec("cart_adds_30d", "Add-to-cart events", "count", Group.HISTORY, "30d"),
+    FeatureSpec(
+        "conversion_rate_30d",
+        "Share of active days with a purchase",
+        "ratio",
+        Group.HISTORY,
+        "30d",
+    ),
     FeatureSpec(
         "first_seen_ts", "Event time of the first event", "epoch s", Group.HISTORY
     ),
@@ -94,6 +155,9 @@ REQUEST_FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 
+# Not a model input: the serialized state the stream features are read from.
+STATE_FEATURE = "state"
+
 CATALOGUE: dict[str, FeatureSpec] = {
     spec.name: spec for spec in STREAM_FEATURES + HISTORY_FEATURES + REQUEST_FEATURES
 }
@@ -103,14 +167,17 @@ TIMESTAMP_FEATURES = frozenset({"last_event_ts", "last_purchase_ts", "first_seen
 
 SEGMENTATION_FEATURES: tuple[str, ...] = (
     "events_7d",
-    "product_views_24h",
-    "cart_adds_24h",
-    "purchases_7d",
-    "revenue_7d",
+    "sessions_7d",
+    "view_to_cart_rate_7d",
+    "avg_viewed_price_7d",
     "orders_90d",
     "revenue_90d",
     "avg_order_value_90d",
     "purchase_days_90d",
+    "sessions_30d",
+    "product_views_30d",
+    "cart_adds_30d",
+    "conversion_rate_30d",
     "hours_since_last_event",
 )
 
@@ -119,14 +186,23 @@ PROPENSITY_FEATURES: tuple[str, ...] = (
     "events_24h",
     "events_7d",
     "product_views_24h",
+    "cart_adds_1h",
     "cart_adds_24h",
     "cart_removes_24h",
     "purchases_7d",
     "revenue_7d",
+    "sessions_7d",
+    "distinct_categories_24h",
+    "avg_viewed_price_24h",
+    "cart_abandonments_24h",
+    "engagement_score",
+    "view_to_cart_rate_7d",
     "orders_90d",
     "revenue_90d",
     "avg_order_value_90d",
     "purchase_days_90d",
+    "orders_30d",
+    "conversion_rate_30d",
     "hours_since_last_event",
     "days_since_last_purchase",
     "tenure_days",

@@ -1,79 +1,171 @@
 """Features from per-user state, as of a given instant: pure functions.
 
-Window semantics: a window of length W read at instant T covers the one-minute
-buckets (or one-day buckets for the 90-day history) whose index lies in
-``(index(T) - W, index(T)]``, i.e. the current bucket and the W-1 before it.
-Buckets after T are ignored, so "as of T" is exact for replays too.
+Window semantics, identical online and offline: a window of length W read at
+instant T covers the whole event-time buckets that overlap ``[T - W, T]`` -- one-minute
+buckets for ``1h``, one-hour buckets for ``24h`` and ``7d``, UTC days for ``30d`` and
+``90d``. Rounding outward to whole buckets never drops an event of the window and
+adds at most one bucket's worth from just before it; at a bucket boundary (the daily
+training snapshots) the window is exactly ``[T - W, T]``. Buckets after T's bucket
+are ignored, so "as of T" holds for replays too. Ages ("hours
+since ...") are never stored: :func:`request_features` derives them at read time.
 """
 
 from __future__ import annotations
 
-from streams.events import EventType
-from streams.user_state import DAY, EVENT_SLOTS, MINUTE, REVENUE_SLOT, UserState
+import math
 
-HOUR_MINUTES = 60
-DAY_MINUTES = 24 * 60
-WEEK_MINUTES = 7 * DAY_MINUTES
-HISTORY_DAYS = 90
+from streams.user_state import (
+    _DECAY,
+    ABANDON_SECONDS,
+    D_ADDS,
+    D_EVENTS,
+    D_PURCHASES,
+    D_REVENUE,
+    D_SESSIONS,
+    D_VIEWS,
+    DAY,
+    HOUR,
+    MINUTE,
+    S_ADDS,
+    S_EVENTS,
+    S_PURCHASES,
+    S_REMOVES,
+    S_REVENUE,
+    S_VIEW_PRICE_N,
+    S_VIEW_PRICE_SUM,
+    S_VIEWS,
+    UserState,
+)
+
 AGE_CAP_SECONDS = 90 * DAY
+_COUNTED = (
+    ("events", S_EVENTS),
+    ("product_views", S_VIEWS),
+    ("cart_adds", S_ADDS),
+    ("cart_removes", S_REMOVES),
+    ("purchases", S_PURCHASES),
+    ("revenue", S_REVENUE),
+)
 
-_VIEW = EVENT_SLOTS[EventType.PRODUCT_VIEW]
-_ADD = EVENT_SLOTS[EventType.ADD_TO_CART]
-_REMOVE = EVENT_SLOTS[EventType.REMOVE_FROM_CART]
-_PURCHASE = EVENT_SLOTS[EventType.PURCHASE]
-_EVENT_SLOTS = tuple(EVENT_SLOTS.values())
+
+def _sum_window(
+    buckets: dict[int, list[float]], low: int, high: int, size: int
+) -> list[float]:
+    totals = [0.0] * size
+    for index, bucket in buckets.items():
+        if low <= index <= high:
+            for slot in range(size):
+                totals[slot] += bucket[slot]
+    return totals
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
 
 
 def stream_features(state: UserState, as_of: float) -> dict[str, float | None]:
-    """The stream feature group (see the catalogue) as of ``as_of`` (epoch s)."""
-    now_minute = int(as_of // MINUTE)
-    events_1h = events_24h = events_7d = 0.0
-    views_24h = adds_24h = removes_24h = purchases_7d = revenue_7d = 0.0
-    for minute, bucket in state.minutes.items():
-        age = now_minute - minute
-        if age < 0 or age >= WEEK_MINUTES:
-            continue
-        total = sum(bucket[i] for i in _EVENT_SLOTS)
-        events_7d += total
-        purchases_7d += bucket[_PURCHASE]
-        revenue_7d += bucket[REVENUE_SLOT]
-        if age < DAY_MINUTES:
-            events_24h += total
-            views_24h += bucket[_VIEW]
-            adds_24h += bucket[_ADD]
-            removes_24h += bucket[_REMOVE]
-            if age < HOUR_MINUTES:
-                events_1h += total
-    return {
-        "events_1h": events_1h,
-        "events_24h": events_24h,
-        "events_7d": events_7d,
-        "product_views_24h": views_24h,
-        "cart_adds_24h": adds_24h,
-        "cart_removes_24h": removes_24h,
-        "purchases_7d": purchases_7d,
-        "revenue_7d": revenue_7d,
-        "last_event_ts": _not_after(state.last_event_ts, as_of),
-        "last_purchase_ts": _not_after(state.last_purchase_ts, as_of),
+    """The real-time feature group (see the catalogue) as of ``as_of`` (epoch s)."""
+    minute, hour = int(as_of // MINUTE), int(as_of // HOUR)
+    lows = {
+        "1h": int((as_of - HOUR) // MINUTE),
+        "24h": int((as_of - DAY) // HOUR),
+        "7d": int((as_of - 7 * DAY) // HOUR),
     }
+    size = S_VIEW_PRICE_N + 1
+    windows = {
+        "1h": _sum_window(state.minutes, lows["1h"], minute, size),
+        "24h": _sum_window(state.hours, lows["24h"], hour, size),
+        "7d": _sum_window(state.hours, lows["7d"], hour, size),
+    }
+    out: dict[str, float | None] = {}
+    for window, totals in windows.items():
+        for name, slot in _COUNTED:
+            out[f"{name}_{window}"] = totals[slot]
+    out["sessions_1h"] = float(
+        sum(
+            1
+            for _, ts in state.sessions.values()
+            if lows["1h"] <= ts // MINUTE <= minute
+        )
+    )
+    for window in ("24h", "7d"):
+        low = lows[window]
+        out[f"sessions_{window}"] = float(
+            sum(1 for _, ts in state.sessions.values() if low <= ts // HOUR <= hour)
+        )
+    out["distinct_categories_24h"] = float(
+        sum(1 for ts in state.categories.values() if lows["24h"] <= ts // HOUR <= hour)
+    )
+    day_totals, week_totals = windows["24h"], windows["7d"]
+    out["avg_viewed_price_24h"] = _ratio(
+        day_totals[S_VIEW_PRICE_SUM], day_totals[S_VIEW_PRICE_N]
+    )
+    out["avg_viewed_price_7d"] = _ratio(
+        week_totals[S_VIEW_PRICE_SUM], week_totals[S_VIEW_PRICE_N]
+    )
+    out["view_to_cart_rate_7d"] = _ratio(week_totals[S_ADDS], week_totals[S_VIEWS])
+    out["cart_abandonments_24h"] = float(_abandonments(state, as_of, lows["24h"], hour))
+    out["engagement_score"] = _engagement(state, as_of)
+    out["last_event_ts"] = _not_after(state.last_event_ts, as_of)
+    out["last_purchase_ts"] = _not_after(state.last_purchase_ts, as_of)
+    return out
+
+
+def _abandonments(state: UserState, as_of: float, low: int, high: int) -> int:
+    """Cart adds in the 24h window not followed by a purchase within 30 minutes.
+
+    Only decided cases count: an add less than 30 minutes before ``as_of`` may
+    still be bought.
+    """
+    count = 0
+    purchases = state.purchases
+    for added in state.cart_adds:
+        if not low <= added // HOUR <= high or added + ABANDON_SECONDS > as_of:
+            continue
+        if not any(added < p <= added + ABANDON_SECONDS for p in purchases):
+            count += 1
+    return count
+
+
+def _engagement(state: UserState, as_of: float) -> float:
+    ref = state.engagement_ts
+    if ref is None:
+        return 0.0
+    if as_of <= ref:
+        return state.engagement
+    return state.engagement * math.exp(-_DECAY * (as_of - ref))
 
 
 def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
-    """The 90-day history feature group as of ``as_of`` (epoch s)."""
+    """The 30/90-day history feature group as of ``as_of`` (epoch s)."""
     today = int(as_of // DAY)
-    orders = revenue = 0.0
-    purchase_days = 0
-    for day, (count, amount) in state.days.items():
+    # Days overlapping [T - 90d, T]: the current day and the 90 before it.
+    orders = revenue = orders_30 = sessions_30 = views_30 = adds_30 = 0.0
+    purchase_days = purchase_days_30 = active_days_30 = 0
+    for day, bucket in state.days.items():
         age = today - day
-        if 0 <= age < HISTORY_DAYS and count > 0:
-            orders += count
-            revenue += amount
-            purchase_days += 1
+        if not 0 <= age <= 90:
+            continue
+        orders += bucket[D_PURCHASES]
+        revenue += bucket[D_REVENUE]
+        purchase_days += bucket[D_PURCHASES] > 0
+        if age <= 30:
+            orders_30 += bucket[D_PURCHASES]
+            sessions_30 += bucket[D_SESSIONS]
+            views_30 += bucket[D_VIEWS]
+            adds_30 += bucket[D_ADDS]
+            purchase_days_30 += bucket[D_PURCHASES] > 0
+            active_days_30 += bucket[D_EVENTS] > 0
     return {
         "orders_90d": orders,
         "revenue_90d": revenue,
-        "avg_order_value_90d": revenue / orders if orders else 0.0,
+        "avg_order_value_90d": _ratio(revenue, orders),
         "purchase_days_90d": float(purchase_days),
+        "orders_30d": orders_30,
+        "sessions_30d": sessions_30,
+        "product_views_30d": views_30,
+        "cart_adds_30d": adds_30,
+        "conversion_rate_30d": _ratio(purchase_days_30, active_days_30),
         "first_seen_ts": _not_after(state.first_seen_ts, as_of),
     }
 
@@ -83,12 +175,12 @@ def request_features(stored: dict[str, float | None], as_of: float) -> dict[str,
 
     def age(key: str) -> float:
         ts = stored.get(key)
-        if ts is None:
+        if ts is None or ts != ts:  # None or NaN: never happened
             return AGE_CAP_SECONDS
         return min(max(as_of - ts, 0.0), AGE_CAP_SECONDS)
 
     return {
-        "hours_since_last_event": age("last_event_ts") / 3600.0,
+        "hours_since_last_event": age("last_event_ts") / HOUR,
         "days_since_last_purchase": age("last_purchase_ts") / DAY,
         "tenure_days": age("first_seen_ts") / DAY,
     }

@@ -8,7 +8,7 @@ import pandas as pd
 from feast import FeatureStore
 from feast.data_source import PushMode
 
-from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
+from streams.feature_catalog import HISTORY_FEATURES, STATE_FEATURE, STREAM_FEATURES
 
 PUSH_SOURCE = "user_events_push"
 HISTORY_VIEW = "user_history_features"
@@ -20,9 +20,10 @@ def feature_frame(
     rows: Sequence[Mapping[str, object]], columns: Sequence[str] = STREAM_COLUMNS
 ) -> pd.DataFrame:
     """Rows of ``{user_id, event_timestamp (epoch s), features...}`` as a frame."""
-    names = list(columns)
+    names = [c for c in columns if c != STATE_FEATURE]
+    extra = [STATE_FEATURE] if STATE_FEATURE in columns else []
     frame = pd.DataFrame.from_records(
-        rows, columns=["user_id", "event_timestamp", *names]
+        rows, columns=["user_id", "event_timestamp", *names, *extra]
     )
     frame["event_timestamp"] = pd.to_datetime(
         frame["event_timestamp"], unit="s", utc=True
@@ -32,10 +33,11 @@ def feature_frame(
 
 
 def push_online(store: FeatureStore, rows: Sequence[Mapping[str, object]]) -> None:
-    """Push stream feature rows to the online store (Redis)."""
+    """Push stream feature rows (with the ``state`` blob) to the online store."""
     if rows:
         # PushMode enum, not the string: Feast 0.67 ignores to="online" silently.
-        store.push(PUSH_SOURCE, feature_frame(rows), to=PushMode.ONLINE)
+        frame = feature_frame(rows, (*STREAM_COLUMNS, STATE_FEATURE))
+        store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
 
 
 def write_history_online(

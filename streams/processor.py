@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from streams.events import Event, Rejection, parse_event
+from streams.feature_catalog import STATE_FEATURE
 from streams.feature_math import stream_features
 from streams.user_state import Outcome, UserState, apply_event
 
@@ -75,7 +76,19 @@ def apply_batch(
         state = states[uid]
         as_of = state.last_event_ts
         assert as_of is not None
-        rows.append(
-            {"user_id": uid, "event_timestamp": as_of, **stream_features(state, as_of)}
-        )
+        rows.append(online_row(uid, state, as_of))
     return BatchResult(rows=rows, late=late, counts=counts)
+
+
+def online_row(uid: str, state: UserState, as_of: float) -> dict[str, object]:
+    """The stream feature row pushed online for one user.
+
+    Stamped with the user's newest event time: Feast keeps a row only if it is not
+    older than the one it holds, and event time is what orders a user's rows.
+    """
+    return {
+        "user_id": uid,
+        "event_timestamp": state.last_event_ts,
+        **stream_features(state, as_of),
+        STATE_FEATURE: state.to_bytes(with_dedupe=False),
+    }

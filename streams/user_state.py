@@ -1,17 +1,24 @@
 """Per-user feature state and the one transition that folds an event into it.
 
-The state is time-bucketed by *event time*: one-minute buckets of counters for the
-short windows (kept for 7 days plus the allowed lateness) and one-day buckets of
-purchases and revenue for the 90-day history. Windows are sums of buckets taken at
-read time (:mod:`streams.feature_math`), so the same state answers "as of" any
-instant, and out-of-order events within the lateness land in the right bucket.
+Mechanism (why windows are right when *read*, not only when written): the state
+keeps time-bucketed counters by *event time* -- one-minute buckets for the last hour,
+one-hour buckets for the last week, one-day buckets for 90 days -- plus the few
+exact facts the other features need (session and category last-seen times, recent
+cart-add and purchase times, a decayed engagement score with its reference time).
+:mod:`streams.feature_math` sums the buckets that fall inside each window *at the
+instant of the read*. So a user idle for two hours reads 0 events in the last hour,
+whenever the state was last written; an out-of-order event within the allowed
+lateness lands in its own bucket; and a replay computes the same numbers.
 
-Both the Faust worker and the backfill call :func:`apply_event`; that is what makes
-online and offline features identical.
+The stream worker and the backfill both call :func:`apply_event`; that is what
+makes online and offline features identical. The state is stored in Redis by the
+worker and, without its dedupe ids, in the Feast online store (feature ``state``),
+where the scoring path reads it and derives every window as of the request.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -21,14 +28,39 @@ import orjson
 from streams.events import Event, EventType
 
 MINUTE = 60
+HOUR = 3600
 DAY = 86_400
-SHORT_HORIZON_SECONDS = 7 * DAY
-LONG_HORIZON_DAYS = 90
 
-# Counter slots of a minute bucket: one per event type, then revenue.
-EVENT_SLOTS: dict[EventType, int] = {etype: i for i, etype in enumerate(EventType)}
-REVENUE_SLOT = len(EVENT_SLOTS)
-SLOTS = REVENUE_SLOT + 1
+MINUTE_WINDOW = 60  # minute buckets read by the 1h windows
+HOUR_WINDOW = 7 * 24  # hour buckets read by the 24h and 7d windows
+DAY_WINDOW = 90  # day buckets read by the 30d and 90d history
+ABANDON_SECONDS = 30 * MINUTE  # a cart add with no purchase this long after it
+ENGAGEMENT_HALF_LIFE_SECONDS = DAY
+_DECAY = math.log(2) / ENGAGEMENT_HALF_LIFE_SECONDS
+
+# Counter slots of minute and hour buckets.
+S_EVENTS, S_VIEWS, S_ADDS, S_REMOVES, S_PURCHASES, S_REVENUE = range(6)
+S_VIEW_PRICE_SUM, S_VIEW_PRICE_N = 6, 7
+SLOTS = 8
+# Counter slots of day buckets.
+D_PURCHASES, D_REVENUE, D_SESSIONS, D_VIEWS, D_ADDS, D_EVENTS = range(6)
+DAY_SLOTS = 6
+
+ENGAGEMENT_WEIGHTS: dict[EventType, float] = {
+    EventType.PAGE_VIEW: 1.0,
+    EventType.PRODUCT_VIEW: 1.0,
+    EventType.SEARCH: 1.0,
+    EventType.ADD_TO_CART: 3.0,
+    EventType.REMOVE_FROM_CART: 0.0,
+    EventType.CHECKOUT: 4.0,
+    EventType.PURCHASE: 5.0,
+}
+_TYPE_SLOT: dict[EventType, int] = {
+    EventType.PRODUCT_VIEW: S_VIEWS,
+    EventType.ADD_TO_CART: S_ADDS,
+    EventType.REMOVE_FROM_CART: S_REMOVES,
+    EventType.PURCHASE: S_PURCHASES,
+}
 
 
 class Outcome(Enum):
@@ -44,39 +76,66 @@ class UserState:
     """Everything needed to compute one user's features as of any recent instant."""
 
     minutes: dict[int, list[float]] = field(default_factory=dict)
+    hours: dict[int, list[float]] = field(default_factory=dict)
     days: dict[int, list[float]] = field(default_factory=dict)
+    # session id -> [first seen, last seen]; the first decides the day it counts on
+    sessions: dict[str, list[float]] = field(default_factory=dict)
+    categories: dict[str, float] = field(default_factory=dict)  # name -> last seen
+    cart_adds: list[float] = field(default_factory=list)  # recent add times
+    purchases: list[float] = field(default_factory=list)  # recent purchase times
+    engagement: float = 0.0  # decayed score at engagement_ts
+    engagement_ts: float | None = None
     first_seen_ts: float | None = None
     last_event_ts: float | None = None
     last_purchase_ts: float | None = None
-    seen: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # event id -> time
 
-    def to_bytes(self) -> bytes:
-        """Compact JSON for the state store."""
+    def to_bytes(self, with_dedupe: bool = True) -> bytes:
+        """Compact JSON; without the dedupe ids for the read-only copy in Feast."""
         return orjson.dumps(
             {
                 "m": [[k, *v] for k, v in self.minutes.items()],
+                "h": [[k, *v] for k, v in self.hours.items()],
                 "d": [[k, *v] for k, v in self.days.items()],
-                "f": self.first_seen_ts,
-                "l": self.last_event_ts,
-                "p": self.last_purchase_ts,
-                "s": self.seen,
+                "ss": self.sessions,
+                "c": self.categories,
+                "ca": self.cart_adds,
+                "pu": self.purchases,
+                "e": [self.engagement, self.engagement_ts],
+                "t": [self.first_seen_ts, self.last_event_ts, self.last_purchase_ts],
+                "s": self.seen if with_dedupe else {},
             }
         )
 
     @classmethod
     def from_bytes(cls, blob: bytes | None) -> UserState:
-        """Inverse of :meth:`to_bytes`; ``None`` gives a fresh state."""
+        """Inverse of :meth:`to_bytes`; ``None`` or empty gives a fresh state."""
         if not blob:
             return cls()
         raw: dict[str, Any] = orjson.loads(blob)
+        first, last, last_purchase = raw["t"]
         return cls(
-            minutes={int(row[0]): list(row[1:]) for row in raw["m"]},
-            days={int(row[0]): list(row[1:]) for row in raw["d"]},
-            first_seen_ts=raw["f"],
-            last_event_ts=raw["l"],
-            last_purchase_ts=raw["p"],
+            minutes={int(r[0]): list(r[1:]) for r in raw["m"]},
+            hours={int(r[0]): list(r[1:]) for r in raw["h"]},
+            days={int(r[0]): list(r[1:]) for r in raw["d"]},
+            sessions=raw["ss"],
+            categories=raw["c"],
+            cart_adds=raw["ca"],
+            purchases=raw["pu"],
+            engagement=raw["e"][0],
+            engagement_ts=raw["e"][1],
+            first_seen_ts=first,
+            last_event_ts=last,
+            last_purchase_ts=last_purchase,
             seen=raw["s"],
         )
+
+
+def _bucket(buckets: dict[int, list[float]], index: int, size: int) -> list[float]:
+    bucket = buckets.get(index)
+    if bucket is None:
+        bucket = buckets[index] = [0.0] * size
+    return bucket
 
 
 def apply_event(state: UserState, event: Event, lateness_seconds: int) -> Outcome:
@@ -93,41 +152,100 @@ def apply_event(state: UserState, event: Event, lateness_seconds: int) -> Outcom
     if newest is not None and ts < newest - lateness_seconds:
         return Outcome.LATE
 
-    minute = int(ts // MINUTE)
-    bucket = state.minutes.get(minute)
-    if bucket is None:
-        bucket = state.minutes[minute] = [0.0] * SLOTS
-    bucket[EVENT_SLOTS[event.event_type]] += 1.0
-    if event.event_type is EventType.PURCHASE:
-        revenue = event.revenue or 0.0
-        bucket[REVENUE_SLOT] += revenue
-        day = int(ts // DAY)
-        day_bucket = state.days.get(day)
-        if day_bucket is None:
-            day_bucket = state.days[day] = [0.0, 0.0]
-        day_bucket[0] += 1.0
-        day_bucket[1] += revenue
+    etype = event.event_type
+    slot = _TYPE_SLOT.get(etype)
+    day = _bucket(state.days, int(ts // DAY), DAY_SLOTS)
+    day[D_EVENTS] += 1.0
+    for bucket in (
+        _bucket(state.minutes, int(ts // MINUTE), SLOTS),
+        _bucket(state.hours, int(ts // HOUR), SLOTS),
+    ):
+        bucket[S_EVENTS] += 1.0
+        if slot is not None:
+            bucket[slot] += 1.0
+        if etype is EventType.PURCHASE:
+            bucket[S_REVENUE] += event.revenue or 0.0
+        elif etype is EventType.PRODUCT_VIEW and event.price is not None:
+            bucket[S_VIEW_PRICE_SUM] += event.price
+            bucket[S_VIEW_PRICE_N] += 1.0
+
+    if etype is EventType.PRODUCT_VIEW:
+        day[D_VIEWS] += 1.0
+    elif etype is EventType.ADD_TO_CART:
+        day[D_ADDS] += 1.0
+        state.cart_adds.append(ts)
+    elif etype is EventType.PURCHASE:
+        day[D_PURCHASES] += 1.0
+        day[D_REVENUE] += event.revenue or 0.0
+        state.purchases.append(ts)
         if state.last_purchase_ts is None or ts > state.last_purchase_ts:
             state.last_purchase_ts = ts
+
+    if event.session_id:
+        span = state.sessions.get(event.session_id)
+        if span is None:
+            day[D_SESSIONS] += 1.0
+            state.sessions[event.session_id] = [ts, ts]
+        elif ts < span[0]:
+            # An earlier event of a known session arrived late: the session counts
+            # on the day it started, whatever order its events came in.
+            first_day = state.days.get(int(span[0] // DAY))
+            if first_day is not None:
+                first_day[D_SESSIONS] -= 1.0
+            day[D_SESSIONS] += 1.0
+            span[0] = ts
+        elif ts > span[1]:
+            span[1] = ts
+    if event.category:
+        previous = state.categories.get(event.category)
+        if previous is None or ts > previous:
+            state.categories[event.category] = ts
+
+    weight = ENGAGEMENT_WEIGHTS[etype]
+    ref = state.engagement_ts
+    if ref is None or ts >= ref:
+        decayed = state.engagement * math.exp(-_DECAY * (ts - ref)) if ref else 0.0
+        state.engagement = decayed + weight
+        state.engagement_ts = ts
+    else:
+        state.engagement += weight * math.exp(-_DECAY * (ref - ts))
+
     if state.first_seen_ts is None or ts < state.first_seen_ts:
         state.first_seen_ts = ts
     state.seen[event.event_id] = ts
     if newest is None or ts > newest:
         state.last_event_ts = ts
-        _prune(state, lateness_seconds)
+        # Pruning once per new minute is enough: reads filter by window anyway, so
+        # what is kept a little longer never changes a feature.
+        if newest is None or int(ts // MINUTE) != int(newest // MINUTE):
+            _prune(state, lateness_seconds)
     return Outcome.APPLIED
 
 
 def _prune(state: UserState, lateness_seconds: int) -> None:
-    """Forget what no window or dedupe check can reach any more."""
+    """Forget what no window (read at or after the newest event) can reach."""
     newest = state.last_event_ts
     assert newest is not None
-    oldest_minute = int((newest - SHORT_HORIZON_SECONDS - lateness_seconds) // MINUTE)
-    oldest_day = int(newest // DAY) - LONG_HORIZON_DAYS - 1
-    oldest_seen = newest - lateness_seconds
-    for key in [k for k in state.minutes if k < oldest_minute]:
-        del state.minutes[key]
-    for key in [k for k in state.days if k < oldest_day]:
-        del state.days[key]
-    for key in [k for k, ts in state.seen.items() if ts < oldest_seen]:
+    oldest = newest - lateness_seconds
+    # Reads at or after ``oldest`` reach back to the bucket holding oldest - W.
+    oldest_minute = int((oldest - MINUTE_WINDOW * MINUTE) // MINUTE)
+    oldest_hour = int((oldest - HOUR_WINDOW * HOUR) // HOUR)
+    oldest_day = int(oldest // DAY) - DAY_WINDOW
+    for buckets, floor in (
+        (state.minutes, oldest_minute),
+        (state.hours, oldest_hour),
+        (state.days, oldest_day),
+    ):
+        for key in [k for k in buckets if k < floor]:
+            del buckets[key]
+    session_floor = oldest_hour * HOUR
+    for key in [k for k, span in state.sessions.items() if span[1] < session_floor]:
+        del state.sessions[key]
+    day_floor = int((oldest - DAY) // HOUR) * HOUR
+    for key in [k for k, ts in state.categories.items() if ts < day_floor]:
+        del state.categories[key]
+    cart_floor = day_floor - ABANDON_SECONDS
+    state.cart_adds = [t for t in state.cart_adds if t >= cart_floor]
+    state.purchases = [t for t in state.purchases if t >= cart_floor]
+    for key in [k for k, ts in state.seen.items() if ts < oldest]:
         del state.seen[key]

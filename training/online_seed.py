@@ -9,8 +9,9 @@ from __future__ import annotations
 import redis
 from feast import FeatureStore
 
-from streams.feature_math import history_features, stream_features
+from streams.feature_math import history_features
 from streams.online_sink import push_online, write_history_online
+from streams.processor import online_row
 from streams.state_store import save_states
 from streams.user_state import UserState
 
@@ -35,9 +36,7 @@ def seed_online(
         stream_rows, history_rows = [], []
         for uid in users[start : start + chunk]:
             state = states[uid]
-            last = state.last_event_ts
-            features = stream_features(state, as_of)
-            stream_rows.append({"user_id": uid, "event_timestamp": last, **features})
+            stream_rows.append(online_row(uid, state, as_of))
             history = history_features(state, as_of)
             history_rows.append({"user_id": uid, "event_timestamp": as_of, **history})
         push_online(store, stream_rows)

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from streams.events import Event, EventType
+from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
 from streams.feature_math import history_features, request_features, stream_features
-from streams.user_state import DAY, Outcome, UserState, apply_event
+from streams.user_state import DAY, HOUR, Outcome, UserState, apply_event
 
-T0 = 1_800_000_000.0  # a minute boundary: 1_800_000_000 % 60 == 0
+T0 = 1_800_000_000.0  # an hour boundary: 1_800_000_000 % 3600 == 0
 LATENESS = 600
+_counter = iter(range(1_000_000))
 
 
 def ev(
-    n: int, ts: float, etype: EventType = EventType.PAGE_VIEW, revenue: float = 0.0
+    ts: float,
+    etype: EventType = EventType.PAGE_VIEW,
+    *,
+    revenue: float | None = None,
+    price: float | None = None,
+    session: str | None = None,
+    category: str | None = None,
+    event_id: str | None = None,
 ) -> Event:
     return Event(
-        event_id=f"e{n}",
+        event_id=event_id or f"e{next(_counter)}",
         user_id="u1",
         event_type=etype,
         ts=ts * 1000,
-        revenue=revenue if etype is EventType.PURCHASE else None,
+        revenue=revenue,
+        price=price,
+        session_id=session,
+        category=category,
     )
 
 
@@ -31,81 +45,148 @@ def fold(*events: Event) -> UserState:
     return state
 
 
+def test_every_catalogued_feature_is_computed() -> None:
+    state = fold(ev(T0 - 60))
+    assert set(stream_features(state, T0)) == {s.name for s in STREAM_FEATURES}
+    assert set(history_features(state, T0)) == {s.name for s in HISTORY_FEATURES}
+
+
 def test_windows_count_what_lies_inside_them() -> None:
     state = fold(
-        ev(1, T0 - 8 * DAY),  # outside every window
-        ev(2, T0 - 2 * DAY, EventType.PURCHASE, revenue=40.0),  # 7d only
-        ev(3, T0 - 3 * 3600, EventType.ADD_TO_CART),  # 24h and 7d
-        ev(4, T0 - 600, EventType.PRODUCT_VIEW),  # every window
-        ev(5, T0 - 30, EventType.PURCHASE, revenue=10.0),
+        ev(T0 - 8 * DAY),  # outside every window
+        ev(T0 - 2 * DAY, EventType.PURCHASE, revenue=40.0),  # 7d only
+        ev(T0 - 3 * HOUR, EventType.ADD_TO_CART),  # 24h and 7d
+        ev(T0 - 600, EventType.PRODUCT_VIEW, price=20.0),  # every window
+        ev(T0 - 30, EventType.PURCHASE, revenue=10.0),
     )
-    features = stream_features(state, T0)
-    assert features == {
+    f = stream_features(state, T0)
+    expected = {
         "events_1h": 2.0,
         "events_24h": 3.0,
         "events_7d": 4.0,
+        "product_views_1h": 1.0,
         "product_views_24h": 1.0,
+        "cart_adds_1h": 0.0,
         "cart_adds_24h": 1.0,
-        "cart_removes_24h": 0.0,
+        "cart_adds_7d": 1.0,
+        "purchases_1h": 1.0,
+        "purchases_24h": 1.0,
         "purchases_7d": 2.0,
+        "revenue_1h": 10.0,
         "revenue_7d": 50.0,
+        "avg_viewed_price_24h": 20.0,
+        "view_to_cart_rate_7d": 1.0,
         "last_event_ts": T0 - 30,
         "last_purchase_ts": T0 - 30,
     }
+    assert {k: f[k] for k in expected} == expected
 
 
 def test_windows_are_right_when_read_later() -> None:
-    state = fold(ev(1, T0 - 60), ev(2, T0 - 30))
+    state = fold(ev(T0 - 60), ev(T0 - 30))
     assert stream_features(state, T0)["events_1h"] == 2.0
-    later = stream_features(state, T0 + 2 * 3600)
+    later = stream_features(state, T0 + 2 * HOUR)
     assert later["events_1h"] == 0.0
     assert later["events_24h"] == 2.0
+    assert stream_features(state, T0 + 8 * DAY)["events_7d"] == 0.0
 
 
 def test_events_after_the_read_instant_are_not_seen() -> None:
-    state = fold(ev(1, T0 - 60), ev(2, T0 + 120, EventType.PURCHASE, revenue=5.0))
+    # Buckets after the read's bucket are ignored (within one bucket, the state
+    # never holds later events: online reads are at "now", backfill folds in order).
+    state = fold(ev(T0 - 60), ev(T0 + 2 * HOUR, EventType.PURCHASE, revenue=5.0))
     features = stream_features(state, T0)
-    assert features["events_1h"] == 1.0
+    assert features["events_24h"] == 1.0
     assert features["purchases_7d"] == 0.0
     assert features["last_purchase_ts"] is None
 
 
+def test_sessions_and_categories_are_distinct_counts() -> None:
+    state = fold(
+        ev(T0 - 2 * DAY, session="a", category="toys"),
+        ev(T0 - 3 * HOUR, session="b", category="toys"),
+        ev(T0 - 3 * HOUR + 60, session="b", category="books"),
+        ev(T0 - 120, session="c", category="toys"),
+    )
+    f = stream_features(state, T0)
+    assert (f["sessions_1h"], f["sessions_24h"], f["sessions_7d"]) == (1.0, 2.0, 3.0)
+    assert f["distinct_categories_24h"] == 2.0
+
+
+def test_cart_abandonment_needs_thirty_quiet_minutes() -> None:
+    state = fold(
+        ev(T0 - 5 * HOUR, EventType.ADD_TO_CART),  # abandoned
+        ev(T0 - 3 * HOUR, EventType.ADD_TO_CART),  # bought 10 min later
+        ev(T0 - 3 * HOUR + 600, EventType.PURCHASE, revenue=1.0),
+        ev(T0 - 600, EventType.ADD_TO_CART),  # undecided: only 10 min ago
+    )
+    assert stream_features(state, T0)["cart_abandonments_24h"] == 1.0
+    assert stream_features(state, T0 + 1800)["cart_abandonments_24h"] == 2.0
+
+
+def test_engagement_decays_with_a_one_day_half_life() -> None:
+    state = fold(ev(T0 - DAY, EventType.PURCHASE, revenue=1.0), ev(T0))
+    assert stream_features(state, T0)["engagement_score"] == pytest.approx(5 / 2 + 1)
+    later = stream_features(state, T0 + DAY)["engagement_score"]
+    assert later == pytest.approx((5 / 2 + 1) / 2)
+    shuffled = fold(ev(T0), ev(T0 - 300, EventType.PURCHASE, revenue=1.0))
+    assert stream_features(shuffled, T0)["engagement_score"] == pytest.approx(
+        5 * math.exp(-math.log(2) * 300 / DAY) + 1
+    )
+
+
 def test_duplicates_are_ignored_and_late_events_refused() -> None:
     state = UserState()
-    assert apply_event(state, ev(1, T0), LATENESS) is Outcome.APPLIED
-    assert apply_event(state, ev(1, T0), LATENESS) is Outcome.DUPLICATE
-    in_time = ev(2, T0 - LATENESS + 1)
-    assert apply_event(state, in_time, LATENESS) is Outcome.APPLIED
-    assert apply_event(state, ev(3, T0 - LATENESS - 1), LATENESS) is Outcome.LATE
+    assert apply_event(state, ev(T0, event_id="x"), LATENESS) is Outcome.APPLIED
+    assert apply_event(state, ev(T0, event_id="x"), LATENESS) is Outcome.DUPLICATE
+    assert apply_event(state, ev(T0 - LATENESS + 1), LATENESS) is Outcome.APPLIED
+    assert apply_event(state, ev(T0 - LATENESS - 1), LATENESS) is Outcome.LATE
     assert stream_features(state, T0)["events_1h"] == 2.0
 
 
 def test_out_of_order_events_land_in_their_bucket() -> None:
-    ordered = fold(ev(1, T0 - 300), ev(2, T0 - 100), ev(3, T0 - 50))
-    shuffled = fold(ev(3, T0 - 50), ev(1, T0 - 300), ev(2, T0 - 100))
-    assert stream_features(ordered, T0) == stream_features(shuffled, T0)
+    a, b, c = ev(T0 - 300), ev(T0 - 100), ev(T0 - 50)
+    assert stream_features(fold(a, b, c), T0) == stream_features(fold(c, a, b), T0)
 
 
 def test_state_survives_serialization() -> None:
-    state = fold(ev(1, T0 - 90), ev(2, T0 - 30, EventType.PURCHASE, revenue=9.5))
-    again = UserState.from_bytes(state.to_bytes())
-    assert again == state
-
-
-def test_history_features_over_ninety_days() -> None:
     state = fold(
-        ev(1, T0 - 100 * DAY, EventType.PURCHASE, revenue=100.0),
-        ev(2, T0 - 20 * DAY, EventType.PURCHASE, revenue=30.0),
-        ev(3, T0 - 20 * DAY + 60, EventType.PURCHASE, revenue=10.0),
-        ev(4, T0 - 2 * DAY, EventType.PURCHASE, revenue=20.0),
+        ev(T0 - 90, session="s", category="toys"),
+        ev(T0 - 30, EventType.PURCHASE, revenue=9.5),
     )
-    assert history_features(state, T0) == {
-        "orders_90d": 3.0,
-        "revenue_90d": 60.0,
-        "avg_order_value_90d": 20.0,
-        "purchase_days_90d": 2.0,
-        "first_seen_ts": T0 - 100 * DAY,
-    }
+    assert UserState.from_bytes(state.to_bytes()) == state
+    read_copy = UserState.from_bytes(state.to_bytes(with_dedupe=False))
+    assert read_copy.seen == {}
+    assert stream_features(read_copy, T0 + 60) == stream_features(state, T0 + 60)
+
+
+def test_pruning_never_changes_a_window() -> None:
+    events = [
+        ev(T0 + i * 7 * 60, EventType.PRODUCT_VIEW, price=1.0) for i in range(3000)
+    ]
+    state = fold(*events)
+    end = events[-1].ts
+    assert len(state.minutes) <= 60 + LATENESS // 60 + 2
+    naive_7d = sum(1 for e in events if e.ts // HOUR >= (end - 7 * DAY) // HOUR)
+    assert stream_features(state, end)["product_views_7d"] == naive_7d
+
+
+def test_history_features_over_thirty_and_ninety_days() -> None:
+    state = fold(
+        ev(T0 - 100 * DAY, EventType.PURCHASE, revenue=100.0),
+        ev(T0 - 40 * DAY, EventType.PURCHASE, revenue=30.0, session="a"),
+        ev(T0 - 20 * DAY, EventType.PURCHASE, revenue=10.0, session="b"),
+        ev(T0 - 20 * DAY + 60, EventType.PURCHASE, revenue=10.0, session="b"),
+        ev(T0 - 2 * DAY, EventType.PRODUCT_VIEW, session="c"),
+    )
+    f = history_features(state, T0)
+    assert f["orders_90d"] == 3.0
+    assert f["revenue_90d"] == 50.0
+    assert f["avg_order_value_90d"] == pytest.approx(50.0 / 3)
+    assert f["purchase_days_90d"] == 2.0
+    assert (f["orders_30d"], f["sessions_30d"], f["product_views_30d"]) == (2, 2, 1)
+    assert f["conversion_rate_30d"] == 0.5
+    assert f["first_seen_ts"] == T0 - 100 * DAY
 
 
 def test_ages_are_computed_at_read_time_and_capped() -> None:
@@ -115,3 +196,18 @@ def test_ages_are_computed_at_read_time_and_capped() -> None:
     assert ages["days_since_last_purchase"] == 90.0
     assert ages["tenure_days"] == 0.0
     assert request_features(stored, T0 + 3600)["hours_since_last_event"] == 3.0
+
+
+def test_state_does_not_depend_on_arrival_order_within_lateness() -> None:
+    midnight = (T0 // DAY + 1) * DAY
+    events = [
+        ev(midnight - 240, session="s", category="toys"),
+        ev(midnight + 60, EventType.ADD_TO_CART, session="s"),
+        ev(midnight + 120, EventType.PURCHASE, revenue=3.0, session="s"),
+    ]
+    ordered = fold(*events)
+    shuffled = fold(events[2], events[0], events[1])
+    at = midnight + 3600
+    assert history_features(ordered, at) == history_features(shuffled, at)
+    assert stream_features(ordered, at) == pytest.approx(stream_features(shuffled, at))
+    assert history_features(ordered, at)["sessions_30d"] == 1.0
