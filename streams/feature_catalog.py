@@ -230,10 +230,20 @@ REQUEST_SOURCES: dict[str, tuple[str, ...]] = {
 
 def markdown_table() -> str:
     """The catalogue as a Markdown table, for the docs."""
-    lines = ["| feature | group | window | unit | meaning |", "|---|---|---|---|---|"]
+    lines = [
+        "# Feature catalogue",
+        "",
+        "Generated from `streams/feature_catalog.py` by `segscore catalogue`; "
+        "a test keeps this file equal to it.",
+        "Windows are read at request time from bucketed state "
+        "(see `streams/feature_math.py`).",
+        "",
+        "| feature | group | window | unit | meaning |",
+        "|---|---|---|---|---|",
+    ]
     for spec in CATALOGUE.values():
         lines.append(
             f"| `{spec.name}` | {spec.group} | {spec.window or '-'} | {spec.unit} "
             f"| {spec.description} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
