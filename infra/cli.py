@@ -164,7 +164,8 @@ def worker() -> None:
     """Run the Faust stream worker in the foreground."""
     from streams.app import main as worker_main
 
-    sys.argv = ["faust", "worker", "-l", "warn"]
+    # The worker CLI turns the web server back on unless told otherwise.
+    sys.argv = ["faust", "worker", "-l", "warn", "--without-web"]
     worker_main()
 
 
@@ -220,7 +221,77 @@ def catalogue() -> None:
     """Print the feature catalogue as Markdown."""
     from streams.feature_catalog import markdown_table
 
-    typer.echo(markdown_table())
+    typer.echo(markdown_table(), nl=False)
+
+
+bench_app = typer.Typer(help="Benchmarks on real components.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("stream")
+def bench_stream(
+    events: Annotated[int, typer.Option(help="Backlog size.", min=1)] = 100_000,
+    rate: Annotated[
+        int, typer.Option(help="Offered events/s for freshness.", min=1)
+    ] = 5_000,
+    users: Annotated[int, typer.Option(help="Distinct users.", min=1)] = 10_000,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of paced producing.", min=0.5)
+    ] = 15.0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy the worker over the backlog (collapsed stacks)."),
+    ] = None,
+    batch_max_events: Annotated[
+        int | None, typer.Option(help="Override the worker's batch size limit.")
+    ] = None,
+    batch_max_seconds: Annotated[
+        float | None, typer.Option(help="Override the worker's batch time limit.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 7,
+    keep_home: Annotated[
+        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+    ] = False,
+) -> None:
+    """Broker -> Faust worker -> Redis: backlog throughput and freshness at a rate.
+
+    Starts its own stack in a temporary home and stops it at the end.
+    """
+    from infra.bench_stream import (
+        BenchConfig,
+        BenchError,
+        flat,
+        print_result,
+        run_bench,
+    )
+
+    config = BenchConfig(
+        events=events,
+        rate=rate,
+        users=users,
+        duration=duration,
+        seed=seed,
+        batch_max_events=batch_max_events,
+        batch_max_seconds=batch_max_seconds,
+        profile=profile,
+        keep_home=keep_home,
+    )
+    try:
+        result = run_bench(config, console)
+    except BenchError as exc:
+        console.print(f"[red]bench failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; stopped everything the bench started")
+        raise typer.Exit(130) from None
+    print_result(console, result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(flat(result), indent=2) + "\n")
+        console.print(f"wrote {json_out}")
 
 
 if __name__ == "__main__":
