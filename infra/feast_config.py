@@ -45,7 +45,10 @@ def redis_connection_string(
 
 
 def repo_config_dict(
-    settings: Settings, redis_url: str, fail_fast_seconds: float | None = None
+    settings: Settings,
+    redis_url: str,
+    fail_fast_seconds: float | None = None,
+    skip_write_dedup: bool = False,
 ) -> dict:
     """The feature_store.yaml content for this settings + stack."""
     return {
@@ -59,6 +62,7 @@ def repo_config_dict(
         "online_store": {
             "type": "redis",
             "connection_string": redis_connection_string(redis_url, fail_fast_seconds),
+            "skip_dedup": skip_write_dedup,
         },
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,
@@ -66,13 +70,20 @@ def repo_config_dict(
 
 
 def feature_store(
-    settings: Settings, redis_url: str, fail_fast_seconds: float | None = None
+    settings: Settings,
+    redis_url: str,
+    fail_fast_seconds: float | None = None,
+    skip_write_dedup: bool = False,
 ) -> FeatureStore:
-    """A FeatureStore bound to the repo in settings and the given Redis."""
+    """A FeatureStore bound to the repo in settings and the given Redis.
+
+    ``skip_write_dedup`` drops Feast's check that a written row is newer than the
+    stored one; only for a writer that orders its rows itself.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
         repo_path=settings.feature_repo,
-        **repo_config_dict(settings, redis_url, fail_fast_seconds),
+        **repo_config_dict(settings, redis_url, fail_fast_seconds, skip_write_dedup),
     )
     return FeatureStore(repo_path=str(settings.feature_repo), config=config)
 

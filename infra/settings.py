@@ -41,11 +41,28 @@ class Settings(BaseSettings):
         default=2000, description="Micro-batch size limit of the stream worker."
     )
     batch_max_seconds: float = Field(
-        default=0.2, description="Micro-batch time limit of the stream worker."
+        default=0.05, description="Micro-batch time limit of the stream worker."
+    )
+    consumer_fetch_max_wait_ms: int = Field(
+        default=50,
+        description="How long a fetch may wait for data (Faust hard-codes 1500 ms).",
     )
     allowed_lateness_seconds: int = 600
     max_future_seconds: int = 300
     max_event_bytes: int = 16_384
+
+    worker_id: str | None = Field(
+        default=None,
+        description="Names this worker's metrics file and series; unset: host-pid.",
+    )
+    worker_metrics_port: int = Field(
+        default=0, description="Serve the worker's Prometheus metrics here; 0 = off."
+    )
+    worker_metrics_addr: str = "127.0.0.1"
+    worker_metrics_interval_seconds: float = Field(
+        default=5.0,
+        description="How often the worker rewrites home/metrics/<worker-id>.prom.",
+    )
 
     label_horizon_days: int = 7
     snapshot_every_days: int = 1

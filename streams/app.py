@@ -1,28 +1,52 @@
 """The Faust app: ``faust -A streams.app worker`` (or ``segscore worker``).
 
-The agent consumes ``events`` in micro-batches (``take_events``). For each batch it
-validates (bad events to ``events-dlq`` with their reason), folds the valid ones into
-per-user state held in Redis, pushes the touched users' features to the Feast online
-store, saves the states, and only then lets Faust acknowledge the batch's offsets.
-Redis failures are retried with backoff forever: the batch is neither dropped nor
-acknowledged until it is written.
+The agent consumes ``events`` in micro-batches. For each batch the engine validates
+(bad events to ``events-dlq`` with their reason), folds the valid ones into per-user
+state held in Redis, pushes the touched users' features to the Feast online store,
+saves the states and waits for the DLQ records to be delivered; only then does the
+agent acknowledge the batch's messages, and only acknowledged offsets are committed.
+
+The batches come from ``noack_take``, not ``take_events``: ``take_events`` acks a
+batch in a ``finally`` block, so an exception or a cancellation (shutdown) in the
+loop body would still mark an unwritten batch as done and let Faust commit it. Here
+nothing is acknowledged unless the write completed. Redis and broker failures are
+retried inside the engine forever with backoff; should anything else escape, the
+process exits at once without committing, and the restarted worker replays from
+the last committed offset (updates are idempotent).
+
+Metrics (Prometheus text): ``$SEGSCORE_HOME/metrics/<worker-id>.prom``, rewritten
+every ``worker_metrics_interval_seconds``, and ``/metrics`` on
+``SEGSCORE_WORKER_METRICS_PORT`` when that is not 0. See :mod:`streams.metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import warnings
 
 import faust
 
 from infra.local_stack import current
 from infra.settings import get_settings
+from streams.kafka_tuning import set_fetch_max_wait
+from streams.metrics import WorkerMetrics, remove_textfile, textfile_path, worker_id
 from streams.worker_engine import FeatureEngine
+
+# Feast warns on every push whose timestamps carry sub-microsecond float noise.
+warnings.filterwarnings("ignore", message="Discarding nonzero nanoseconds")
 
 log = logging.getLogger("segscore.worker")
 
+EXIT_UNEXPECTED = 70  # EX_SOFTWARE
+
 settings = get_settings()
 _stack = current(settings)
+WORKER_ID = worker_id(settings)
+METRICS_FILE = textfile_path(settings, WORKER_ID)
+
+set_fetch_max_wait(settings.consumer_fetch_max_wait_ms)
 
 app = faust.App(
     settings.consumer_group,
@@ -43,22 +67,89 @@ app = faust.App(
 events_topic = app.topic(settings.events_topic, value_type=bytes, key_type=bytes)
 dlq_topic = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes)
 
-engine = FeatureEngine(settings, _stack.redis_url)
+metrics = WorkerMetrics(WORKER_ID)
+engine = FeatureEngine(settings, _stack.redis_url, metrics)
 
 
 @app.agent(events_topic)
 async def build_features(stream: faust.Stream) -> None:
-    """Turn micro-batches of raw events into online features."""
-    async for batch in stream.take_events(
+    """Turn micro-batches of raw events into online features; ack only when written."""
+    async for batch in stream.noack_take(
         settings.batch_max_events, within=settings.batch_max_seconds
     ):
-        await engine.handle(batch, dlq_topic)
+        try:
+            await engine.handle(batch, dlq_topic)
+            for event in batch:
+                await stream.ack(event)
+            engine.acknowledged(batch)
+        except asyncio.CancelledError:
+            raise  # shutting down: the batch stays unacknowledged
+        except BaseException:
+            log.critical(
+                "unexpected failure handling a batch; exiting without committing it",
+                exc_info=True,
+            )
+            logging.shutdown()
+            os._exit(EXIT_UNEXPECTED)
+
+
+def consumer_lag() -> dict[tuple[str, int], int]:
+    """Per assigned events partition: high watermark minus the next offset to do."""
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    lags: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != settings.events_topic:
+            continue
+        key = (tp.topic, tp.partition)
+        highwater = consumer.highwater(tp)
+        done = max(engine.next_offsets.get(key, 0), committed.get(tp) or 0)
+        lags[key] = max((highwater or 0) - done, 0)
+    return lags
+
+
+def refresh_metrics() -> None:
+    """Update the lag gauges and rewrite the textfile; never raises."""
+    try:
+        metrics.set_lag(consumer_lag())
+    except Exception as exc:  # consumer not started yet, or rebalancing
+        log.debug("lag unavailable: %s", exc)
+    try:
+        metrics.write_textfile(METRICS_FILE)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", METRICS_FILE, exc)
+
+
+@app.task
+async def start_metrics() -> None:
+    """Serve metrics over HTTP when a port is set; write the first textfile."""
+    addr, port = settings.worker_metrics_addr, settings.worker_metrics_port
+    if port:
+        try:
+            port = metrics.serve_http(port, addr)
+        except OSError as exc:  # e.g. the port is taken: keep consuming regardless
+            log.error("cannot serve metrics on %s:%d: %s", addr, port, exc)
+        else:
+            log.info("metrics on http://%s:%d/metrics", addr, port)
+    refresh_metrics()
+
+
+@app.timer(interval=settings.worker_metrics_interval_seconds)
+async def write_metrics() -> None:
+    """Refresh the exposition periodically (node-exporter textfile style)."""
+    refresh_metrics()
 
 
 @app.timer(interval=30.0)
 async def report_counts() -> None:
     """Log the running counters now and then (quiet at the default level)."""
     log.info("counters %s", dict(engine.counts))
+
+
+@app.on_before_shutdown.connect
+async def drop_metrics_file(sender: faust.App, **kwargs: object) -> None:
+    """A stopped worker leaves no stale series behind."""
+    remove_textfile(METRICS_FILE)
 
 
 def main() -> None:

@@ -54,18 +54,23 @@ def parse_batch(
 
 
 def apply_batch(
-    events: list[Event], states: dict[str, UserState], lateness_seconds: int
+    events: list[Event],
+    states: dict[str, UserState],
+    lateness_seconds: int,
+    offsets: list[int | None] | None = None,
 ) -> BatchResult:
     """Fold events into ``states`` (in place) and compute touched users' features.
 
     Features are computed as of each user's newest event time, so a replay of the
-    same log gives the same rows whatever the wall clock says.
+    same log gives the same rows whatever the wall clock says. ``offsets`` are the
+    events' source offsets (stream only), which make replays duplicates.
     """
     counts: Counter[str] = Counter()
     late: list[Event] = []
     touched: dict[str, None] = {}
-    for event in events:
-        outcome = apply_event(states[event.user_id], event, lateness_seconds)
+    for i, event in enumerate(events):
+        offset = offsets[i] if offsets is not None else None
+        outcome = apply_event(states[event.user_id], event, lateness_seconds, offset)
         counts[outcome.value] += 1
         if outcome is Outcome.APPLIED:
             touched[event.user_id] = None

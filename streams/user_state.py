@@ -89,6 +89,10 @@ class UserState:
     last_event_ts: float | None = None
     last_purchase_ts: float | None = None
     seen: dict[str, float] = field(default_factory=dict)  # event id -> time
+    # Highest source offset applied. A user's events all live in one partition, so
+    # a replay after a crash is recognised by offset even when it lies beyond the
+    # event-id window (which only spans the allowed lateness).
+    offset: int = -1
 
     def to_bytes(self, with_dedupe: bool = True) -> bytes:
         """Compact JSON; without the dedupe ids for the read-only copy in Feast."""
@@ -104,6 +108,7 @@ class UserState:
                 "e": [self.engagement, self.engagement_ts],
                 "t": [self.first_seen_ts, self.last_event_ts, self.last_purchase_ts],
                 "s": self.seen if with_dedupe else {},
+                "o": self.offset,
             }
         )
 
@@ -128,6 +133,7 @@ class UserState:
             last_event_ts=last,
             last_purchase_ts=last_purchase,
             seen=raw["s"],
+            offset=raw.get("o", -1),
         )
 
 
@@ -138,13 +144,21 @@ def _bucket(buckets: dict[int, list[float]], index: int, size: int) -> list[floa
     return bucket
 
 
-def apply_event(state: UserState, event: Event, lateness_seconds: int) -> Outcome:
+def apply_event(
+    state: UserState, event: Event, lateness_seconds: int, offset: int | None = None
+) -> Outcome:
     """Fold one event into ``state`` (in place) unless it is a duplicate or too late.
 
     An event is late when its time lies more than ``lateness_seconds`` before the
     newest event time this user has shown; such events are refused rather than
-    rewriting windows that may already have been served and trained on.
+    rewriting windows that may already have been served and trained on. With a
+    source ``offset`` (the stream), anything at or below the highest offset
+    already applied is a replay, hence a duplicate, whatever its time.
     """
+    if offset is not None:
+        if offset <= state.offset:
+            return Outcome.DUPLICATE
+        state.offset = offset
     if event.event_id in state.seen:
         return Outcome.DUPLICATE
     ts = event.ts

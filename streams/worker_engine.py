@@ -1,12 +1,34 @@
-"""The worker's I/O around :mod:`streams.processor`: Redis state, Feast push, DLQ."""
+"""The worker's I/O around :mod:`streams.processor`: Redis state, Feast push, DLQ.
+
+Delivery contract (what :meth:`FeatureEngine.handle` guarantees its caller, the Faust
+agent in :mod:`streams.app`, which acknowledges a batch only after ``handle`` returns):
+
+- ``handle`` returns only once every message of the batch is accounted for: its
+  event's features are online and its state saved, or its DLQ record is delivered.
+- It never gives up on a batch: failures of the online store (and of anything else
+  in the load / push / save path) and of the DLQ producer are retried forever with
+  capped, jittered exponential backoff, counted by stage and error type. A stuck
+  batch stalls the partition (lag grows; nothing is committed) instead of being lost.
+- Bad input never stops it: invalid events become DLQ records with their reason. An
+  event that makes the pure feature step itself raise is isolated by splitting the
+  batch and sent to the DLQ as ``processing_error``; the rest of the batch is written.
+- Cancellation (worker shutdown) propagates; nothing of the batch is acknowledged.
+
+Writes are idempotent, so a batch replayed after a crash changes nothing: events are
+deduplicated by ``event_id`` in the user state, and features are pushed *before* the
+states are saved, so a crash in between replays onto the old state and pushes the
+same rows again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -15,14 +37,25 @@ import redis
 from infra.feast_config import feature_store
 from infra.settings import Settings
 from streams.events import Event, Rejection
-from streams.online_sink import push_online
-from streams.processor import apply_batch, parse_batch
+from streams.metrics import WorkerMetrics
+from streams.online_sink import OnlineWriter
+from streams.processor import BatchResult, Parsed, apply_batch, parse_batch
 from streams.state_store import load_states, save_states
 
 log = logging.getLogger("segscore.worker")
 T = TypeVar("T")
 
 MAX_BACKOFF_SECONDS = 5.0
+FIRST_BACKOFF_SECONDS = 0.1
+# Client-side timeouts: a hung Redis (or Feast's Redis client) must raise, so the
+# retry loop sees it, instead of blocking a thread forever.
+REDIS_TIMEOUT_SECONDS = 10.0
+PROCESSING_ERROR = "processing_error"
+LOUD_EVERY = 60  # with the backoff capped at 5 s: a warning about every 5 minutes
+
+
+class PoisonBatch(Exception):
+    """The pure feature step raised for this batch: some event in it is poison."""
 
 
 def dlq_record(
@@ -50,22 +83,67 @@ def late_rejection(event: Event, lateness_seconds: int) -> Rejection:
     )
 
 
-class FeatureEngine:
-    """Holds the worker's clients and counters; handles one batch at a time."""
+def poison_rejection(event: Event, error: BaseException) -> Rejection:
+    """A rejection for a valid event the feature step could not process."""
+    return Rejection(
+        reason=PROCESSING_ERROR,
+        detail=f"{type(error).__name__}: {error}"[:1000],
+        raw=event.to_json().decode(),
+    )
 
-    def __init__(self, settings: Settings, redis_url: str) -> None:
+
+@dataclass
+class _DeadLetter:
+    key: bytes | None
+    value: bytes
+    reason: str
+
+
+class FeatureEngine:
+    """Holds the worker's clients, counters and metrics; handles one batch at a time.
+
+    Args:
+        settings: Batch limits, lateness, payload size limit.
+        redis_url: The online store / state store.
+        metrics: Where to record counters and freshness (a private one if omitted).
+        store: A Feast store to push to (built from settings on first use if omitted).
+        redis_client: A state-store client (built from ``redis_url`` if omitted).
+        clock: Wall clock (epoch seconds), for freshness and the future-ts rule.
+        sleep: Awaitable sleep used between retries.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        metrics: WorkerMetrics | None = None,
+        *,
+        store: Any = None,
+        writer: Any = None,
+        redis_client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.settings = settings
         self.redis_url = redis_url
+        self.metrics = metrics or WorkerMetrics("engine")
         self.counts: Counter[str] = Counter()
-        self._redis: redis.Redis | None = None
-        self._store = None
+        self.next_offsets: dict[tuple[str, int], int] = {}
+        self._redis = redis_client
+        self._store = store
+        self._writer = writer
+        self._offsets: dict[int, int] = {}
+        self._clock = clock
+        self._sleep = sleep
 
     @property
     def redis(self) -> redis.Redis:
         """The state-store client (created on first use, not at import)."""
         if self._redis is None:
             self._redis = redis.Redis.from_url(
-                self.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
+                self.redis_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=2.0,
             )
         return self._redis
 
@@ -73,56 +151,240 @@ class FeatureEngine:
     def store(self):
         """The Feast store used for pushes (created on first use)."""
         if self._store is None:
-            self._store = feature_store(self.settings, self.redis_url)
+            # Rows are ordered by the state store (one writer per user, stamped
+            # with the user's newest event time), so Feast's read-before-write
+            # timestamp check is redundant -- and it would drop the row of an
+            # out-of-order event, whose stamp equals the one already stored.
+            self._store = feature_store(
+                self.settings,
+                self.redis_url,
+                fail_fast_seconds=REDIS_TIMEOUT_SECONDS,
+                skip_write_dedup=True,
+            )
         return self._store
 
-    async def handle(self, batch: Sequence[Any], dlq_topic: Any) -> None:
-        """Process one batch of Faust events; returns only once it is written."""
-        parsed = parse_batch(
-            [e.value for e in batch],
-            max_future_seconds=self.settings.max_future_seconds,
-            max_bytes=self.settings.max_event_bytes,
-        )
-        for index, rejection in parsed.rejections:
-            self.counts[f"dlq:{rejection.reason}"] += 1
-            source = batch[index]
-            record = dlq_record(
-                rejection, source.message.partition, source.message.offset
-            )
-            await dlq_topic.send(key=source.key, value=record)
+    @property
+    def writer(self) -> OnlineWriter:
+        """Writes stream feature rows online (created on first use)."""
+        if self._writer is None:
+            self._writer = OnlineWriter(self.store)
+        return self._writer
 
-        if parsed.events:
-            result = await self._retry(
-                "state+features", lambda: asyncio.to_thread(self._write, parsed.events)
-            )
-            self.counts.update(result.counts)
+    # --- one batch -------------------------------------------------------------
+
+    async def handle(self, batch: Sequence[Any], dlq_topic: Any) -> None:
+        """Process one batch of Faust events; returns only once all of it is written.
+
+        ``batch`` holds Faust events (``.key``, ``.value``, ``.message`` with
+        ``partition``, ``offset``, ``timestamp``); ``dlq_topic`` has Faust's
+        ``send(key=..., value=...)`` returning an awaitable delivery future.
+        The caller acknowledges the batch after this returns, never before.
+        """
+        started = time.monotonic()
+        parsed = self._parse([e.value for e in batch])
+        rejected = {index for index, _ in parsed.rejections}
+        valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
+        pairs = zip(parsed.events, valid_sources, strict=True)
+        origin = {id(event): source for event, source in pairs}
+        self._offsets = {k: v.message.offset for k, v in origin.items()}
+
+        letters = [
+            self._letter(batch[index], rejection)
+            for index, rejection in parsed.rejections
+        ]
+        outcomes: Counter[str] = Counter()
+        written: list[Event] = []
+        rows = 0
+        for chunk, result, error in await self._write_isolating(parsed.events):
+            if result is None:
+                assert error is not None
+                (event,) = chunk
+                log.error(
+                    "event %s of user %s breaks the feature step; sent to the DLQ",
+                    event.event_id,
+                    event.user_id,
+                    exc_info=error,
+                )
+                rejection = poison_rejection(event, error)
+                letters.append(self._letter(origin.get(id(event)), rejection, event))
+                continue
+            late = {id(e) for e in result.late}
+            written.extend(e for e in chunk if id(e) not in late)
+            outcomes.update(result.counts)
+            rows += len(result.rows)
             for event in result.late:
-                self.counts["dlq:late"] += 1
                 rejection = late_rejection(
                     event, self.settings.allowed_lateness_seconds
                 )
-                await dlq_topic.send(
-                    key=event.user_id.encode(), value=dlq_record(rejection, None, None)
-                )
+                letters.append(self._letter(origin.get(id(event)), rejection, event))
+        written_at = self._clock()
+
+        if letters:
+            await self._retry("dlq", lambda: self._send_letters(dlq_topic, letters))
+
+        # Everything is durable: record what happened.
+        self.metrics.record_outcomes(outcomes)
+        self.metrics.record_rejections(letter.reason for letter in letters)
+        if written:
+            self.metrics.record_write(
+                written_at,
+                (e.ts for e in written),
+                (_timestamp(origin.get(id(e))) for e in written),
+                rows,
+            )
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        self.counts.update(outcomes)
+        self.counts.update(f"dlq:{letter.reason}" for letter in letters)
         self.counts["batches"] += 1
 
-    def _write(self, events: list[Event]):
+    def acknowledged(self, batch: Sequence[Any]) -> None:
+        """Note a batch the agent has acknowledged (message count, next offsets)."""
+        self.metrics.messages.inc(len(batch))
+        self.counts["messages"] += len(batch)
+        for event in batch:
+            message = event.message
+            tp = (message.topic, message.partition)
+            self.next_offsets[tp] = max(
+                self.next_offsets.get(tp, 0), message.offset + 1
+            )
+
+    # --- steps -----------------------------------------------------------------
+
+    def _parse(self, values: list[bytes]) -> Parsed:
+        kwargs = {
+            "now": self._clock(),
+            "max_future_seconds": self.settings.max_future_seconds,
+            "max_bytes": self.settings.max_event_bytes,
+        }
+        try:
+            return parse_batch(values, **kwargs)
+        except Exception:
+            # parse_event never raises for bad input by contract; if it does
+            # anyway, find the offending messages rather than stop the worker.
+            log.exception("parse_batch raised; parsing the batch one by one")
+        parsed = Parsed()
+        for index, value in enumerate(values):
+            try:
+                one = parse_batch([value], **kwargs)
+            except Exception as exc:
+                text = bytes(value or b"")[:2048].decode("utf-8", "replace")
+                parsed.rejections.append(
+                    (
+                        index,
+                        Rejection(
+                            reason=PROCESSING_ERROR,
+                            detail=f"{type(exc).__name__}: {exc}"[:1000],
+                            raw=text,
+                        ),
+                    )
+                )
+                continue
+            parsed.events.extend(one.events)
+            parsed.rejections.extend((index, r) for _, r in one.rejections)
+        return parsed
+
+    async def _write_isolating(
+        self, events: list[Event]
+    ) -> list[tuple[list[Event], BatchResult | None, BaseException | None]]:
+        """Write ``events``; isolate poison events by splitting, in order.
+
+        Returns ``(chunk, result, None)`` for written chunks and
+        ``([event], None, error)`` for each event the feature step cannot process.
+        Halves are written one after the other, so each user's events keep their
+        order.
+        """
+        done: list[tuple[list[Event], BatchResult | None, BaseException | None]] = []
+        pending = [events] if events else []
+        while pending:
+            chunk = pending.pop(0)
+            try:
+                result = await self._retry(
+                    "write", lambda c=chunk: asyncio.to_thread(self._write, c)
+                )
+            except PoisonBatch as poison:
+                if len(chunk) == 1:
+                    done.append((chunk, None, poison.__cause__ or poison))
+                else:
+                    middle = len(chunk) // 2
+                    pending[0:0] = [chunk[:middle], chunk[middle:]]
+                continue
+            done.append((chunk, result, None))
+        return done
+
+    def _write(self, events: list[Event]) -> BatchResult:
         users = dict.fromkeys(e.user_id for e in events)
         states = load_states(self.redis, users)
-        result = apply_batch(events, states, self.settings.allowed_lateness_seconds)
+        offsets = [self._offsets.get(id(e)) for e in events]
+        try:
+            result = apply_batch(
+                events, states, self.settings.allowed_lateness_seconds, offsets
+            )
+        except Exception as exc:
+            raise PoisonBatch(str(exc)) from exc
         # Features first, states second: a crash in between re-applies the batch
         # to the old state on replay, which recomputes the same features.
-        push_online(self.store, result.rows)
+        self.writer.write(result.rows)
         save_states(self.redis, {u: states[u] for u in users})
         return result
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.1
+    def _letter(
+        self, source: Any, rejection: Rejection, event: Event | None = None
+    ) -> _DeadLetter:
+        message = getattr(source, "message", None)
+        if source is not None:
+            key = source.key
+        else:
+            key = event.user_id.encode() if event is not None else None
+        record = dlq_record(
+            rejection,
+            getattr(message, "partition", None),
+            getattr(message, "offset", None),
+        )
+        return _DeadLetter(key=key, value=record, reason=rejection.reason)
+
+    @staticmethod
+    async def _send_letters(dlq_topic: Any, letters: list[_DeadLetter]) -> None:
+        """Send every DLQ record and wait until the broker has them all."""
+        futures = [
+            await dlq_topic.send(key=letter.key, value=letter.value)
+            for letter in letters
+        ]
+        await asyncio.gather(*futures)
+
+    async def _retry(self, stage: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Await ``call()`` until it succeeds; only PoisonBatch is passed up."""
+        delay = FIRST_BACKOFF_SECONDS
+        failures = 0
         while True:
             try:
                 return await call()
-            except (redis.RedisError, OSError) as exc:
-                self.counts[f"retry:{what}"] += 1
-                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
+            except PoisonBatch:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.metrics.record_retry(stage, exc)
+                self.counts[f"retry:{stage}"] += 1
+                pause = delay * random.uniform(0.5, 1.0)
+                expected = isinstance(exc, redis.RedisError | OSError)
+                if failures % LOUD_EVERY == 1:
+                    # The first failure (with a traceback unless it is an
+                    # ordinary connection problem), then a reminder now and then.
+                    log.warning(
+                        "%s failed %d time(s) (%s: %s); retrying in %.2fs",
+                        stage,
+                        failures,
+                        type(exc).__name__,
+                        exc,
+                        pause,
+                        exc_info=not expected and failures == 1,
+                    )
+                else:
+                    log.info("%s failed again (%s: %s)", stage, type(exc).__name__, exc)
+                await self._sleep(pause)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+def _timestamp(source: Any) -> float | None:
+    message = getattr(source, "message", None)
+    return getattr(message, "timestamp", None)

