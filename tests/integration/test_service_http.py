@@ -24,7 +24,6 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
-from feast.data_source import PushMode
 from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -33,12 +32,15 @@ from infra.feast_config import apply_repo, feature_store
 from infra.local_stack import Service, Stack, free_port, start_redis, stop_pid
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from serving.schemas import ErrorResponse, ScoreResponse, SegmentsResponse
+from streams.events import Event
 from streams.feature_catalog import (
     HISTORY_FEATURES,
     PROPENSITY_FEATURES,
     SEGMENTATION_FEATURES,
-    STREAM_FEATURES,
 )
+from streams.online_sink import push_online
+from streams.processor import online_row
+from streams.user_state import UserState, apply_event
 from training.registry import (
     PropensityBundle,
     Segment,
@@ -128,15 +130,24 @@ class LiveService:
 def _push_known_user(settings: Settings, redis_url: str) -> None:
     store = feature_store(settings, redis_url)
     now = pd.Timestamp.now(tz="UTC")
-    stream = {spec.name: 1.0 for spec in STREAM_FEATURES}
-    stream.update(
-        cart_adds_24h=4.0,
-        events_1h=6.0,
-        last_event_ts=now.timestamp() - TWO_HOURS,
-        last_purchase_ts=now.timestamp() - THREE_DAYS,
-    )
-    frame = pd.DataFrame([{"user_id": KNOWN_USER, "event_timestamp": now, **stream}])
-    store.push("user_events_push", frame, to=PushMode.ONLINE)
+    # Real events folded into real state: the service derives every window from
+    # the pushed state blob at request time.
+    state = UserState()
+    last = now.timestamp() - TWO_HOURS
+    history_events = [
+        ("purchase", now.timestamp() - THREE_DAYS),
+        *(("add_to_cart", last - 60 * i) for i in (3, 2, 1, 0)),
+    ]
+    for i, (etype, ts) in enumerate(history_events):
+        event = Event(
+            event_id=f"known-{i}",
+            user_id=KNOWN_USER,
+            event_type=etype,
+            ts=ts * 1000,
+            revenue=10.0 if etype == "purchase" else None,
+        )
+        apply_event(state, event, lateness_seconds=600)
+    push_online(store, [online_row(KNOWN_USER, state, now.timestamp())])
     history = {spec.name: 2.0 for spec in HISTORY_FEATURES}
     history["first_seen_ts"] = now.timestamp() - 30 * 86_400.0
     store.write_to_online_store(
@@ -264,7 +275,8 @@ def test_known_user_is_scored_from_online_features(
     magnitudes = [abs(c.contribution) for c in user.explanation]
     assert magnitudes == sorted(magnitudes, reverse=True)
     assert user.feature_age_seconds is not None
-    assert 0.0 <= user.feature_age_seconds < 600.0
+    # Stream rows are stamped with the newest event time: two hours ago.
+    assert user.feature_age_seconds == pytest.approx(TWO_HOURS, abs=60)
     assert user.segment.name == f"synthetic-{user.segment.id}"
 
 
