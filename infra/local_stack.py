@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -266,7 +265,3 @@ def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host or "127.0.0.1", int(port)
 
-
-def python_executable() -> str:
-    """The interpreter of this environment, for spawning workers and servers."""
-    return sys.executable

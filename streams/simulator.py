@@ -282,14 +282,3 @@ def events_frame(events: list[Event]) -> pd.DataFrame:
     frame["quantity"] = frame["quantity"].astype("Int64")
     return frame
 
-
-def frame_events(frame: pd.DataFrame) -> list[Event]:
-    """Inverse of :func:`events_frame` for already validated rows."""
-    events = []
-    for row in frame.to_dict("records"):
-        clean = {k: (None if pd.isna(v) else v) for k, v in row.items() if k in COLUMNS}
-        clean["event_type"] = EventType(clean["event_type"])
-        if clean.get("quantity") is not None:
-            clean["quantity"] = int(clean["quantity"])
-        events.append(Event.model_construct(**clean))
-    return events
