@@ -264,4 +264,3 @@ def status(settings: Settings) -> dict[str, dict[str, object]]:
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host or "127.0.0.1", int(port)
-

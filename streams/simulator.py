@@ -281,4 +281,3 @@ def events_frame(events: list[Event]) -> pd.DataFrame:
     frame["event_type"] = frame["event_type"].astype(str)
     frame["quantity"] = frame["quantity"].astype("Int64")
     return frame
-
