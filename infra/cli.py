@@ -98,6 +98,7 @@ def simulate(
     ] = False,
 ) -> None:
     """Generate shopping sessions for behavioural personas."""
+    from streams.event_files import write_events
     from streams.simulator import simulate as run
 
     settings = get_settings()
@@ -115,19 +116,6 @@ def simulate(
     personas = path.with_suffix(".personas.json")
     personas.write_text(json.dumps(sim.personas))
     console.print(f"wrote {len(sim.events)} events of {users} users to {path}")
-
-
-def write_events(events: list, path: Path) -> None:
-    """Write events as Parquet or JSON lines, by file suffix."""
-    from streams.simulator import events_frame
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".jsonl", ".json", ".ndjson"):
-        with path.open("wb") as out:
-            for event in events:
-                out.write(event.to_json() + b"\n")
-    else:
-        events_frame(events).to_parquet(path, index=False)
 
 
 @app.command()

@@ -92,7 +92,7 @@ def run_demo(
             with console.status(f"simulating {days:g} days of {users} shoppers"):
                 sim = simulate(users, end - days * 86_400, end, seed=11)
             console.print(f"history: {len(sim.events)} events of {users} users")
-            from infra.cli import write_events
+            from streams.event_files import write_events
 
             events_path = settings.data_dir / "events.parquet"
             write_events(sim.events, events_path)

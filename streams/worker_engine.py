@@ -132,7 +132,6 @@ class FeatureEngine:
         self._redis = redis_client
         self._store = store
         self._writer = writer
-        self._offsets: dict[int, int] = {}
         self._clock = clock
         self._sleep = sleep
 
@@ -186,7 +185,7 @@ class FeatureEngine:
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
         pairs = zip(parsed.events, valid_sources, strict=True)
         origin = {id(event): source for event, source in pairs}
-        self._offsets = {k: v.message.offset for k, v in origin.items()}
+        offsets = {k: v.message.offset for k, v in origin.items()}
 
         letters = [
             self._letter(batch[index], rejection)
@@ -195,7 +194,7 @@ class FeatureEngine:
         outcomes: Counter[str] = Counter()
         written: list[Event] = []
         rows = 0
-        for chunk, result, error in await self._write_isolating(parsed.events):
+        for chunk, result, error in await self._write_isolating(parsed.events, offsets):
             if result is None:
                 assert error is not None
                 (event,) = chunk
@@ -285,7 +284,7 @@ class FeatureEngine:
         return parsed
 
     async def _write_isolating(
-        self, events: list[Event]
+        self, events: list[Event], offsets: dict[int, int]
     ) -> list[tuple[list[Event], BatchResult | None, BaseException | None]]:
         """Write ``events``; isolate poison events by splitting, in order.
 
@@ -300,7 +299,7 @@ class FeatureEngine:
             chunk = pending.pop(0)
             try:
                 result = await self._retry(
-                    "write", lambda c=chunk: asyncio.to_thread(self._write, c)
+                    "write", lambda c=chunk: asyncio.to_thread(self._write, c, offsets)
                 )
             except PoisonBatch as poison:
                 if len(chunk) == 1:
@@ -312,13 +311,16 @@ class FeatureEngine:
             done.append((chunk, result, None))
         return done
 
-    def _write(self, events: list[Event]) -> BatchResult:
+    def _write(self, events: list[Event], offsets: dict[int, int]) -> BatchResult:
+        """Apply ``events`` (source offsets keyed by ``id(event)``) and write them."""
         users = dict.fromkeys(e.user_id for e in events)
         states = load_states(self.redis, users)
-        offsets = [self._offsets.get(id(e)) for e in events]
         try:
             result = apply_batch(
-                events, states, self.settings.allowed_lateness_seconds, offsets
+                events,
+                states,
+                self.settings.allowed_lateness_seconds,
+                [offsets.get(id(e)) for e in events],
             )
         except Exception as exc:
             raise PoisonBatch(str(exc)) from exc

@@ -12,26 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import redis
 from rich.console import Console
 
 from infra.feast_config import apply_repo, feature_store
 from infra.local_stack import current
 from infra.settings import Settings
+from streams.event_files import read_events
 from training import online_seed
 from training.pipeline import train
-
-
-def read_events(path: Path) -> pd.DataFrame:
-    """An event file written by ``segscore simulate`` (Parquet or JSON lines)."""
-    if not path.exists():
-        raise FileNotFoundError(f"events: no file at {path} (run segscore simulate)")
-    if path.suffix in (".jsonl", ".json", ".ndjson"):
-        frame = pd.read_json(path, lines=True)
-        frame["ts"] = frame["ts"].astype("float64") / 1000.0
-        return frame
-    return pd.read_parquet(path)
 
 
 def run_training(
