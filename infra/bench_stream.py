@@ -23,7 +23,7 @@ Freshness (fixed offered rate)
     ``duration`` seconds, each with event time = its send time. About
     ``SAMPLES_PER_SECOND`` of them per second (distinct users within any second) are
     handed to a separate poller *process* that reads them back through Feast
-    (``get_online_features(["user_stream_features:last_event_ts"])``) until the row
+    (``get_online_features(["user_stream_features:state"])``) until the user's state
     shows ``last_event_ts`` >= the event's time. Freshness = the end of that successful
     read minus the send time, so it is an upper bound that includes one Feast read and
     up to one poll period (both reported). Each read asks for the oldest
@@ -67,9 +67,10 @@ from rich.table import Table
 
 from streams.events import Event, EventType, parse_event
 from streams.simulator import CATEGORIES
-from streams.state_store import load_states
+from streams.state_store import StateLayout, load_states
+from streams.user_state import UserState
 
-FEATURE = "user_stream_features:last_event_ts"
+FEATURE = "user_stream_features:state"
 CHECKPOINT_EVERY = 200
 POLL_WINDOW = 32
 BACKLOG_POLL_SECONDS = 0.05
@@ -230,11 +231,13 @@ class BacklogTracker:
     def __init__(
         self,
         client: redis.Redis,
+        layout: StateLayout,
         events: Sequence[Event],
         partitions: Sequence[int],
         every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.client = client
+        self.layout = layout
         lanes: dict[int, list[int]] = {}
         for index, partition in enumerate(partitions):
             lanes.setdefault(partition, []).append(index)
@@ -271,7 +274,8 @@ class BacklogTracker:
                 continue
             chunk = lane[start : start + window]
             # A user may appear twice in a window: load_states takes distinct ids.
-            states = load_states(self.client, dict.fromkeys(c.user_id for c in chunk))
+            users = dict.fromkeys(c.user_id for c in chunk)
+            states = load_states(self.client, self.layout, users)
             done = -1
             for j, checkpoint in enumerate(chunk):
                 last = states[checkpoint.user_id].last_event_ts
@@ -283,7 +287,9 @@ class BacklogTracker:
         return sum(self.applied)
 
 
-def verify_states(client: redis.Redis, events: Sequence[Event]) -> int:
+def verify_states(
+    client: redis.Redis, layout: StateLayout, events: Sequence[Event]
+) -> int:
     """How many users' states do NOT end at the last event produced for them."""
     expected: dict[str, float] = {}
     for event in events:
@@ -291,7 +297,7 @@ def verify_states(client: redis.Redis, events: Sequence[Event]) -> int:
     users = list(expected)
     wrong = 0
     for start in range(0, len(users), 5000):
-        states = load_states(client, users[start : start + 5000])
+        states = load_states(client, layout, users[start : start + 5000])
         for uid, state in states.items():
             last = state.last_event_ts
             if last is None or abs(last - expected[uid]) > TS_TOLERANCE:
@@ -484,9 +490,10 @@ def freshness_poller(
         # competing with the worker for CPU when the worker falls behind.
         uids = list(itertools.islice(pending, POLL_MAX_USERS))
         t_read = time.time()
-        values = store.get_online_features(
+        blobs = store.get_online_features(
             features=[FEATURE], entity_rows=[{"user_id": u} for u in uids]
-        ).to_dict()["last_event_ts"]
+        ).to_dict()["state"]
+        values = [UserState.from_bytes(b).last_event_ts for b in blobs]
         seen = time.time()
         read_seconds.append(seen - t_read)
         cycles.append(seen - last_cycle)
@@ -679,7 +686,9 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
     try:
         stack = local_stack.up(settings)
         ensure_topics(stack.kafka_broker, settings)
-        apply_repo(feature_store(settings, stack.redis_url))
+        store = feature_store(settings, stack.redis_url)
+        apply_repo(store)
+        layout = StateLayout.of(store)
         client = redis.Redis.from_url(stack.redis_url, socket_timeout=5.0)
         stack_pids = {s.name: s.pid for s in stack.started}
 
@@ -690,7 +699,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
                 produce_backlog_async(stack.kafka_broker, settings.events_topic, events)
             )
             result["backlog_produce_s"] = round(time.monotonic() - t_produce, 2)
-        tracker = BacklogTracker(client, events, partitions)
+        tracker = BacklogTracker(client, layout, events, partitions)
 
         worker = processes.start_worker(settings, name="bench-worker")
         worker_log = home / "logs" / "bench-worker.log"
@@ -747,7 +756,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
         result["events_per_s"] = round(counted / seconds, 1)
         result["events_per_s_lower_bound"] = lower_bound
         result["events_per_s_steady"] = _steady_rate(timeline, config.events)
-        wrong = verify_states(client, events)
+        wrong = verify_states(client, layout, events)
         result["states_wrong"] = wrong
         if wrong:
             raise BenchError(f"{wrong} users' states do not end at their last event")

@@ -44,8 +44,23 @@ class Settings(BaseSettings):
         default=0.05, description="Micro-batch time limit of the stream worker."
     )
     consumer_fetch_max_wait_ms: int = Field(
-        default=50,
-        description="How long a fetch may wait for data (Faust hard-codes 1500 ms).",
+        default=50, description="How long a fetch may wait for data to arrive."
+    )
+    consumer_session_timeout_ms: int = Field(
+        default=6000,
+        description="Consumer-group session timeout: how soon a dead worker's "
+        "partitions move to another.",
+    )
+    consumer_heartbeat_interval_ms: int = 2000
+    commit_interval_seconds: float = Field(
+        default=1.0,
+        description="How often the worker commits the offsets of written batches.",
+    )
+    consumer_rebalance_timeout_ms: int = 10_000
+    state_cache_users: int = Field(
+        default=200_000,
+        description="User states the worker keeps in memory (least recently used "
+        "beyond this are re-read from Redis).",
     )
     allowed_lateness_seconds: int = 600
     max_future_seconds: int = 300

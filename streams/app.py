@@ -1,18 +1,14 @@
 """The Faust app: ``faust -A streams.app worker`` (or ``segscore worker``).
 
-The agent consumes ``events`` in micro-batches. For each batch the engine validates
-(bad events to ``events-dlq`` with their reason), folds the valid ones into per-user
-state held in Redis, pushes the touched users' features to the Feast online store,
-saves the states and waits for the DLQ records to be delivered; only then does the
-agent acknowledge the batch's messages, and only acknowledged offsets are committed.
-
-The batches come from ``noack_take``, not ``take_events``: ``take_events`` acks a
-batch in a ``finally`` block, so an exception or a cancellation (shutdown) in the
-loop body would still mark an unwritten batch as done and let Faust commit it. Here
-nothing is acknowledged unless the write completed. Redis and broker failures are
-retried inside the engine forever with backoff; should anything else escape, the
-process exits at once without committing, and the restarted worker replays from
-the last committed offset (updates are idempotent).
+The worker's one long-running task consumes ``events`` in whole fetches
+(:mod:`streams.consumer`, which says why it is not a per-message Faust agent). For
+each batch the engine validates (bad events to ``events-dlq`` with their reason),
+folds the valid ones into per-user state and writes the touched users' states to
+the Feast online store, and waits for the DLQ records to be delivered; only then are
+the batch's offsets committed. Redis and broker failures are retried inside the
+engine forever with backoff; should anything else escape, the process exits at once
+without committing, and the restarted worker replays from the last committed offset
+(updates are idempotent).
 
 Metrics (Prometheus text): ``$SEGSCORE_HOME/metrics/<worker-id>.prom``, rewritten
 every ``worker_metrics_interval_seconds``, and ``/metrics`` on
@@ -30,7 +26,7 @@ import faust
 
 from infra.local_stack import current
 from infra.settings import get_settings
-from streams.kafka_tuning import set_fetch_max_wait
+from streams.consumer import EventConsumer
 from streams.metrics import WorkerMetrics, remove_textfile, textfile_path, worker_id
 from streams.worker_engine import FeatureEngine
 
@@ -46,10 +42,9 @@ _stack = current(settings)
 WORKER_ID = worker_id(settings)
 METRICS_FILE = textfile_path(settings, WORKER_ID)
 
-set_fetch_max_wait(settings.consumer_fetch_max_wait_ms)
-
 app = faust.App(
-    settings.consumer_group,
+    # Not the events consumer group: Faust's own consumer subscribes to nothing.
+    f"{settings.consumer_group}-app",
     broker=f"kafka://{_stack.kafka_broker}",
     value_serializer="raw",
     key_serializer="raw",
@@ -64,54 +59,37 @@ app = faust.App(
     topic_allow_declare=False,
 )
 
-events_topic = app.topic(settings.events_topic, value_type=bytes, key_type=bytes)
 dlq_topic = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes)
 
 metrics = WorkerMetrics(WORKER_ID)
 engine = FeatureEngine(settings, _stack.redis_url, metrics)
 
 
-@app.agent(events_topic)
-async def build_features(stream: faust.Stream) -> None:
-    """Turn micro-batches of raw events into online features; ack only when written."""
-    async for batch in stream.noack_take(
-        settings.batch_max_events, within=settings.batch_max_seconds
-    ):
-        try:
-            await engine.handle(batch, dlq_topic)
-            for event in batch:
-                await stream.ack(event)
-            engine.acknowledged(batch)
-        except asyncio.CancelledError:
-            raise  # shutting down: the batch stays unacknowledged
-        except BaseException:
-            log.critical(
-                "unexpected failure handling a batch; exiting without committing it",
-                exc_info=True,
-            )
-            logging.shutdown()
-            os._exit(EXIT_UNEXPECTED)
+consumer = EventConsumer(settings, _stack.kafka_broker, engine, dlq_topic, WORKER_ID)
 
 
-def consumer_lag() -> dict[tuple[str, int], int]:
-    """Per assigned events partition: high watermark minus the next offset to do."""
-    consumer = app.consumer
-    committed = getattr(consumer, "_committed_offset", {})
-    lags: dict[tuple[str, int], int] = {}
-    for tp in consumer.assignment():
-        if tp.topic != settings.events_topic:
-            continue
-        key = (tp.topic, tp.partition)
-        highwater = consumer.highwater(tp)
-        done = max(engine.next_offsets.get(key, 0), committed.get(tp) or 0)
-        lags[key] = max((highwater or 0) - done, 0)
-    return lags
+@app.task
+async def consume_events() -> None:
+    """Consume, write and commit batch after batch; exit hard on the unexpected."""
+    try:
+        await consumer.run(
+            started=lambda: log.info("consuming %s", settings.events_topic)
+        )
+    except asyncio.CancelledError:
+        raise  # shutting down: the batch in flight stays uncommitted
+    except BaseException:
+        log.critical(
+            "unexpected failure handling a batch; exiting without committing it",
+            exc_info=True,
+        )
+        logging.shutdown()
+        os._exit(EXIT_UNEXPECTED)
 
 
 def refresh_metrics() -> None:
     """Update the lag gauges and rewrite the textfile; never raises."""
     try:
-        metrics.set_lag(consumer_lag())
+        metrics.set_lag(consumer.lag())
     except Exception as exc:  # consumer not started yet, or rebalancing
         log.debug("lag unavailable: %s", exc)
     try:

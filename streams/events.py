@@ -131,36 +131,48 @@ def parse_event(
     """
     if isinstance(raw, dict):
         data: Any = raw
-        text = orjson.dumps(raw).decode()
+        blob = b""
     else:
         blob = raw.encode() if isinstance(raw, str) else raw
-        text = blob[:2048].decode("utf-8", "replace")
         if len(blob) > max_bytes:
             return Rejection(
-                reason="oversized", detail=f"{len(blob)} bytes > {max_bytes}", raw=text
+                reason="oversized",
+                detail=f"{len(blob)} bytes > {max_bytes}",
+                raw=_excerpt(blob),
             )
         try:
             data = orjson.loads(blob)
         except orjson.JSONDecodeError as exc:
-            return Rejection(reason="malformed_json", detail=str(exc), raw=text)
+            return Rejection(
+                reason="malformed_json", detail=str(exc), raw=_excerpt(blob)
+            )
     if not isinstance(data, dict):
         return Rejection(
-            reason="malformed_json", detail="event must be a JSON object", raw=text
+            reason="malformed_json",
+            detail="event must be a JSON object",
+            raw=_excerpt(blob),
         )
     try:
         event = Event.model_validate(data)
     except ValidationError as exc:
         reason, detail = _describe(exc)
-        return Rejection(reason=reason, detail=detail, raw=text)
+        return Rejection(reason=reason, detail=detail, raw=_excerpt(blob or data))
     wall = time.time() if now is None else now
     if event.ts > wall + max_future_seconds:
         ahead = event.ts - wall
         return Rejection(
             reason="future_ts",
             detail=f"ts is {ahead:.0f}s in the future (max {max_future_seconds}s)",
-            raw=text,
+            raw=_excerpt(blob or data),
         )
     return event
+
+
+def _excerpt(raw: bytes | dict[str, Any]) -> str:
+    """The start of a rejected input, as text for the DLQ record (built only then)."""
+    if isinstance(raw, dict):
+        return orjson.dumps(raw).decode()
+    return raw[:2048].decode("utf-8", "replace")
 
 
 def iso(ts: float) -> str:

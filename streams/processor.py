@@ -1,4 +1,4 @@
-"""One micro-batch of the stream: validate, dedupe, fold into state, compute features.
+"""One micro-batch of the stream: validate, dedupe, fold into per-user state.
 
 Pure apart from the state it is handed: the Faust agent does the I/O around it.
 """
@@ -10,8 +10,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from streams.events import Event, Rejection, parse_event
-from streams.feature_catalog import STATE_FEATURE
-from streams.feature_math import stream_features
 from streams.user_state import Outcome, UserState, apply_event
 
 
@@ -25,9 +23,9 @@ class Parsed:
 
 @dataclass
 class BatchResult:
-    """What a batch changed: feature rows to push, late events, counters."""
+    """What a batch changed: the users whose state changed, late events, counters."""
 
-    rows: list[dict[str, object]]
+    touched: list[str]
     late: list[Event]
     counts: Counter[str]
 
@@ -59,11 +57,11 @@ def apply_batch(
     lateness_seconds: int,
     offsets: list[int | None] | None = None,
 ) -> BatchResult:
-    """Fold events into ``states`` (in place) and compute touched users' features.
+    """Fold events into ``states`` (in place); report which users changed.
 
-    Features are computed as of each user's newest event time, so a replay of the
-    same log gives the same rows whatever the wall clock says. ``offsets`` are the
-    events' source offsets (stream only), which make replays duplicates.
+    ``offsets`` are the events' source offsets (stream only), which make replays
+    duplicates. Features are not computed here: readers derive them from the state
+    at the instant they read (see :mod:`streams.state_store`).
     """
     counts: Counter[str] = Counter()
     late: list[Event] = []
@@ -76,24 +74,4 @@ def apply_batch(
             touched[event.user_id] = None
         elif outcome is Outcome.LATE:
             late.append(event)
-    rows = []
-    for uid in touched:
-        state = states[uid]
-        as_of = state.last_event_ts
-        assert as_of is not None
-        rows.append(online_row(uid, state, as_of))
-    return BatchResult(rows=rows, late=late, counts=counts)
-
-
-def online_row(uid: str, state: UserState, as_of: float) -> dict[str, object]:
-    """The stream feature row pushed online for one user.
-
-    Stamped with the user's newest event time: Feast keeps a row only if it is not
-    older than the one it holds, and event time is what orders a user's rows.
-    """
-    return {
-        "user_id": uid,
-        "event_timestamp": state.last_event_ts,
-        **stream_features(state, as_of),
-        STATE_FEATURE: state.to_bytes(with_dedupe=False),
-    }
+    return BatchResult(touched=list(touched), late=late, counts=counts)

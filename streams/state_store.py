@@ -1,41 +1,148 @@
-"""Per-user feature state in Redis, shared by the worker and the backfill seeding.
+"""Per-user feature state, kept in the Feast online store's own Redis hash.
 
-One string key per user. The worker reads the states of a micro-batch with one MGET
-and writes them back with one pipelined MSET, after the features are online and
-before the batch's offsets are acknowledged.
+Each user has one Redis hash in Feast's layout (key = serialized entity key +
+project; field = murmur3 of ``view:feature``; values are Feast ``Value`` protos).
+The stream view's online row is the ``state`` blob (event-time buckets, see
+:mod:`streams.user_state`) plus Feast's ``_ts`` field, so ``get_online_features``
+and ``feast serve`` read it like any pushed feature. Next to it, in a field Feast
+never asks for, lies the worker's replay-detection data (recent event ids and the
+highest source offset applied).
+
+Why one hash: the worker writes a user's whole state with one ``HSET``, so the
+readable state and the dedupe data can never disagree after a crash, and a batch
+costs one pipelined round trip. The feature columns are not materialised online:
+every window depends on *when* it is read, so readers derive them from the state
+at the instant of the read (:func:`streams.feature_math.stream_features`); values
+frozen at write time would be wrong for any user who has since gone idle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
 
 import redis
+from feast import FeatureStore
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from streams.feature_catalog import STATE_FEATURE
 from streams.user_state import UserState
 
-KEY_PREFIX = "segscore:state:"
+STREAM_VIEW = "user_stream_features"
+DEDUPE_FIELD = b"segscore:dedupe"
 
 
-def state_key(user_id: str) -> str:
-    """The Redis key of one user's state."""
-    return KEY_PREFIX + user_id
+@dataclass(frozen=True)
+class StateLayout:
+    """Where a user's state lives: Feast's key and field names for the stream view."""
+
+    project: str
+    serialization_version: int = 3
+    key_ttl_seconds: int | None = None
+    view: str = STREAM_VIEW
+
+    @classmethod
+    def of(cls, store: FeatureStore) -> StateLayout:
+        """The layout the Feast store ``store`` reads."""
+        config = store.config
+        return cls(
+            project=config.project,
+            serialization_version=config.entity_key_serialization_version,
+            key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
+        )
+
+    @cached_property
+    def state_field(self) -> bytes:
+        """The hash field of the ``state`` feature."""
+        return _mmh3(f"{self.view}:{STATE_FEATURE}")
+
+    @cached_property
+    def ts_field(self) -> bytes:
+        """The hash field of the view's event timestamp."""
+        return f"_ts:{self.view}".encode()
+
+    def key(self, user_id: str) -> bytes:
+        """The Redis key of one user's hash."""
+        entity = EntityKey(
+            join_keys=["user_id"], entity_values=[Value(string_val=user_id)]
+        )
+        return _redis_key(self.project, entity, self.serialization_version)
 
 
-def load_states(client: redis.Redis, user_ids: Iterable[str]) -> dict[str, UserState]:
-    """States of ``user_ids``; users never seen get a fresh state."""
+def encode_fields(layout: StateLayout, state: UserState) -> dict[bytes, bytes]:
+    """The hash fields holding ``state`` (it must have seen at least one event)."""
+    assert state.last_event_ts is not None
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromtimestamp(state.last_event_ts, tz=UTC))
+    return {
+        layout.state_field: Value(
+            bytes_val=state.to_bytes(with_dedupe=False)
+        ).SerializeToString(),
+        layout.ts_field: stamp.SerializeToString(),
+        DEDUPE_FIELD: state.dedupe_bytes(),
+    }
+
+
+def decode_fields(state_value: bytes | None, dedupe: bytes | None) -> UserState:
+    """Inverse of :func:`encode_fields`; a user never seen gets a fresh state."""
+    blob = None
+    if state_value:
+        value = Value()
+        value.ParseFromString(state_value)
+        blob = value.bytes_val
+    return UserState.from_bytes(blob, dedupe)
+
+
+def load_states(
+    client: redis.Redis,
+    layout: StateLayout,
+    user_ids: Iterable[str],
+    keys: dict[str, bytes] | None = None,
+) -> dict[str, UserState]:
+    """States of ``user_ids`` (one pipelined round trip); unknown users start fresh.
+
+    ``keys`` maps user ids to Redis keys already computed (a cache); it is filled in.
+    """
     ids = list(user_ids)
     if not ids:
         return {}
-    blobs = client.mget([state_key(u) for u in ids])
-    return {u: UserState.from_bytes(b) for u, b in zip(ids, blobs, strict=True)}
+    keys = {} if keys is None else keys
+    fields = (layout.state_field, DEDUPE_FIELD)
+    pipe = client.pipeline(transaction=False)
+    for uid in ids:
+        key = keys.get(uid)
+        if key is None:
+            key = keys[uid] = layout.key(uid)
+        pipe.hmget(key, fields)
+    replies = pipe.execute()
+    return {
+        uid: decode_fields(state, dedupe)
+        for uid, (state, dedupe) in zip(ids, replies, strict=True)
+    }
 
 
 def save_states(
-    client: redis.Redis, states: dict[str, UserState], chunk: int = 5000
+    client: redis.Redis,
+    layout: StateLayout,
+    states: dict[str, UserState],
+    keys: dict[str, bytes] | None = None,
 ) -> None:
-    """Write states back (one MSET per ``chunk`` users)."""
-    items = list(states.items())
+    """Write states back, one ``HSET`` per user, in one pipelined round trip."""
+    if not states:
+        return
+    keys = {} if keys is None else keys
+    ttl = layout.key_ttl_seconds
     pipe = client.pipeline(transaction=False)
-    for start in range(0, len(items), chunk):
-        pipe.mset({state_key(u): s.to_bytes() for u, s in items[start : start + chunk]})
+    for uid, state in states.items():
+        key = keys.get(uid)
+        if key is None:
+            key = keys[uid] = layout.key(uid)
+        pipe.hset(key, mapping=encode_fields(layout, state))
+        if ttl:
+            pipe.expire(key, ttl)
     pipe.execute()

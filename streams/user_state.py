@@ -108,21 +108,35 @@ class UserState:
                 "e": [self.engagement, self.engagement_ts],
                 "t": [self.first_seen_ts, self.last_event_ts, self.last_purchase_ts],
                 "s": self.seen if with_dedupe else {},
-                "o": self.offset,
+                "o": self.offset if with_dedupe else -1,
             }
         )
 
+    def dedupe_bytes(self) -> bytes:
+        """Just the replay-detection part: recent event ids and the source offset."""
+        return orjson.dumps({"s": self.seen, "o": self.offset})
+
     @classmethod
-    def from_bytes(cls, blob: bytes | None) -> UserState:
-        """Inverse of :meth:`to_bytes`; ``None`` or empty gives a fresh state."""
-        if not blob:
-            return cls()
+    def from_bytes(cls, blob: bytes | None, dedupe: bytes | None = None) -> UserState:
+        """Inverse of :meth:`to_bytes` (plus :meth:`dedupe_bytes` when given).
+
+        ``None`` or empty gives a fresh state.
+        """
+        state = cls._decode(blob) if blob else cls()
+        if dedupe:
+            extra = orjson.loads(dedupe)
+            state.seen = extra["s"]
+            state.offset = extra["o"]
+        return state
+
+    @classmethod
+    def _decode(cls, blob: bytes) -> UserState:
         raw: dict[str, Any] = orjson.loads(blob)
         first, last, last_purchase = raw["t"]
         return cls(
-            minutes={int(r[0]): list(r[1:]) for r in raw["m"]},
-            hours={int(r[0]): list(r[1:]) for r in raw["h"]},
-            days={int(r[0]): list(r[1:]) for r in raw["d"]},
+            minutes={int(r[0]): r[1:] for r in raw["m"]},
+            hours={int(r[0]): r[1:] for r in raw["h"]},
+            days={int(r[0]): r[1:] for r in raw["d"]},
             sessions=raw["ss"],
             categories=raw["c"],
             cart_adds=raw["ca"],

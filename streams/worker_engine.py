@@ -1,10 +1,12 @@
-"""The worker's I/O around :mod:`streams.processor`: Redis state, Feast push, DLQ.
+"""The worker's I/O around :mod:`streams.processor`: state in the online store, DLQ.
 
-Delivery contract (what :meth:`FeatureEngine.handle` guarantees its caller, the Faust
-agent in :mod:`streams.app`, which acknowledges a batch only after ``handle`` returns):
+Delivery contract (what :meth:`FeatureEngine.handle` guarantees its caller, the
+consumer loop in :mod:`streams.consumer`, which commits a batch's offsets only after
+``handle`` returns):
 
 - ``handle`` returns only once every message of the batch is accounted for: its
-  event's features are online and its state saved, or its DLQ record is delivered.
+  event is folded into its user's state and that state is in the online store (one
+  ``HSET`` per user, see :mod:`streams.state_store`), or its DLQ record is delivered.
 - It never gives up on a batch: failures of the online store (and of anything else
   in the load / push / save path) and of the DLQ producer are retried forever with
   capped, jittered exponential backoff, counted by stage and error type. A stuck
@@ -14,10 +16,12 @@ agent in :mod:`streams.app`, which acknowledges a batch only after ``handle`` re
   batch and sent to the DLQ as ``processing_error``; the rest of the batch is written.
 - Cancellation (worker shutdown) propagates; nothing of the batch is acknowledged.
 
-Writes are idempotent, so a batch replayed after a crash changes nothing: events are
-deduplicated by ``event_id`` in the user state, and features are pushed *before* the
-states are saved, so a crash in between replays onto the old state and pushes the
-same rows again.
+Writes are idempotent, so a batch replayed after a crash changes nothing: a user's
+state and its dedupe data (recent event ids, highest source offset applied) are
+written together, so a replayed event is recognised as a duplicate.
+
+States of recently seen users are kept in memory (:mod:`streams.state_cache`) so the
+hot path reads Redis only for users it has not seen since it got their partition.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,9 +42,9 @@ from infra.feast_config import feature_store
 from infra.settings import Settings
 from streams.events import Event, Rejection
 from streams.metrics import WorkerMetrics
-from streams.online_sink import OnlineWriter
 from streams.processor import BatchResult, Parsed, apply_batch, parse_batch
-from streams.state_store import load_states, save_states
+from streams.state_cache import Partition, StateCache
+from streams.state_store import StateLayout, load_states, save_states
 
 log = logging.getLogger("segscore.worker")
 T = TypeVar("T")
@@ -106,7 +110,8 @@ class FeatureEngine:
         settings: Batch limits, lateness, payload size limit.
         redis_url: The online store / state store.
         metrics: Where to record counters and freshness (a private one if omitted).
-        store: A Feast store to push to (built from settings on first use if omitted).
+        layout: Where states live in Redis (read from the Feast repo config if
+            omitted).
         redis_client: A state-store client (built from ``redis_url`` if omitted).
         clock: Wall clock (epoch seconds), for freshness and the future-ts rule.
         sleep: Awaitable sleep used between retries.
@@ -118,8 +123,7 @@ class FeatureEngine:
         redis_url: str,
         metrics: WorkerMetrics | None = None,
         *,
-        store: Any = None,
-        writer: Any = None,
+        layout: StateLayout | None = None,
         redis_client: redis.Redis | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -130,8 +134,8 @@ class FeatureEngine:
         self.counts: Counter[str] = Counter()
         self.next_offsets: dict[tuple[str, int], int] = {}
         self._redis = redis_client
-        self._store = store
-        self._writer = writer
+        self._layout = layout
+        self.cache = StateCache(settings.state_cache_users)
         self._clock = clock
         self._sleep = sleep
 
@@ -147,45 +151,30 @@ class FeatureEngine:
         return self._redis
 
     @property
-    def store(self):
-        """The Feast store used for pushes (created on first use)."""
-        if self._store is None:
-            # Rows are ordered by the state store (one writer per user, stamped
-            # with the user's newest event time), so Feast's read-before-write
-            # timestamp check is redundant -- and it would drop the row of an
-            # out-of-order event, whose stamp equals the one already stored.
-            self._store = feature_store(
-                self.settings,
-                self.redis_url,
-                fail_fast_seconds=REDIS_TIMEOUT_SECONDS,
-                skip_write_dedup=True,
-            )
-        return self._store
-
-    @property
-    def writer(self) -> OnlineWriter:
-        """Writes stream feature rows online (created on first use)."""
-        if self._writer is None:
-            self._writer = OnlineWriter(self.store)
-        return self._writer
+    def layout(self) -> StateLayout:
+        """Feast's Redis layout for the stream view (read from the repo config)."""
+        if self._layout is None:
+            store = feature_store(self.settings, self.redis_url)
+            self._layout = StateLayout.of(store)
+        return self._layout
 
     # --- one batch -------------------------------------------------------------
 
     async def handle(self, batch: Sequence[Any], dlq_topic: Any) -> None:
-        """Process one batch of Faust events; returns only once all of it is written.
+        """Process one batch of Kafka records; returns only once all of it is written.
 
-        ``batch`` holds Faust events (``.key``, ``.value``, ``.message`` with
-        ``partition``, ``offset``, ``timestamp``); ``dlq_topic`` has Faust's
-        ``send(key=..., value=...)`` returning an awaitable delivery future.
-        The caller acknowledges the batch after this returns, never before.
+        ``batch`` holds records as aiokafka returns them (``topic``, ``partition``,
+        ``offset``, ``timestamp`` in ms, ``key``, ``value``), in partition order;
+        ``dlq_topic`` has Faust's ``send(key=..., value=...)`` returning an
+        awaitable delivery future. The caller commits after this returns, never
+        before.
         """
         started = time.monotonic()
-        parsed = self._parse([e.value for e in batch])
+        parsed = self._parse([r.value for r in batch])
         rejected = {index for index, _ in parsed.rejections}
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
         pairs = zip(parsed.events, valid_sources, strict=True)
         origin = {id(event): source for event, source in pairs}
-        offsets = {k: v.message.offset for k, v in origin.items()}
 
         letters = [
             self._letter(batch[index], rejection)
@@ -194,7 +183,7 @@ class FeatureEngine:
         outcomes: Counter[str] = Counter()
         written: list[Event] = []
         rows = 0
-        for chunk, result, error in await self._write_isolating(parsed.events, offsets):
+        for chunk, result, error in await self._write_isolating(parsed.events, origin):
             if result is None:
                 assert error is not None
                 (event,) = chunk
@@ -210,7 +199,7 @@ class FeatureEngine:
             late = {id(e) for e in result.late}
             written.extend(e for e in chunk if id(e) not in late)
             outcomes.update(result.counts)
-            rows += len(result.rows)
+            rows += len(result.touched)
             for event in result.late:
                 rejection = late_rejection(
                     event, self.settings.allowed_lateness_seconds
@@ -238,15 +227,22 @@ class FeatureEngine:
         self.counts["batches"] += 1
 
     def acknowledged(self, batch: Sequence[Any]) -> None:
-        """Note a batch the agent has acknowledged (message count, next offsets)."""
+        """Note a batch whose offsets are committed (message count, next offsets)."""
         self.metrics.messages.inc(len(batch))
         self.counts["messages"] += len(batch)
-        for event in batch:
-            message = event.message
-            tp = (message.topic, message.partition)
-            self.next_offsets[tp] = max(
-                self.next_offsets.get(tp, 0), message.offset + 1
-            )
+        next_offsets = self.next_offsets
+        for record in batch:
+            tp = (record.topic, record.partition)
+            if record.offset + 1 > next_offsets.get(tp, 0):
+                next_offsets[tp] = record.offset + 1
+
+    def partitions_revoked(self, partitions: Iterable[Partition]) -> None:
+        """Another worker may own these now: forget their users' cached states."""
+        gone = list(partitions)
+        dropped = self.cache.drop_partitions(gone)
+        for tp in gone:
+            self.next_offsets.pop(tp, None)
+        log.info("revoked %s: dropped %d cached states", gone, dropped)
 
     # --- steps -----------------------------------------------------------------
 
@@ -284,7 +280,7 @@ class FeatureEngine:
         return parsed
 
     async def _write_isolating(
-        self, events: list[Event], offsets: dict[int, int]
+        self, events: list[Event], origin: dict[int, Any]
     ) -> list[tuple[list[Event], BatchResult | None, BaseException | None]]:
         """Write ``events``; isolate poison events by splitting, in order.
 
@@ -299,7 +295,7 @@ class FeatureEngine:
             chunk = pending.pop(0)
             try:
                 result = await self._retry(
-                    "write", lambda c=chunk: asyncio.to_thread(self._write, c, offsets)
+                    "write", lambda c=chunk: asyncio.to_thread(self._write, c, origin)
                 )
             except PoisonBatch as poison:
                 if len(chunk) == 1:
@@ -311,37 +307,49 @@ class FeatureEngine:
             done.append((chunk, result, None))
         return done
 
-    def _write(self, events: list[Event], offsets: dict[int, int]) -> BatchResult:
-        """Apply ``events`` (source offsets keyed by ``id(event)``) and write them."""
+    def _write(self, events: list[Event], origin: dict[int, Any]) -> BatchResult:
+        """Fold ``events`` (their records keyed by ``id(event)``) into saved states."""
+        partitions: dict[str, Partition] = {}
+        offsets: list[int | None] = []
+        for event in events:
+            record = origin.get(id(event))
+            if record is None:
+                offsets.append(None)
+                continue
+            offsets.append(record.offset)
+            partitions[event.user_id] = (record.topic, record.partition)
         users = dict.fromkeys(e.user_id for e in events)
-        states = load_states(self.redis, users)
+        states, missing = self.cache.take(users)
+        keys = {u: k for u in states if (k := self.cache.key(u)) is not None}
         try:
-            result = apply_batch(
-                events,
-                states,
-                self.settings.allowed_lateness_seconds,
-                [offsets.get(id(e)) for e in events],
-            )
-        except Exception as exc:
-            raise PoisonBatch(str(exc)) from exc
-        # Features first, states second: a crash in between re-applies the batch
-        # to the old state on replay, which recomputes the same features.
-        self.writer.write(result.rows)
-        save_states(self.redis, {u: states[u] for u in users})
+            if missing:
+                states.update(load_states(self.redis, self.layout, missing, keys))
+            try:
+                result = apply_batch(
+                    events, states, self.settings.allowed_lateness_seconds, offsets
+                )
+            except Exception as exc:
+                raise PoisonBatch(str(exc)) from exc
+            touched = {u: states[u] for u in result.touched}
+            save_states(self.redis, self.layout, touched, keys)
+        except BaseException:
+            # The attempt may have changed cached states that Redis never got.
+            self.cache.evict(users)
+            raise
+        self.cache.put(states, keys, partitions)
         return result
 
     def _letter(
         self, source: Any, rejection: Rejection, event: Event | None = None
     ) -> _DeadLetter:
-        message = getattr(source, "message", None)
         if source is not None:
             key = source.key
         else:
             key = event.user_id.encode() if event is not None else None
         record = dlq_record(
             rejection,
-            getattr(message, "partition", None),
-            getattr(message, "offset", None),
+            getattr(source, "partition", None),
+            getattr(source, "offset", None),
         )
         return _DeadLetter(key=key, value=record, reason=rejection.reason)
 
@@ -388,5 +396,6 @@ class FeatureEngine:
 
 
 def _timestamp(source: Any) -> float | None:
-    message = getattr(source, "message", None)
-    return getattr(message, "timestamp", None)
+    """A record's broker timestamp in epoch seconds (aiokafka gives milliseconds)."""
+    stamp = getattr(source, "timestamp", None)
+    return None if stamp is None else stamp / 1000.0

@@ -1,4 +1,4 @@
-"""Seed the online side from a backfill: worker state, stream and history features.
+"""Seed the online side from a backfill: every user's stream state and history features.
 
 After a backfill the online store must hold what the worker would have written had
 it seen the same history, so live events continue from there instead of from zero.
@@ -10,9 +10,8 @@ import redis
 from feast import FeatureStore
 
 from streams.feature_math import history_features
-from streams.online_sink import push_online, write_history_online
-from streams.processor import online_row
-from streams.state_store import save_states
+from streams.online_sink import write_history_online
+from streams.state_store import StateLayout, save_states
 from streams.user_state import UserState
 
 
@@ -23,22 +22,23 @@ def seed_online(
     as_of: float,
     chunk: int = 20_000,
 ) -> int:
-    """Write states, latest stream features and history features; returns users.
+    """Write states (what the worker continues from) and history features.
 
-    Features are computed as of ``as_of`` (so windows are right now, not at the
-    user's last event), but stream rows keep the newest event time as their
-    timestamp: Feast's Redis store drops writes older than what it holds, and the
-    worker's next write for the user is stamped with that user's event time.
+    History features are computed as of ``as_of``; stream windows need no such
+    choice, readers derive them from the state when they read.
     """
-    save_states(client, states)
+    layout = StateLayout.of(store)
     users = [u for u, s in states.items() if s.last_event_ts is not None]
     for start in range(0, len(users), chunk):
-        stream_rows, history_rows = [], []
-        for uid in users[start : start + chunk]:
-            state = states[uid]
-            stream_rows.append(online_row(uid, state, as_of))
-            history = history_features(state, as_of)
-            history_rows.append({"user_id": uid, "event_timestamp": as_of, **history})
-        push_online(store, stream_rows)
+        part = users[start : start + chunk]
+        save_states(client, layout, {uid: states[uid] for uid in part})
+        history_rows = [
+            {
+                "user_id": uid,
+                "event_timestamp": as_of,
+                **history_features(states[uid], as_of),
+            }
+            for uid in part
+        ]
         write_history_online(store, history_rows)
     return len(users)

@@ -24,6 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -38,8 +39,7 @@ from streams.feature_catalog import (
     PROPENSITY_FEATURES,
     SEGMENTATION_FEATURES,
 )
-from streams.online_sink import push_online
-from streams.processor import online_row
+from streams.state_store import StateLayout, save_states
 from streams.user_state import UserState, apply_event
 from training.registry import (
     PropensityBundle,
@@ -147,7 +147,9 @@ def _push_known_user(settings: Settings, redis_url: str) -> None:
             revenue=10.0 if etype == "purchase" else None,
         )
         apply_event(state, event, lateness_seconds=600)
-    push_online(store, [online_row(KNOWN_USER, state, now.timestamp())])
+    client = redis.Redis.from_url(redis_url)
+    save_states(client, StateLayout.of(store), {KNOWN_USER: state})
+    client.close()
     history = {spec.name: 2.0 for spec in HISTORY_FEATURES}
     history["first_seen_ts"] = now.timestamp() - 30 * 86_400.0
     store.write_to_online_store(

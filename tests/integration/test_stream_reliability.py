@@ -54,12 +54,13 @@ from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from streams.events import Event
+from streams.feature_catalog import STATE_FEATURE
 from streams.feature_math import stream_features
 from streams.metrics import Samples, label_values, parse_exposition, sample_sum
-from streams.online_sink import STREAM_COLUMNS
 from streams.producer import produce_events, produce_raw, read_topic
 from streams.simulator import events_frame, simulate
-from streams.state_store import KEY_PREFIX, load_states
+from streams.state_store import StateLayout, load_states
+from streams.user_state import UserState
 from tests.support import eventually
 from training.backfill import backfill
 
@@ -272,15 +273,16 @@ def assert_matches_batch(lane: Lane, events: list[Event], sample: int = 40) -> N
     - every user: stream_features(state in Redis, T) == stream_features(backfill, T)
       for one fixed T (the newest event time), floats within 1e-9;
     - no other users have state;
-    - a sample of users: the Feast online values equal the backfill's features as
-      of that user's newest event time (what the worker pushes).
+    - a sample of users: the state Feast reads gives the same features at T.
     """
     expected = backfill(
         events_frame(events), [], lane.settings.allowed_lateness_seconds
     ).states
     client = redis.Redis.from_url(lane.redis_url)
+    store = feature_store(lane.settings, lane.redis_url)
+    layout = StateLayout.of(store)
     as_of = max(e.ts for e in events)
-    actual = load_states(client, expected)
+    actual = load_states(client, layout, expected)
     wrong = []
     for uid, state in expected.items():
         want = stream_features(state, as_of)
@@ -288,24 +290,21 @@ def assert_matches_batch(lane: Lane, events: list[Event], sample: int = 40) -> N
         if not all(_same(got[k], want[k]) for k in want):
             wrong.append((uid, got, want))
     assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[:2]}"
-    stored = sum(1 for _ in client.scan_iter(f"{KEY_PREFIX}*", count=1000))
-    assert stored == len(expected)
+    keys = list(client.scan_iter(count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hexists(key, layout.state_field)
+    assert sum(pipe.execute()) == len(expected)
 
     users = sorted(expected)[:: max(1, len(expected) // sample)]
-    online = (
-        feature_store(lane.settings, lane.redis_url)
-        .get_online_features(
-            features=[f"{STREAM_VIEW}:{c}" for c in STREAM_COLUMNS],
-            entity_rows=[{"user_id": u} for u in users],
-        )
-        .to_dict()
-    )
-    for i, uid in enumerate(users):
-        state = expected[uid]
-        assert state.last_event_ts is not None
-        want = stream_features(state, state.last_event_ts)
-        got = {c: online[c][i] for c in STREAM_COLUMNS}
-        assert all(_same(got[c], want[c]) for c in STREAM_COLUMNS), (uid, got, want)
+    blobs = store.get_online_features(
+        features=[f"{STREAM_VIEW}:{STATE_FEATURE}"],
+        entity_rows=[{"user_id": u} for u in users],
+    ).to_dict()[STATE_FEATURE]
+    for uid, blob in zip(users, blobs, strict=True):
+        want = stream_features(expected[uid], as_of)
+        got = stream_features(UserState.from_bytes(blob), as_of)
+        assert all(_same(got[c], want[c]) for c in want), (uid, got, want)
 
 
 # --- the tests ------------------------------------------------------------------
@@ -522,7 +521,7 @@ def test_bad_input_goes_to_dlq_once_each_and_never_stops_the_worker(rig: Rig) ->
 def test_two_workers_split_partitions_and_equal_batch_recomputation(rig: Rig) -> None:
     lane = rig.lane("scale", db=5, batch_max_events=250)
     assert lane.settings.topic_partitions == 2
-    events = simulated(n_users=300, n_events=30_000, seed=15)
+    events = simulated(n_users=300, n_events=80_000, seed=15)
     first, rest = events[:20_000], events[20_000:]
     names = ("scale-a", "scale-b")
     a, b = (lane.start_worker(n) for n in names)
@@ -549,8 +548,11 @@ def test_two_workers_split_partitions_and_equal_batch_recomputation(rig: Rig) ->
         60,
         "b to work on the rest",
     )
-    processes.stop(b)
+    # Freeze b to look: the worker is fast enough to finish before a stop lands.
+    os.killpg(b.pid, signal.SIGSTOP)
     assert lane.committed() < len(events), "b should leave mid-stream"
+    os.killpg(b.pid, signal.SIGCONT)
+    processes.stop(b)
     left = time.monotonic()
     eventually(lambda: owned("scale-a") == {"0", "1"}, 90, "a to own both")
     print(f"\nthe survivor owned both partitions {time.monotonic() - left:.1f}s later")

@@ -1,4 +1,4 @@
-"""A micro-batch: bad events split off, duplicates ignored, features per user."""
+"""A micro-batch: bad events split off, duplicates ignored, touched users reported."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import orjson
 
+from streams.feature_math import stream_features
 from streams.processor import apply_batch, parse_batch
 from streams.user_state import UserState
 
@@ -38,16 +39,19 @@ def test_replayed_batch_changes_nothing() -> None:
     events = parse_batch(values, now=NOW).events
     states: defaultdict[str, UserState] = defaultdict(UserState)
     first = apply_batch(events, states, lateness_seconds=600)
-    assert {r["user_id"]: r["events_1h"] for r in first.rows} == {"u1": 2.0, "u2": 1.0}
+    assert first.touched == ["u1", "u2"]
+    assert stream_features(states["u1"], NOW)["events_1h"] == 2.0
+    before = {u: s.to_bytes() for u, s in states.items()}
     again = apply_batch(events, states, lateness_seconds=600)
-    assert again.rows == []
+    assert again.touched == []
     assert again.counts["duplicate"] == 3
+    assert {u: s.to_bytes() for u, s in states.items()} == before
 
 
-def test_features_are_taken_as_of_the_newest_event_of_each_user() -> None:
+def test_offsets_make_replays_duplicates_beyond_the_event_id_window() -> None:
     events = parse_batch([raw("a", "u1", 7200), raw("b", "u1", 30)], now=NOW).events
-    result = apply_batch(events, defaultdict(UserState), lateness_seconds=10_000)
-    (row,) = result.rows
-    assert row["event_timestamp"] == NOW - 30
-    assert row["events_1h"] == 1.0
-    assert row["events_24h"] == 2.0
+    states: defaultdict[str, UserState] = defaultdict(UserState)
+    apply_batch(events, states, lateness_seconds=10_000, offsets=[4, 5])
+    states["u1"].seen.clear()  # as if the ids had aged out of the dedupe window
+    again = apply_batch(events, states, lateness_seconds=10_000, offsets=[4, 5])
+    assert again.touched == [] and again.counts["duplicate"] == 2

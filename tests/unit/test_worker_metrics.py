@@ -1,7 +1,7 @@
 """The worker's batch handling, acknowledgement and metrics, without real services.
 
-The engine runs against in-memory fakes of Redis, the Feast store and the DLQ topic;
-the Faust agent of :mod:`streams.app` runs against a fake stream.
+The engine runs against in-memory fakes of Redis and the DLQ topic; the consume loop
+of :mod:`streams.consumer` against a fake consumer.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 import orjson
-import pandas as pd
 import pytest
 import redis
 
 from infra.settings import Settings
 from streams import worker_engine
+from streams.consumer import EventConsumer
 from streams.metrics import (
     WorkerMetrics,
     label_values,
@@ -31,7 +31,7 @@ from streams.metrics import (
     sample_sum,
     textfile_path,
 )
-from streams.state_store import state_key
+from streams.state_store import StateLayout, decode_fields
 from streams.user_state import UserState
 from streams.worker_engine import MAX_BACKOFF_SECONDS, FeatureEngine
 
@@ -41,19 +41,19 @@ NOW = 1_800_000_000.0
 # --- fakes ----------------------------------------------------------------------
 
 
+LAYOUT = StateLayout(project="unit")
+
+
 @dataclass
-class Message:
+class Record:
+    """What aiokafka's getmany returns per message."""
+
     topic: str
     partition: int
     offset: int
-    timestamp: float | None
-
-
-@dataclass
-class FakeEvent:
+    timestamp: int | None  # ms
     key: bytes | None
     value: bytes
-    message: Message
 
 
 def event_json(event_id: str, user: str, age_s: float, etype: str = "page_view"):
@@ -69,31 +69,31 @@ def event_json(event_id: str, user: str, age_s: float, etype: str = "page_view")
 
 def batch_of(*values: bytes, partition: int = 0, first_offset: int = 0):
     return [
-        FakeEvent(
-            key=f"k{i}".encode(),
-            value=value,
-            message=Message("events", partition, first_offset + i, NOW - 1.0),
+        Record(
+            "events",
+            partition,
+            first_offset + i,
+            int((NOW - 1.0) * 1000),
+            f"k{i}".encode(),
+            value,
         )
         for i, value in enumerate(values)
     ]
 
 
 class FakeRedis:
-    """mget + pipelined mset; the first ``fail`` calls raise ``error``."""
+    """Pipelined hmget / hset / expire on hashes; the first ``fail`` calls raise."""
 
     def __init__(self, fail: int = 0, error: Exception | None = None) -> None:
-        self.data: dict[str, bytes] = {}
+        self.data: dict[bytes, dict[bytes, bytes]] = {}
         self.fail = fail
         self.error = error or redis.ConnectionError("Connection refused")
+        self.reads = 0
 
     def _call(self) -> None:
         if self.fail > 0:
             self.fail -= 1
             raise self.error
-
-    def mget(self, keys: list[str]) -> list[bytes | None]:
-        self._call()
-        return [self.data.get(k) for k in keys]
 
     def pipeline(self, transaction: bool = False) -> FakePipeline:
         return FakePipeline(self)
@@ -102,27 +102,28 @@ class FakeRedis:
 @dataclass
 class FakePipeline:
     client: FakeRedis
-    ops: list[dict[str, bytes]] = field(default_factory=list)
+    ops: list[tuple[str, bytes, Any]] = field(default_factory=list)
 
-    def mset(self, mapping: dict[str, bytes]) -> FakePipeline:
-        self.ops.append(mapping)
+    def hmget(self, key: bytes, fields: tuple[bytes, ...]) -> FakePipeline:
+        self.ops.append(("hmget", key, fields))
         return self
 
-    def execute(self) -> None:
+    def hset(self, key: bytes, mapping: dict[bytes, bytes]) -> FakePipeline:
+        self.ops.append(("hset", key, mapping))
+        return self
+
+    def execute(self) -> list[Any]:
         self.client._call()
-        for mapping in self.ops:
-            self.client.data.update(mapping)
-
-
-class FakeStore:
-    """Records online writes (the engine's ``writer``)."""
-
-    def __init__(self) -> None:
-        self.pushed: list[Any] = []
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self.pushed.append(pd.DataFrame.from_records(rows))
+        out: list[Any] = []
+        for op, key, arg in self.ops:
+            if op == "hmget":
+                self.client.reads += 1
+                row = self.client.data.get(key, {})
+                out.append([row.get(f) for f in arg])
+            else:
+                self.client.data.setdefault(key, {}).update(arg)
+                out.append(len(arg))
+        return out
 
 
 class FakeDlq:
@@ -147,18 +148,21 @@ class FakeDlq:
 class Rig:
     engine: FeatureEngine
     redis: FakeRedis
-    store: FakeStore
     dlq: FakeDlq
     sleeps: list[float]
 
-    def handle(self, batch: list[FakeEvent]) -> None:
+    def handle(self, batch: list[Record]) -> None:
         asyncio.run(self.engine.handle(batch, self.dlq))
 
     def samples(self) -> dict:
         return parse_exposition(self.engine.metrics.exposition().decode())
 
+    def stored(self, user: str) -> bool:
+        return LAYOUT.key(user) in self.redis.data
+
     def state(self, user: str) -> UserState:
-        return UserState.from_bytes(self.redis.data.get(state_key(user)))
+        row = self.redis.data.get(LAYOUT.key(user), {})
+        return decode_fields(row.get(LAYOUT.state_field), row.get(b"segscore:dedupe"))
 
 
 def make_rig(tmp_path: Path, redis_fail: int = 0, dlq_fail: int = 0) -> Rig:
@@ -167,17 +171,17 @@ def make_rig(tmp_path: Path, redis_fail: int = 0, dlq_fail: int = 0) -> Rig:
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    fake_redis, store, dlq = FakeRedis(redis_fail), FakeStore(), FakeDlq(dlq_fail)
+    fake_redis, dlq = FakeRedis(redis_fail), FakeDlq(dlq_fail)
     engine = FeatureEngine(
         Settings(home=tmp_path),
         "redis://unused",
         WorkerMetrics("test-worker"),
-        writer=store,
+        layout=LAYOUT,
         redis_client=fake_redis,  # type: ignore[arg-type]
         clock=lambda: NOW,
         sleep=sleep,
     )
-    return Rig(engine, fake_redis, store, dlq, sleeps)
+    return Rig(engine, fake_redis, dlq, sleeps)
 
 
 # --- the engine -------------------------------------------------------------------
@@ -197,8 +201,8 @@ def test_batch_writes_valid_events_and_dead_letters_the_rest(tmp_path: Path) -> 
 
     assert rig.state("u1").last_event_ts == NOW - 30
     assert rig.state("u2").last_event_ts == NOW - 10
-    assert state_key("u3") not in rig.redis.data
-    assert sorted(rig.store.pushed[0]["user_id"]) == ["u1", "u2"]
+    assert not rig.stored("u3")
+    assert len(rig.redis.data) == 2
     letters = {key: record for key, record in rig.dlq.sent}
     assert letters[b"k1"]["reason"] == "malformed_json"
     assert letters[b"k3"]["reason"] == "unknown_event_type"
@@ -220,7 +224,7 @@ def test_batch_writes_valid_events_and_dead_letters_the_rest(tmp_path: Path) -> 
     assert sample_sum(samples, f"{kafka}_sum") == pytest.approx(2.0)
     last = "segscore_worker_last_batch_max_freshness_seconds"
     assert sample_sum(samples, last, clock="event") == pytest.approx(30.0)
-    # Messages are counted when the agent acknowledges, not before.
+    # Messages are counted when the batch is committed, not before.
     assert sample_sum(samples, "segscore_worker_messages_total") == 0
 
 
@@ -258,7 +262,7 @@ def test_a_cancelled_batch_is_not_reported_as_done(tmp_path: Path) -> None:
             await task
 
     asyncio.run(run())
-    assert rig.store.pushed == [] and rig.redis.data == {}
+    assert rig.redis.data == {}
     assert sample_sum(rig.samples(), "segscore_worker_batches_total") == 0
 
 
@@ -280,7 +284,7 @@ def test_a_poison_event_is_isolated_and_dead_lettered(
 
     for i in (0, 1, 2, 4, 5):
         assert rig.state(f"u{i}").last_event_ts == NOW - (60 - i)
-    assert state_key("u3") not in rig.redis.data
+    assert not rig.stored("u3")
     [(key, letter)] = rig.dlq.sent
     assert key == b"k3"
     assert letter["reason"] == "processing_error"
@@ -394,7 +398,149 @@ def test_http_endpoint_serves_the_same_exposition() -> None:
     assert sample_sum(samples, "segscore_worker_messages_total") == 11
 
 
-# --- the Faust agent: acknowledgement -----------------------------------------------
+# --- the state cache ---------------------------------------------------------------
+
+
+def test_owned_users_are_read_from_redis_once(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    rig.handle(batch_of(event_json("a", "u1", 30), first_offset=0))
+    rig.handle(batch_of(event_json("b", "u1", 20), first_offset=1))
+    assert rig.redis.reads == 1
+    assert rig.state("u1").last_event_ts == NOW - 20
+    assert rig.state("u1").offset == 1
+
+
+def test_a_failed_write_is_retried_from_the_stored_state(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    rig.handle(batch_of(event_json("a", "u1", 30), first_offset=0))
+    # The write of the next batch fails once after the state was changed in memory:
+    # the retry must start again from what Redis holds, not count the event twice.
+    rig.redis.fail = 1
+    rig.handle(batch_of(event_json("b", "u1", 20), first_offset=1))
+    state = rig.state("u1")
+    assert sum(bucket[0] for bucket in state.minutes.values()) == 2.0
+    assert rig.redis.reads == 2
+
+
+def test_revoked_partitions_are_reread(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    rig.handle(batch_of(event_json("a", "u1", 30), partition=0))
+    rig.handle(batch_of(event_json("b", "u2", 30), partition=1))
+    rig.engine.partitions_revoked([("events", 0)])
+    # Meanwhile another worker wrote u1: this worker must see that write.
+    other = make_rig(tmp_path)
+    other.redis = rig.redis
+    other.engine._redis = rig.redis  # type: ignore[assignment]
+    other.handle(batch_of(event_json("c", "u1", 10), first_offset=5))
+    rig.handle(batch_of(event_json("d", "u1", 5), first_offset=6))
+    rig.handle(batch_of(event_json("e", "u2", 5), partition=1, first_offset=1))
+    assert rig.state("u1").last_event_ts == NOW - 5
+    assert sum(b[0] for b in rig.state("u1").minutes.values()) == 3.0
+    assert rig.redis.reads == 1 + 1 + 1 + 1  # u1, u2, other's u1, u1 again; not u2
+
+
+# --- the consume loop: commit after write ------------------------------------------
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[dict[Any, int]] = []
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
+    out: dict[tuple[str, int], list[Record]] = {}
+    for record in batch:
+        out.setdefault((record.topic, record.partition), []).append(record)
+    return out
+
+
+def make_loop(
+    tmp_path: Path, commit_interval: float = 0.0
+) -> tuple[EventConsumer, FakeConsumer, list[int]]:
+    rig = make_rig(tmp_path)
+    settings = Settings(home=tmp_path, commit_interval_seconds=commit_interval)
+    loop = EventConsumer(settings, "unused:1", rig.engine, rig.dlq)
+    consumer = FakeConsumer()
+    commits_when_handled: list[int] = []
+
+    async def handle(batch, dlq) -> None:
+        commits_when_handled.append(len(consumer.commits))
+
+    loop.engine.handle = handle  # type: ignore[method-assign]
+    return loop, consumer, commits_when_handled
+
+
+def test_a_batch_is_committed_only_after_it_is_written(tmp_path: Path) -> None:
+    loop, consumer, seen = make_loop(tmp_path)
+    first = batch_of(b"1", b"2") + batch_of(b"3", partition=1, first_offset=7)
+    second = batch_of(b"4", first_offset=2)
+
+    async def run() -> None:
+        await loop._process(consumer, records_of(first))  # type: ignore[arg-type]
+        await loop._process(consumer, records_of(second))  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert seen == [0, 1]
+    assert consumer.commits == [
+        {("events", 0): 2, ("events", 1): 8},
+        {("events", 0): 3},
+    ]
+    assert loop.engine.next_offsets == {("events", 0): 3, ("events", 1): 8}
+
+
+def test_a_batch_cut_short_by_shutdown_is_never_committed(tmp_path: Path) -> None:
+    loop, consumer, _ = make_loop(tmp_path)
+
+    async def handle(batch, dlq) -> None:
+        raise asyncio.CancelledError
+
+    loop.engine.handle = handle  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(loop._process(consumer, records_of(batch_of(b"1"))))  # type: ignore[arg-type]
+    assert consumer.commits == []
+
+
+def test_commits_are_spaced_but_never_ahead_of_writes(tmp_path: Path) -> None:
+    loop, consumer, _ = make_loop(tmp_path, commit_interval=3600.0)
+
+    async def run() -> None:
+        loop._last_commit = float("-inf")  # the first batch commits, later ones wait
+        for offset in range(3):
+            batch = batch_of(b"x", first_offset=offset)
+            await loop._process(consumer, records_of(batch))  # type: ignore[arg-type]
+        await loop._final_commit(consumer)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert consumer.commits == [{("events", 0): 1}, {("events", 0): 3}]
+
+
+def test_a_revocation_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
+    loop, consumer, _ = make_loop(tmp_path, commit_interval=3600.0)
+    loop.consumer = consumer  # type: ignore[assignment]
+    order: list[str] = []
+
+    async def handle(batch, dlq) -> None:
+        order.append("handle")
+        await asyncio.sleep(0.05)
+
+    def revoked(partitions) -> None:
+        order.append(f"revoke after {len(consumer.commits)} commit(s)")
+
+    loop.engine.handle = handle  # type: ignore[method-assign]
+    loop.engine.partitions_revoked = revoked  # type: ignore[method-assign]
+
+    async def run() -> None:
+        batch = loop._process(consumer, records_of(batch_of(b"1")))  # type: ignore[arg-type]
+        task = asyncio.create_task(batch)
+        await asyncio.sleep(0.01)
+        await loop.partitions_revoked(set())
+        await task
+
+    asyncio.run(run())
+    assert order == ["handle", "revoke after 1 commit(s)"]
 
 
 @pytest.fixture
@@ -410,67 +556,20 @@ def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Modu
     sys.modules.pop("streams.app", None)
 
 
-class FakeStream:
-    def __init__(self, batches: list[list[FakeEvent]]) -> None:
-        self.batches = batches
-        self.acked: list[FakeEvent] = []
-
-    async def noack_take(self, max_: int, within: float):
-        for batch in self.batches:
-            yield batch
-
-    async def ack(self, event: FakeEvent) -> bool:
-        self.acked.append(event)
-        return True
-
-
-def test_agent_acks_a_batch_only_after_it_is_written(
+def test_worker_exits_without_committing_on_an_unexpected_error(
     app_module: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = batch_of(b"1", b"2"), batch_of(b"3", first_offset=2)
-    stream = FakeStream([first, second])
-    acked_when_called: list[int] = []
-
-    async def handle(batch, dlq) -> None:
-        acked_when_called.append(len(stream.acked))
-
-    monkeypatch.setattr(app_module.engine, "handle", handle)
-    asyncio.run(app_module.build_features.fun(stream))
-    assert acked_when_called == [0, 2]
-    assert stream.acked == first + second
-    assert app_module.engine.next_offsets == {("events", 0): 3}
-
-
-def test_agent_never_acks_a_batch_cut_short_by_shutdown(
-    app_module: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stream = FakeStream([batch_of(b"1", b"2")])
-
-    async def handle(batch, dlq) -> None:
-        raise asyncio.CancelledError
-
-    monkeypatch.setattr(app_module.engine, "handle", handle)
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(app_module.build_features.fun(stream))
-    assert stream.acked == []
-
-
-def test_agent_exits_without_acking_on_an_unexpected_error(
-    app_module: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stream = FakeStream([batch_of(b"1")])
     exits: list[int] = []
 
-    async def handle(batch, dlq) -> None:
+    async def run(started=None) -> None:
         raise RuntimeError("a bug")
 
     def fake_exit(code: int) -> None:
         exits.append(code)
         raise SystemExit(code)
 
-    monkeypatch.setattr(app_module.engine, "handle", handle)
+    monkeypatch.setattr(app_module.consumer, "run", run)
     monkeypatch.setattr(app_module.os, "_exit", fake_exit)
     with pytest.raises(SystemExit):
-        asyncio.run(app_module.build_features.fun(stream))
+        asyncio.run(app_module.consume_events())
     assert exits == [app_module.EXIT_UNEXPECTED]
-    assert stream.acked == []
