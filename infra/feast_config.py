@@ -96,7 +96,13 @@ def write_feature_store_yaml(settings: Settings, redis_url: str, path: Path) -> 
 
 def apply_repo(store: FeatureStore) -> None:
     """Register every object of ``feature_repo`` (what ``feast apply`` does)."""
-    from feature_repo import data_sources, entities, feature_services, features
+    from feature_repo import (
+        data_sources,
+        entities,
+        feature_services,
+        features,
+        live_features,
+    )
 
     store.apply(
         [
@@ -106,6 +112,7 @@ def apply_repo(store: FeatureStore) -> None:
             data_sources.history_features_source,
             features.user_stream_features,
             features.user_history_features,
+            live_features.user_live_features,
             feature_services.segmentation,
             feature_services.propensity,
         ]

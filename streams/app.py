@@ -18,6 +18,7 @@ every ``worker_metrics_interval_seconds``, and ``/metrics`` on
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import warnings
@@ -68,13 +69,24 @@ engine = FeatureEngine(settings, _stack.redis_url, metrics)
 consumer = EventConsumer(settings, _stack.kafka_broker, engine, dlq_topic, WORKER_ID)
 
 
+def _ready() -> None:
+    """Load what every batch needs, then take it out of the garbage collector's way.
+
+    Freezing moves the ~100k objects that imports and setup created into the
+    permanent generation; full collections then scan only live stream data, and
+    a profile showed them shrinking from ~45 ms to a few (see streams.user_state).
+    """
+    _ = engine.layout
+    gc.collect()
+    gc.freeze()
+    log.info("consuming %s", settings.events_topic)
+
+
 @app.task
 async def consume_events() -> None:
     """Consume, write and commit batch after batch; exit hard on the unexpected."""
     try:
-        await consumer.run(
-            started=lambda: log.info("consuming %s", settings.events_topic)
-        )
+        await consumer.run(started=_ready)
     except asyncio.CancelledError:
         raise  # shutting down: the batch in flight stays uncommitted
     except BaseException:

@@ -49,7 +49,7 @@ _COUNTED = (
 
 
 def _sum_window(
-    buckets: dict[int, list[float]], low: int, high: int, size: int
+    buckets: dict[int, tuple[float, ...]], low: int, high: int, size: int
 ) -> list[float]:
     totals = [0.0] * size
     for index, bucket in buckets.items():

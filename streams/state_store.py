@@ -18,9 +18,9 @@ frozen at write time would be wrong for any user who has since gone idle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 
 import redis
@@ -77,8 +77,14 @@ class StateLayout:
 def encode_fields(layout: StateLayout, state: UserState) -> dict[bytes, bytes]:
     """The hash fields holding ``state`` (it must have seen at least one event)."""
     assert state.last_event_ts is not None
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.fromtimestamp(state.last_event_ts, tz=UTC))
+    # Timestamp(seconds, nanos) directly: FromDatetime was a tenth of the worker's
+    # time in a profile.
+    # Rounded to microseconds as datetime.fromtimestamp (Feast's path) rounds.
+    seconds = math.floor(state.last_event_ts)
+    micros = round((state.last_event_ts - seconds) * 1e6)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    stamp = Timestamp(seconds=seconds, nanos=micros * 1000)
     return {
         layout.state_field: Value(
             bytes_val=state.to_bytes(with_dedupe=False)

@@ -75,14 +75,19 @@ class Outcome(Enum):
 class UserState:
     """Everything needed to compute one user's features as of any recent instant."""
 
-    minutes: dict[int, list[float]] = field(default_factory=dict)
-    hours: dict[int, list[float]] = field(default_factory=dict)
-    days: dict[int, list[float]] = field(default_factory=dict)
-    # session id -> [first seen, last seen]; the first decides the day it counts on
-    sessions: dict[str, list[float]] = field(default_factory=dict)
+    # Counters and spans are tuples of floats, replaced on update, not lists:
+    # the garbage collector stops tracking a tuple of floats (and a dict holding
+    # only such tuples) after one look, so it never rescans the cached states.
+    # With lists, a worker caching 10k users carried ~600k tracked containers and
+    # each full collection stalled it for ~0.3 s (the freshness p99).
+    minutes: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    hours: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    days: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    # session id -> (first seen, last seen); the first decides the day it counts on
+    sessions: dict[str, tuple[float, float]] = field(default_factory=dict)
     categories: dict[str, float] = field(default_factory=dict)  # name -> last seen
-    cart_adds: list[float] = field(default_factory=list)  # recent add times
-    purchases: list[float] = field(default_factory=list)  # recent purchase times
+    cart_adds: tuple[float, ...] = ()  # recent add times
+    purchases: tuple[float, ...] = ()  # recent purchase times
     engagement: float = 0.0  # decayed score at engagement_ts
     engagement_ts: float | None = None
     first_seen_ts: float | None = None
@@ -134,13 +139,13 @@ class UserState:
         raw: dict[str, Any] = orjson.loads(blob)
         first, last, last_purchase = raw["t"]
         return cls(
-            minutes={int(r[0]): r[1:] for r in raw["m"]},
-            hours={int(r[0]): r[1:] for r in raw["h"]},
-            days={int(r[0]): r[1:] for r in raw["d"]},
-            sessions=raw["ss"],
+            minutes={int(r[0]): tuple(r[1:]) for r in raw["m"]},
+            hours={int(r[0]): tuple(r[1:]) for r in raw["h"]},
+            days={int(r[0]): tuple(r[1:]) for r in raw["d"]},
+            sessions={k: (v[0], v[1]) for k, v in raw["ss"].items()},
             categories=raw["c"],
-            cart_adds=raw["ca"],
-            purchases=raw["pu"],
+            cart_adds=tuple(raw["ca"]),
+            purchases=tuple(raw["pu"]),
             engagement=raw["e"][0],
             engagement_ts=raw["e"][1],
             first_seen_ts=first,
@@ -151,11 +156,14 @@ class UserState:
         )
 
 
-def _bucket(buckets: dict[int, list[float]], index: int, size: int) -> list[float]:
-    bucket = buckets.get(index)
-    if bucket is None:
-        bucket = buckets[index] = [0.0] * size
-    return bucket
+_ZEROS = {SLOTS: (0.0,) * SLOTS, DAY_SLOTS: (0.0,) * DAY_SLOTS}
+
+
+def _bucket(
+    buckets: dict[int, tuple[float, ...]], index: int, size: int
+) -> list[float]:
+    """A mutable copy of one bucket (zeros if new); store it back with ``tuple``."""
+    return list(buckets.get(index) or _ZEROS[size])
 
 
 def apply_event(
@@ -182,12 +190,13 @@ def apply_event(
 
     etype = event.event_type
     slot = _TYPE_SLOT.get(etype)
-    day = _bucket(state.days, int(ts // DAY), DAY_SLOTS)
+    day_index, minute_index = int(ts // DAY), int(ts // MINUTE)
+    hour_index = int(ts // HOUR)
+    day = _bucket(state.days, day_index, DAY_SLOTS)
     day[D_EVENTS] += 1.0
-    for bucket in (
-        _bucket(state.minutes, int(ts // MINUTE), SLOTS),
-        _bucket(state.hours, int(ts // HOUR), SLOTS),
-    ):
+    minute = _bucket(state.minutes, minute_index, SLOTS)
+    hour = _bucket(state.hours, hour_index, SLOTS)
+    for bucket in (minute, hour):
         bucket[S_EVENTS] += 1.0
         if slot is not None:
             bucket[slot] += 1.0
@@ -196,16 +205,18 @@ def apply_event(
         elif etype is EventType.PRODUCT_VIEW and event.price is not None:
             bucket[S_VIEW_PRICE_SUM] += event.price
             bucket[S_VIEW_PRICE_N] += 1.0
+    state.minutes[minute_index] = tuple(minute)
+    state.hours[hour_index] = tuple(hour)
 
     if etype is EventType.PRODUCT_VIEW:
         day[D_VIEWS] += 1.0
     elif etype is EventType.ADD_TO_CART:
         day[D_ADDS] += 1.0
-        state.cart_adds.append(ts)
+        state.cart_adds = (*state.cart_adds, ts)
     elif etype is EventType.PURCHASE:
         day[D_PURCHASES] += 1.0
         day[D_REVENUE] += event.revenue or 0.0
-        state.purchases.append(ts)
+        state.purchases = (*state.purchases, ts)
         if state.last_purchase_ts is None or ts > state.last_purchase_ts:
             state.last_purchase_ts = ts
 
@@ -213,17 +224,22 @@ def apply_event(
         span = state.sessions.get(event.session_id)
         if span is None:
             day[D_SESSIONS] += 1.0
-            state.sessions[event.session_id] = [ts, ts]
+            state.sessions[event.session_id] = (ts, ts)
         elif ts < span[0]:
             # An earlier event of a known session arrived late: the session counts
             # on the day it started, whatever order its events came in.
-            first_day = state.days.get(int(span[0] // DAY))
-            if first_day is not None:
+            first_index = int(span[0] // DAY)
+            if first_index == day_index:
+                day[D_SESSIONS] -= 1.0
+            elif first_index in state.days:
+                first_day = _bucket(state.days, first_index, DAY_SLOTS)
                 first_day[D_SESSIONS] -= 1.0
+                state.days[first_index] = tuple(first_day)
             day[D_SESSIONS] += 1.0
-            span[0] = ts
+            state.sessions[event.session_id] = (ts, span[1])
         elif ts > span[1]:
-            span[1] = ts
+            state.sessions[event.session_id] = (span[0], ts)
+    state.days[day_index] = tuple(day)
     if event.category:
         previous = state.categories.get(event.category)
         if previous is None or ts > previous:
@@ -259,21 +275,33 @@ def _prune(state: UserState, lateness_seconds: int) -> None:
     oldest_minute = int((oldest - MINUTE_WINDOW * MINUTE) // MINUTE)
     oldest_hour = int((oldest - HOUR_WINDOW * HOUR) // HOUR)
     oldest_day = int(oldest // DAY) - DAY_WINDOW
+    # Each clean-up first asks (at C speed) whether anything is old enough to
+    # drop: most calls find nothing, and the full scans were a tenth of the
+    # worker's time in a profile.
     for buckets, floor in (
         (state.minutes, oldest_minute),
         (state.hours, oldest_hour),
         (state.days, oldest_day),
     ):
-        for key in [k for k in buckets if k < floor]:
-            del buckets[key]
+        if buckets and min(buckets) < floor:
+            for key in [k for k in buckets if k < floor]:
+                del buckets[key]
     session_floor = oldest_hour * HOUR
-    for key in [k for k, span in state.sessions.items() if span[1] < session_floor]:
-        del state.sessions[key]
+    sessions = state.sessions
+    if sessions and min(span[1] for span in sessions.values()) < session_floor:
+        for key in [k for k, span in sessions.items() if span[1] < session_floor]:
+            del sessions[key]
     day_floor = int((oldest - DAY) // HOUR) * HOUR
-    for key in [k for k, ts in state.categories.items() if ts < day_floor]:
-        del state.categories[key]
+    categories = state.categories
+    if categories and min(categories.values()) < day_floor:
+        for key in [k for k, ts in categories.items() if ts < day_floor]:
+            del categories[key]
     cart_floor = day_floor - ABANDON_SECONDS
-    state.cart_adds = [t for t in state.cart_adds if t >= cart_floor]
-    state.purchases = [t for t in state.purchases if t >= cart_floor]
-    for key in [k for k, ts in state.seen.items() if ts < oldest]:
-        del state.seen[key]
+    if state.cart_adds and min(state.cart_adds) < cart_floor:
+        state.cart_adds = tuple(t for t in state.cart_adds if t >= cart_floor)
+    if state.purchases and min(state.purchases) < cart_floor:
+        state.purchases = tuple(t for t in state.purchases if t >= cart_floor)
+    seen = state.seen
+    if seen and min(seen.values()) < oldest:
+        for key in [k for k, ts in seen.items() if ts < oldest]:
+            del seen[key]

@@ -1,0 +1,115 @@
+"""Read-time stream features for Feast consumers: an on-demand view over ``state``.
+
+The stream worker keeps only the ``state`` blob of ``user_stream_features`` online
+(see :mod:`streams.state_store`); every window depends on *when* it is read, so the
+29 stream features are derived from that blob at the instant of each
+``get_online_features`` call or ``feast serve`` request, by the project's own
+:func:`streams.feature_math.stream_features`. Nothing is written back
+(``write_to_online_store=False``). Training is unaffected: it reads the materialised
+offline columns through the feature services, not this view.
+
+Usage: ``store.get_online_features(features=["user_live_features:events_1h", ...],
+entity_rows=[{"user_id": ...}])``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from feast import Field
+from feast.errors import SpecifiedFeaturesNotPresentError
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.types import Float64
+
+from feature_repo.features import user_stream_features
+from streams.events import Event, EventType
+from streams.feature_catalog import STATE_FEATURE, STREAM_FEATURES
+from streams.user_state import UserState, apply_event
+
+LIVE_VIEW = "user_live_features"
+
+
+def live_stream_features(inputs: dict[str, list]) -> dict[str, list]:
+    """Feast python-mode UDF: every stream feature of each row's state, as of now.
+
+    ``inputs`` holds one list per column (Feast's batch python mode); ``state`` is
+    the stored blob, ``None`` for a user the worker never wrote, who gets the
+    features of an empty state (zero counts, ``None`` timestamps).
+    """
+    # Self-contained on purpose: Feast rebuilds the UDF by exec-ing this source text
+    # in a namespace holding only pandas and numpy, so module-level imports and
+    # constants (and annotations other than builtins) would not resolve there.
+    import time
+
+    from streams.feature_catalog import STREAM_FEATURES
+    from streams.feature_math import stream_features
+    from streams.user_state import UserState
+
+    # One instant for the whole request, so rows of one batch are comparable.
+    now = time.time()
+    rows = [stream_features(UserState.from_bytes(b), now) for b in inputs["state"]]
+    # Keyed by the catalogue, so a feature missing from the math fails loudly here.
+    out = {spec.name: [row[spec.name] for row in rows] for spec in STREAM_FEATURES}
+    # Feast (0.67) picks python-mode outputs by the name the caller asked for, which
+    # is "<view>__<feature>" under full_feature_names=True, and renames nothing:
+    # without these aliases such requests silently lose every feature. The literal
+    # must equal LIVE_VIEW (this source runs without module globals).
+    out.update({f"user_live_features__{name}": out[name] for name in list(out)})
+    return out
+
+
+def _sample_state_blob() -> bytes:
+    """A real state in which every stream feature has a value (no ``None``)."""
+    state = UserState()
+    event = Event(
+        event_id="schema-sample",
+        user_id="schema-sample",
+        event_type=EventType.PURCHASE,
+        ts=1_700_000_000_000,  # epoch milliseconds, as on the wire
+        price=10.0,
+        revenue=10.0,
+        session_id="schema-sample",
+        category="schema-sample",
+    )
+    apply_event(state, event, lateness_seconds=0)
+    return state.to_bytes(with_dedupe=False)
+
+
+class StateDerivedView(OnDemandFeatureView):
+    """An on-demand view whose source is the ``state`` blob.
+
+    Feast checks an on-demand view's declared schema at ``apply`` by running the
+    UDF on sample inputs; for a Bytes source the sample is ``b"hello world"``,
+    which is not a state, and an empty state would leave the timestamp features
+    ``None``, whose type cannot be inferred. So the check runs on a real state.
+    """
+
+    def infer_features(self) -> None:
+        """Check the declared schema against the UDF's output on a real state."""
+        assert self.feature_transformation is not None
+        blob = _sample_state_blob()
+        sample: dict[str, list] = {
+            STATE_FEATURE: [blob],
+            f"{user_stream_features.name}__{STATE_FEATURE}": [blob],
+        }
+        inferred = self.feature_transformation.infer_features(random_input=sample)
+        missing = [field for field in self.features if field not in inferred]
+        if missing:
+            raise SpecifiedFeaturesNotPresentError(missing, inferred, self.name)
+
+
+user_live_features = StateDerivedView(
+    name=LIVE_VIEW,
+    sources=[user_stream_features[[STATE_FEATURE]]],
+    # No field descriptions: Feast compares declared and inferred fields with
+    # ``==``, which includes the description, and inferred fields have none.
+    schema=[Field(name=spec.name, dtype=Float64) for spec in STREAM_FEATURES],
+    mode="python",
+    udf=live_stream_features,
+    udf_string=inspect.getsource(live_stream_features),
+    write_to_online_store=False,
+    description="The stream features derived from the state blob as of the read "
+    "(wall clock), for online consumers; see streams/feature_catalog.py.",
+    owner="segscore",
+    tags={"group": "stream", "computed": "read-time"},
+)
