@@ -32,6 +32,7 @@ from training.backfill import (
     write_offline,
 )
 from training.labels import labelled_snapshots, purchase_labels
+from training.promotion import Decision, judge_propensity, judge_segmenter
 from training.propensity import fit_propensity
 from training.registry import PropensityBundle, SegmenterBundle
 from training.segmenter import fit_segmenter
@@ -58,6 +59,8 @@ class TrainResult:
         backfill: The snapshot tables written to the offline store.
         snapshots: Snapshot instants, epoch seconds.
         window: First and last event time, epoch seconds.
+        segmentation_frame: The users' latest features the segmenter was fit on.
+        decisions: The champion/challenger verdicts (empty without promotion).
         timings: Seconds spent per stage.
     """
 
@@ -67,6 +70,8 @@ class TrainResult:
     backfill: BackfillResult
     snapshots: list[float]
     window: tuple[float, float]
+    segmentation_frame: pd.DataFrame | None = None
+    decisions: list[Decision] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -89,8 +94,19 @@ def check_offline_sources(store: FeatureStore, settings: Settings) -> None:
 
 
 def _previous_segmenter(settings: Settings) -> SegmenterBundle | None:
+    if not registry.has_champion(registry.SEGMENTER, settings):
+        return None
     try:
         return registry.load_segmenter(settings)
+    except (NotFound, OSError, KeyError, ValueError):
+        return None
+
+
+def _champion_propensity(settings: Settings) -> PropensityBundle | None:
+    if not registry.has_champion(registry.PROPENSITY, settings):
+        return None
+    try:
+        return registry.load_propensity(settings)
     except (NotFound, OSError, KeyError, ValueError):
         return None
 
@@ -111,7 +127,8 @@ def train(
         events: Validated events (contract columns, ``ts`` in epoch seconds).
         personas: Ground-truth persona per user (simulated data only); adds the
             adjusted Rand index to the segmenter's metrics.
-        promote: Make the new models the champions.
+        promote: Promote each new model that beats its champion on the same
+            held-out data (see :mod:`training.promotion`); ``False`` only stores.
 
     Returns:
         The fitted models (with their store tags), final user states, backfill
@@ -154,7 +171,8 @@ def train(
     ].reset_index(drop=True)
     seg_frame = training_frame(store, population, SEGMENTATION_SERVICE)
     lap("segmentation_set")
-    segmenter = fit_segmenter(seg_frame, previous=_previous_segmenter(settings))
+    previous_segmenter = _previous_segmenter(settings)
+    segmenter = fit_segmenter(seg_frame, previous=previous_segmenter)
     if personas:
         truth = seg_frame["user_id"].map(personas)
         known = truth.notna().to_numpy()
@@ -203,17 +221,26 @@ def train(
             "label_horizon_days": settings.label_horizon_days,
         },
     )
+    decisions: list[Decision] = []
     if promote:
-        registry.promote(registry.SEGMENTER, segmenter.tag, settings)
-        registry.promote(registry.PROPENSITY, propensity.tag, settings)
+        decisions = [
+            judge_segmenter(segmenter, previous_segmenter, seg_frame),
+            judge_propensity(propensity, _champion_propensity(settings)),
+        ]
+        for decision, name in zip(
+            decisions, (registry.SEGMENTER, registry.PROPENSITY), strict=True
+        ):
+            if decision.promoted:
+                registry.promote(name, decision.challenger, settings)
+            log.info("%s: %s", decision.challenger, decision.reason)
     lap("save")
     log.info(
-        "trained %s and %s%s in %.1fs (%s)",
+        "trained %s and %s in %.1fs (%s); promoted: %s",
         segmenter.tag,
         propensity.tag,
-        " (promoted)" if promote else "",
         sum(timings.values()),
         timings,
+        [d.challenger for d in decisions if d.promoted] or "nothing",
     )
     return TrainResult(
         segmenter=segmenter,
@@ -222,5 +249,7 @@ def train(
         backfill=result,
         snapshots=snapshots,
         window=window,
+        segmentation_frame=seg_frame,
+        decisions=decisions,
         timings=timings,
     )

@@ -64,6 +64,8 @@ class PropensityBundle:
     calibration: tuple[float, float] = (1.0, 0.0)
     metrics: dict[str, float] = field(default_factory=dict)
     tag: str = ""
+    # Holdout rows and scores of the run that fitted it (not stored).
+    evaluation: Any = None
 
     def margin(self, matrix: np.ndarray) -> np.ndarray:
         """Raw log-odds of the booster."""
@@ -145,20 +147,90 @@ def _champion_file(settings: Settings) -> Path:
     return settings.home / "champions.json"
 
 
-def promote(name: str, tag: str, settings: Settings) -> None:
-    """Make ``tag`` the champion of model ``name``."""
+def _read_champions(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per model: ``{"champion": tag, "history": [earlier champions, oldest last]}``."""
     path = _champion_file(settings)
-    champions = json.loads(path.read_text()) if path.exists() else {}
-    champions[name] = tag
+    raw = json.loads(path.read_text()) if path.exists() else {}
+    return {
+        name: entry if isinstance(entry, dict) else {"champion": entry, "history": []}
+        for name, entry in raw.items()
+    }
+
+
+def _write_champions(settings: Settings, champions: dict[str, dict[str, Any]]) -> None:
+    path = _champion_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(champions, indent=2))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(champions, indent=2))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def promote(name: str, tag: str, settings: Settings) -> None:
+    """Make ``tag`` the champion of model ``name``; the previous one is remembered."""
+    bentoml.models.get(tag, _model_store=model_store(settings))  # must exist
+    champions = _read_champions(settings)
+    entry = champions.setdefault(name, {"champion": None, "history": []})
+    if entry["champion"] == tag:
+        return
+    if entry["champion"]:
+        entry["history"].append(entry["champion"])
+    entry["champion"] = tag
+    _write_champions(settings, champions)
+
+
+def rollback(name: str, settings: Settings) -> str:
+    """Make the previous champion of ``name`` the champion again; returns its tag."""
+    champions = _read_champions(settings)
+    entry = champions.get(name)
+    if not entry or not entry["history"]:
+        raise LookupError(f"{name}: no earlier champion to roll back to")
+    entry["champion"] = entry["history"].pop()
+    _write_champions(settings, champions)
+    return entry["champion"]
 
 
 def champion_tag(name: str, settings: Settings) -> str:
     """The champion's tag, else ``name:latest``."""
-    path = _champion_file(settings)
-    champions = json.loads(path.read_text()) if path.exists() else {}
-    return champions.get(name, f"{name}:latest")
+    entry = _read_champions(settings).get(name)
+    return entry["champion"] if entry and entry["champion"] else f"{name}:latest"
+
+
+def has_champion(name: str, settings: Settings) -> bool:
+    """Whether ``name`` has a promoted champion."""
+    entry = _read_champions(settings).get(name)
+    return bool(entry and entry["champion"])
+
+
+@dataclass
+class ModelVersion:
+    """One stored model version, as ``segscore models list`` shows it."""
+
+    name: str
+    tag: str
+    created: str
+    champion: bool
+    metrics: dict[str, Any]
+
+
+def list_models(settings: Settings) -> list[ModelVersion]:
+    """Every stored segmenter and propensity version, newest first per model."""
+    champions = {n: champion_tag(n, settings) for n in (SEGMENTER, PROPENSITY)}
+    versions = []
+    for model in model_store(settings).list():
+        name = model.tag.name
+        if name not in champions:
+            continue
+        versions.append(
+            ModelVersion(
+                name=name,
+                tag=str(model.tag),
+                created=model.info.creation_time.isoformat(timespec="seconds"),
+                champion=str(model.tag) == champions[name],
+                metrics=dict(model.info.metadata),
+            )
+        )
+    versions.sort(key=lambda v: (v.name, v.created), reverse=True)
+    return versions
 
 
 def load_segmenter(settings: Settings, tag: str | None = None) -> SegmenterBundle:

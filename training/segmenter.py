@@ -119,6 +119,9 @@ def fit_segmenter(
             continue
         score = float(silhouette_score(scaled[sample], labels))
         scores[f"silhouette_k{k}"] = score
+        scores[f"davies_bouldin_k{k}"] = float(
+            davies_bouldin_score(scaled[sample], labels)
+        )
         log.info("segmenter: k=%d silhouette=%.3f", k, score)
         if best is None or score > best[0]:
             best = (score, kmeans)

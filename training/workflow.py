@@ -43,6 +43,8 @@ def run_training(
         "segmenter_metrics": result.segmenter.metrics,
         "propensity_auc": result.propensity.metrics.get("roc_auc"),
         "propensity_metrics": result.propensity.metrics,
+        "promotion": {d.model: d.reason for d in result.decisions},
+        "promoted": [d.challenger for d in result.decisions if d.promoted],
         "timings_s": result.timings,
     }
     if seed_online:

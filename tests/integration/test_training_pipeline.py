@@ -31,9 +31,9 @@ UNUSED_REDIS = "redis://127.0.0.1:1/0"
 
 def _reload_feature_repo() -> None:
     # feature_repo resolves its file paths from the settings at import time.
-    from feature_repo import data_sources, feature_services, features
+    from feature_repo import data_sources, feature_services, features, live_features
 
-    for module in (data_sources, features, feature_services):
+    for module in (data_sources, features, feature_services, live_features):
         importlib.reload(module)
 
 
@@ -69,9 +69,10 @@ def test_models_are_stored_promoted_and_loadable(trained) -> None:
     settings, _, _, _, result = trained
     champions = json.loads((settings.home / "champions.json").read_text())
     assert champions == {
-        registry.SEGMENTER: result.segmenter.tag,
-        registry.PROPENSITY: result.propensity.tag,
+        registry.SEGMENTER: {"champion": result.segmenter.tag, "history": []},
+        registry.PROPENSITY: {"champion": result.propensity.tag, "history": []},
     }
+    assert [d.reason for d in result.decisions] == ["no champion yet"] * 2
     segmenter = registry.load_segmenter(settings)
     propensity = registry.load_propensity(settings)
     assert segmenter.tag == result.segmenter.tag
@@ -172,6 +173,33 @@ def test_retraining_keeps_segment_ids(trained) -> None:
     assert np.mean(first.segmenter.assign(data) == second.segmenter.assign(data)) > 0.95
     # Not promoted: the champions are still the first run's.
     assert registry.load_segmenter(settings).tag == first.segmenter.tag
+
+
+def test_a_challenger_no_better_than_the_champion_is_not_promoted(trained) -> None:
+    settings, store, events, _, first = trained
+    # Same data, same code: the challenger ties the champion on the same holdout.
+    again: TrainResult = train(settings, store, events)
+    verdicts = {d.model: d for d in again.decisions}
+    assert not verdicts["propensity"].promoted
+    assert verdicts["propensity"].champion == first.propensity.tag
+    assert verdicts["propensity"].challenger_score == pytest.approx(
+        verdicts["propensity"].champion_score
+    )
+    assert "<=" in verdicts["propensity"].reason
+    assert not verdicts["segmenter"].promoted
+    assert registry.champion_tag(registry.PROPENSITY, settings) == first.propensity.tag
+
+    # Promote by hand, then roll back to the previous champion.
+    registry.promote(registry.PROPENSITY, again.propensity.tag, settings)
+    assert registry.load_propensity(settings).tag == again.propensity.tag
+    listed = registry.list_models(settings)
+    champions = [v.tag for v in listed if v.champion]
+    assert again.propensity.tag in champions and first.segmenter.tag in champions
+    assert {v.tag for v in listed} >= {first.propensity.tag, again.propensity.tag}
+    assert registry.rollback(registry.PROPENSITY, settings) == first.propensity.tag
+    assert registry.load_propensity(settings).tag == first.propensity.tag
+    with pytest.raises(LookupError, match="no earlier champion"):
+        registry.rollback(registry.PROPENSITY, settings)
 
 
 def test_too_short_history_is_refused_with_a_reason(trained) -> None:
