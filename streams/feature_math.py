@@ -51,50 +51,54 @@ _COUNTED = (
 def _sum_window(
     buckets: dict[int, tuple[float, ...]], low: int, high: int, size: int
 ) -> list[float]:
-    totals = [0.0] * size
-    for index, bucket in buckets.items():
-        if low <= index <= high:
-            for slot in range(size):
-                totals[slot] += bucket[slot]
-    return totals
+    # Column sums in C (zip + sum) rather than a Python loop per slot: this is
+    # the backfill's innermost loop, once per user and snapshot.
+    rows = [bucket for index, bucket in buckets.items() if low <= index <= high]
+    if not rows:
+        return [0.0] * size
+    return [sum(column) for column in zip(*rows, strict=True)]
 
 
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+_WINDOW_KEYS = {
+    window: [(f"{name}_{window}", slot) for name, slot in _COUNTED]
+    for window in ("1h", "24h", "7d")
+}
+
+
 def stream_features(state: UserState, as_of: float) -> dict[str, float | None]:
     """The real-time feature group (see the catalogue) as of ``as_of`` (epoch s)."""
     minute, hour = int(as_of // MINUTE), int(as_of // HOUR)
-    lows = {
-        "1h": int((as_of - HOUR) // MINUTE),
-        "24h": int((as_of - DAY) // HOUR),
-        "7d": int((as_of - 7 * DAY) // HOUR),
-    }
+    low_1h = int((as_of - HOUR) // MINUTE)
+    low_24h = int((as_of - DAY) // HOUR)
+    low_7d = int((as_of - 7 * DAY) // HOUR)
     size = S_VIEW_PRICE_N + 1
     windows = {
-        "1h": _sum_window(state.minutes, lows["1h"], minute, size),
-        "24h": _sum_window(state.hours, lows["24h"], hour, size),
-        "7d": _sum_window(state.hours, lows["7d"], hour, size),
+        "1h": _sum_window(state.minutes, low_1h, minute, size),
+        "24h": _sum_window(state.hours, low_24h, hour, size),
+        "7d": _sum_window(state.hours, low_7d, hour, size),
     }
     out: dict[str, float | None] = {}
     for window, totals in windows.items():
-        for name, slot in _COUNTED:
-            out[f"{name}_{window}"] = totals[slot]
-    out["sessions_1h"] = float(
-        sum(
-            1
-            for _, ts in state.sessions.values()
-            if lows["1h"] <= ts // MINUTE <= minute
-        )
-    )
-    for window in ("24h", "7d"):
-        low = lows[window]
-        out[f"sessions_{window}"] = float(
-            sum(1 for _, ts in state.sessions.values() if low <= ts // HOUR <= hour)
-        )
+        for key, slot in _WINDOW_KEYS[window]:
+            out[key] = totals[slot]
+    sessions_1h = sessions_24h = sessions_7d = 0
+    for _, ts in state.sessions.values():
+        at_hour = ts // HOUR
+        if low_7d <= at_hour <= hour:
+            sessions_7d += 1
+            if low_24h <= at_hour:
+                sessions_24h += 1
+                if low_1h <= ts // MINUTE <= minute:
+                    sessions_1h += 1
+    out["sessions_1h"] = float(sessions_1h)
+    out["sessions_24h"] = float(sessions_24h)
+    out["sessions_7d"] = float(sessions_7d)
     out["distinct_categories_24h"] = float(
-        sum(1 for ts in state.categories.values() if lows["24h"] <= ts // HOUR <= hour)
+        sum(1 for ts in state.categories.values() if low_24h <= ts // HOUR <= hour)
     )
     day_totals, week_totals = windows["24h"], windows["7d"]
     out["avg_viewed_price_24h"] = _ratio(
@@ -104,7 +108,7 @@ def stream_features(state: UserState, as_of: float) -> dict[str, float | None]:
         week_totals[S_VIEW_PRICE_SUM], week_totals[S_VIEW_PRICE_N]
     )
     out["view_to_cart_rate_7d"] = _ratio(week_totals[S_ADDS], week_totals[S_VIEWS])
-    out["cart_abandonments_24h"] = float(_abandonments(state, as_of, lows["24h"], hour))
+    out["cart_abandonments_24h"] = float(_abandonments(state, as_of, low_24h, hour))
     out["engagement_score"] = _engagement(state, as_of)
     out["last_event_ts"] = _not_after(state.last_event_ts, as_of)
     out["last_purchase_ts"] = _not_after(state.last_purchase_ts, as_of)
