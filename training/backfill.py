@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -155,15 +156,23 @@ def _ordered_events(events: pd.DataFrame) -> Iterator[Event]:
         yield copy(update=dict(zip(names, values, strict=True)))
 
 
+def _no_none(row: tuple[float | None, ...]) -> tuple[float, ...]:
+    return tuple(math.nan if v is None else v for v in row)
+
+
 class _Snapshots:
-    """Collects snapshot rows of both feature groups, user by user."""
+    """Collects snapshot rows of both feature groups, user by user.
+
+    Rows go into flat float arrays (one per group), not lists of tuples: at 1M
+    events and 100k users the tuples alone took several GB.
+    """
 
     def __init__(self, snaps: list[float]) -> None:
         self.snaps = snaps
         self.users: list[str] = []
-        self.index: list[int] = []
-        self.stream: list[tuple[float | None, ...]] = []
-        self.history: list[tuple[float | None, ...]] = []
+        self.index = array("i")
+        self.stream = array("d")
+        self.history = array("d")
 
     def replay(
         self, uid: str, events: list[Event], lateness_seconds: int, counts: Counter
@@ -176,8 +185,8 @@ class _Snapshots:
         # The last emitted rows are reused while nothing can change them: no new
         # event since, and every window count already zero (windows only lose
         # buckets as time passes; the timestamps stay put).
-        stream_row: tuple[float | None, ...] = ()
-        history_row: tuple[float | None, ...] = ()
+        stream_row: tuple[float, ...] = ()
+        history_row: tuple[float, ...] = ()
         stream_live = history_live = changed = True
         users, index = self.users, self.index
         stream, history = self.stream, self.history
@@ -186,17 +195,17 @@ class _Snapshots:
             nonlocal stream_row, history_row, stream_live, history_live, changed
             if changed or stream_live:
                 values = stream_features(state, snaps[k])
-                stream_row = _STREAM_ROW(values)
+                stream_row = _no_none(_STREAM_ROW(values))
                 stream_live = any(_STREAM_COUNTS(values))
             if changed or history_live:
                 values = history_features(state, snaps[k])
-                history_row = _HISTORY_ROW(values)
+                history_row = _no_none(_HISTORY_ROW(values))
                 history_live = any(_HISTORY_COUNTS(values))
             changed = False
             users.append(uid)
             index.append(k)
-            stream.append(stream_row)
-            history.append(history_row)
+            stream.extend(stream_row)
+            history.extend(history_row)
 
         for event in events:
             while k < n_snaps and snaps[k] < event.ts:
@@ -260,13 +269,13 @@ def backfill(
 
 def _frame(
     users: list[str],
-    snap_index: list[int],
-    rows: list[tuple],
+    snap_index: Sequence[int],
+    rows: array[float],
     columns: tuple[str, ...],
     snaps: Sequence[float] = (),
 ) -> pd.DataFrame:
     """A snapshot table: user_id, event_timestamp (UTC), float64 features."""
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
+    values = np.frombuffer(rows, dtype=np.float64).reshape(len(users), len(columns))
     instants = np.asarray(snaps, dtype=np.float64)[np.asarray(snap_index, dtype=int)]
     stamps = pd.to_datetime((instants * 1e6).astype(np.int64), unit="us", utc=True)
     frame = pd.DataFrame(values, columns=list(columns))
