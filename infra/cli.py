@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from infra import local_stack
+from infra.models_cli import app as models_app
 from infra.settings import get_settings
 
 app = typer.Typer(
@@ -118,6 +119,89 @@ def simulate(
     console.print(f"wrote {len(sim.events)} events of {users} users to {path}")
 
 
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON-lines log.")],
+    layout: Annotated[
+        str, typer.Option(help="auto|native|ecommerce|transactions|mapping.")
+    ] = "auto",
+    mapping: Annotated[
+        Path | None, typer.Option(help="YAML/JSON mapping file for other layouts.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Events file (default: data dir).")
+    ] = None,
+    max_bad_rows_shown: Annotated[
+        int, typer.Option(help="Bad rows to print (all go to the report).", min=0)
+    ] = 20,
+) -> None:
+    """Import an event log into the contract's event file (see docs/importing.md)."""
+    from rich.table import Table
+
+    from streams.events import iso
+    from training.event_import import ImportFailed, import_events
+
+    settings = get_settings()
+    target = out or settings.data_dir / "events.parquet"
+    try:
+        with console.status(f"importing {path}") as status:
+            result = import_events(
+                path,
+                target,
+                layout=layout,
+                mapping_path=mapping,
+                max_future_seconds=settings.max_future_seconds,
+                max_bytes=settings.max_event_bytes,
+                on_phase=lambda text: status.update(text),
+            )
+    except ImportFailed as exc:
+        console.print(f"[red]import failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    summary = result.summary
+    shown = result.bad.head(max_bad_rows_shown)
+    for row in shown.itertuples(index=False):
+        console.print(
+            f"line {row.line}: {row.reason} ({row.detail})",
+            markup=False,
+            highlight=False,
+        )
+    if len(result.bad) > len(shown):
+        console.print(
+            f"... and {len(result.bad) - len(shown)} more, see {summary.report}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    table = Table(
+        title=f"import {path.name} ({summary.layout} layout)", show_header=False
+    )
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("rows read", f"{summary.rows_read:,}")
+    table.add_row("accepted", f"{summary.accepted:,}")
+    table.add_row("rejected", f"{summary.rejected:,}")
+    for reason, count in summary.reasons.items():
+        table.add_row(f"  {reason}", f"{count:,}")
+    if summary.skipped:
+        table.add_row("skipped by mapping", f"{summary.skipped:,}")
+    if summary.blank_lines:
+        table.add_row("blank lines", f"{summary.blank_lines:,}")
+    table.add_row("users", f"{summary.users:,}")
+    if summary.ts_min is not None and summary.ts_max is not None:
+        table.add_row("from", iso(summary.ts_min))
+        table.add_row("to", iso(summary.ts_max))
+    table.add_row(
+        "seconds", f"{summary.seconds:.2f} ({summary.rows_per_s:,.0f} rows/s)"
+    )
+    table.add_row("events file", summary.output)
+    if summary.report:
+        table.add_row("bad-row report", summary.report)
+    console.print(table)
+    if summary.accepted == 0:
+        console.print("[red]nothing could be imported[/]")
+        raise typer.Exit(1)
+
+
 @app.command()
 def apply() -> None:
     """Register the feature repo (same as ``feast apply`` in feature_repo/)."""
@@ -214,6 +298,7 @@ def catalogue() -> None:
 
 bench_app = typer.Typer(help="Benchmarks on real components.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
 
 
 @bench_app.command("stream")

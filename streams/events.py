@@ -6,6 +6,7 @@ self-check, so an event is valid in one place exactly when it is valid in all.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -63,6 +64,8 @@ class Event(BaseModel):
         if isinstance(value, bool):
             raise ValueError("ts must be ISO-8601 with zone or epoch milliseconds")
         if isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ValueError("ts must be a finite number")
             return float(value) / 1000.0
         if isinstance(value, str):
             try:

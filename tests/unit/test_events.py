@@ -76,3 +76,10 @@ def test_oversized_payload_is_rejected_unparsed() -> None:
     assert isinstance(result, Rejection)
     assert result.reason == "oversized"
     assert len(result.raw) <= 2048
+
+
+def test_non_finite_event_times_are_invalid() -> None:
+    for ts in (float("inf"), float("-inf"), float("nan")):
+        raw = {"event_id": "e", "user_id": "u", "event_type": "page_view", "ts": ts}
+        result = parse_event(raw, now=1_800_000_000.0)
+        assert isinstance(result, Rejection) and result.reason == "invalid:ts"
