@@ -367,5 +367,41 @@ def bench_stream(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("training")
+def bench_training(
+    events: Annotated[int, typer.Option(min=1000, help="Rows to import.")] = 1_000_000,
+    users: Annotated[int, typer.Option(min=10, help="Distinct users.")] = 100_000,
+    days: Annotated[int, typer.Option(min=10, help="Days of history.")] = 30,
+    seed: Annotated[int, typer.Option()] = 7,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    keep_home: Annotated[bool, typer.Option(help="Keep the temporary home.")] = False,
+) -> None:
+    """Import -> backfill -> training sets on a generated log: time and peak memory."""
+    from rich.table import Table
+
+    from infra.bench_training import TrainingBenchConfig, run_training_bench
+
+    config = TrainingBenchConfig(
+        events=events, users=users, days=days, seed=seed, keep_home=keep_home
+    )
+    with console.status(f"import -> backfill -> training sets on {events:,} events"):
+        result = run_training_bench(config)
+    table = Table("metric", "value", title="segscore bench training")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if not result["meets_targets"]:
+        console.print(
+            f"[yellow]targets: <= {result['target_seconds']:.0f} s and <= "
+            f"{result['target_rss_mb']:.0f} MB; see the stage timings above[/]"
+        )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
 if __name__ == "__main__":
     app()

