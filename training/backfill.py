@@ -17,7 +17,7 @@ import os
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter, itemgetter
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STREAM_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in STREAM_FEATURES)
 HISTORY_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
+PROGRESS_EVERY = 2000  # users between progress callbacks
 STREAM_FILE = "user_stream_features.parquet"
 HISTORY_FILE = "user_history_features.parquet"
 
@@ -221,7 +222,10 @@ class _Snapshots:
 
 
 def backfill(
-    events: pd.DataFrame, snapshot_times: Sequence[float], lateness_seconds: int
+    events: pd.DataFrame,
+    snapshot_times: Sequence[float],
+    lateness_seconds: int,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> BackfillResult:
     """Replay ``events`` and snapshot both feature groups at each instant.
 
@@ -237,6 +241,8 @@ def backfill(
         snapshot_times: Snapshot instants, epoch seconds.
         lateness_seconds: The stream worker's allowed lateness, for the same
             dedupe horizon and state pruning.
+        on_progress: Called now and then with (users done, users in all), for a
+            progress bar.
 
     Returns:
         The snapshot tables and each user's final state.
@@ -247,8 +253,13 @@ def backfill(
     counts: Counter[Outcome] = Counter()
     states: dict[str, UserState] = {}
     if not events.empty:
+        total = int(events["user_id"].nunique()) if on_progress else 0
         for uid, user_events in groupby(_ordered_events(events), attrgetter("user_id")):
             states[uid] = out.replay(uid, list(user_events), lateness_seconds, counts)
+            if on_progress is not None and len(states) % PROGRESS_EVERY == 0:
+                on_progress(len(states), total)
+        if on_progress is not None:
+            on_progress(len(states), total)
 
     stream = _frame(out.users, out.index, out.stream, STREAM_COLUMNS, snaps)
     history = _frame(out.users, out.index, out.history, HISTORY_COLUMNS, snaps)

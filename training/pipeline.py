@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,18 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def data_fingerprint(events: pd.DataFrame) -> str:
+    """Identifies the training events whatever their order: count and row-hash sum.
+
+    Two runs on the same log (in any order) get the same fingerprint; one event
+    more, less or changed gives another.
+    """
+    columns = [c for c in ("event_id", "user_id", "event_type", "ts") if c in events]
+    hashes = pd.util.hash_pandas_object(events[columns], index=False).to_numpy()
+    total = int(hashes.sum(dtype=np.uint64))  # wraps modulo 2**64: order-free
+    return f"{len(events)}-{total:016x}"
+
+
 def check_offline_sources(store: FeatureStore, settings: Settings) -> None:
     """Fail fast when the registered sources are not the files the backfill writes.
 
@@ -118,6 +131,7 @@ def train(
     personas: dict[str, str] | None = None,
     *,
     promote: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> TrainResult:
     """Backfill, build training sets through Feast, fit, store and promote.
 
@@ -129,6 +143,8 @@ def train(
             adjusted Rand index to the segmenter's metrics.
         promote: Promote each new model that beats its champion on the same
             held-out data (see :mod:`training.promotion`); ``False`` only stores.
+        on_progress: Called with (stage, done, total) during long stages, and
+            with (stage, 0, 0) when a stage without a count starts.
 
     Returns:
         The fitted models (with their store tags), final user states, backfill
@@ -160,7 +176,18 @@ def train(
             f"{settings.label_horizon_days}-day label horizon after them"
         )
     check_offline_sources(store, settings)
-    result = backfill(events, snapshots, settings.allowed_lateness_seconds)
+
+    def stage(name: str, done: int = 0, total: int = 0) -> None:
+        if on_progress is not None:
+            on_progress(name, done, total)
+
+    result = backfill(
+        events,
+        snapshots,
+        settings.allowed_lateness_seconds,
+        on_progress=lambda done, total: stage("backfill", done, total),
+    )
+    stage("training sets and models")
     lap("backfill")
     write_offline(result, settings)
     lap("write_offline")
@@ -197,6 +224,7 @@ def train(
         "n_events": len(events),
         "n_users": len(result.states),
         "n_snapshots": len(snapshots),
+        "data_fingerprint": data_fingerprint(events),
     }
     segmenter.tag = registry.save_segmenter(
         segmenter,

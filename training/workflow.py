@@ -15,6 +15,13 @@ from typing import Any
 
 import redis
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from infra.feast_config import apply_repo, feature_store
 from infra.local_stack import current
@@ -36,8 +43,23 @@ def run_training(
         events = read_events(events_path)
     personas_path = events_path.with_suffix(".personas.json")
     personas = json.loads(personas_path.read_text()) if personas_path.exists() else None
-    with console.status(f"backfilling and training on {len(events)} events"):
-        result = train(settings, store, events, personas)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"backfill of {len(events):,} events", total=None)
+
+        def report_progress(stage: str, done: int, total: int) -> None:
+            if stage == "backfill":
+                progress.update(task, completed=done, total=total or None)
+            else:
+                progress.update(task, description=stage, completed=0, total=None)
+
+        result = train(settings, store, events, personas, on_progress=report_progress)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with console.status("writing the training report"):
         report = write_report(result, settings.home / "reports" / f"train-{stamp}.html")

@@ -20,7 +20,7 @@ from infra.settings import Settings
 from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
 from streams.simulator import events_frame, simulate
 from training import registry
-from training.pipeline import TrainResult, train
+from training.pipeline import TrainResult, data_fingerprint, train
 from training.training_set import complete_features, matrix, training_frame
 
 START = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC
@@ -107,12 +107,23 @@ def test_metadata_carries_metrics_and_provenance(trained) -> None:
         assert meta["features"] == list(features)
         assert meta["code_version"]
         assert meta["n_events"] == len(events)
+        assert meta["data_fingerprint"] == data_fingerprint(events)
         assert meta["n_rows"] > 0
         assert meta["training_window_start"].startswith("2024-01-01")
     seg_meta = bentoml.models.get(result.segmenter.tag).info.metadata
     assert {"silhouette", "davies_bouldin", "k", "ari_vs_personas"} <= set(seg_meta)
     prop_meta = bentoml.models.get(result.propensity.tag).info.metadata
     assert {"roc_auc", "pr_auc", "brier", "baseline_roc_auc"} <= set(prop_meta)
+
+
+def test_data_fingerprint_ignores_order_but_not_content(trained) -> None:
+    _, _, events, _, _ = trained
+    shuffled = events.sample(frac=1.0, random_state=3)
+    assert data_fingerprint(shuffled) == data_fingerprint(events)
+    assert data_fingerprint(events.iloc[1:]) != data_fingerprint(events)
+    changed = events.copy()
+    changed.loc[changed.index[0], "ts"] += 1.0
+    assert data_fingerprint(changed) != data_fingerprint(events)
 
 
 def test_feast_training_set_is_point_in_time_correct(trained) -> None:

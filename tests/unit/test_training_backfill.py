@@ -189,3 +189,10 @@ def test_missing_stored_columns_are_an_error() -> None:
         complete_features(
             pd.DataFrame({"events_7d": [1.0]}), PROPENSITY_FEATURES, np.array([S1])
         )
+
+
+def test_progress_reports_every_user_by_the_end() -> None:
+    calls: list[tuple[int, int]] = []
+    backfill(_events(LOG), [T0, S1], 600, on_progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1] == (2, 2)
+    assert all(done <= total for done, total in calls)
