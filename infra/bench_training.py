@@ -102,6 +102,19 @@ def write_ecommerce_csv(path: Path, config: TrainingBenchConfig) -> None:
     pacsv.write_csv(table, path)
 
 
+def _stage_peak_mb() -> float | None:
+    """Peak RSS since the last call (Linux: read VmHWM, then reset it)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        kb = next(
+            int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM")
+        )
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
+    except (OSError, StopIteration, ValueError):
+        return None
+    return round(kb / 1024, 1)
+
+
 def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     """Child process: import, backfill, write offline, build both training sets."""
     os.environ["SEGSCORE_HOME"] = home
@@ -124,6 +137,9 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
         nonlocal clock
         now = time.perf_counter()
         stages[name] = round(now - clock, 2)
+        peak = _stage_peak_mb()
+        if peak is not None:
+            stages[name.removesuffix("_s") + "_peak_rss_mb"] = peak
         clock = now
 
     store = feature_store(settings, "redis://127.0.0.1:1/0")  # never contacted
@@ -137,7 +153,12 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     snaps = snapshot_grid(
         float(ts.min()), float(ts.max()), settings.snapshot_every_days
     )
-    result = backfill(events, snaps, settings.allowed_lateness_seconds)
+    result = backfill(
+        events,
+        snaps,
+        settings.allowed_lateness_seconds,
+        workers=settings.backfill_workers,
+    )
     lap("backfill_s")
     write_offline(result, settings)
     lap("write_offline_s")
@@ -161,8 +182,16 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
             "snapshot_rows": len(result.stream),
             "segmentation_rows": len(segmentation),
             "propensity_rows": len(propensity),
-            "peak_rss_mb": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+            # The largest stage peak (resetting VmHWM resets ru_maxrss too);
+            # children: the backfill's worker processes (the largest of them).
+            "peak_rss_mb": max(
+                [
+                    round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                    *(v for k, v in stages.items() if k.endswith("_peak_rss_mb")),
+                ]
+            ),
+            "peak_rss_children_mb": round(
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
             ),
         }
     )

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         description="How often the worker rewrites home/metrics/<worker-id>.prom.",
     )
 
+    backfill_workers: int = Field(
+        default=0,
+        description="Processes for large backfills; 0 = one per core (at most 4).",
+    )
     label_horizon_days: int = 7
     snapshot_every_days: int = 1
 

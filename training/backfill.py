@@ -13,11 +13,13 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import multiprocessing as mp
 import os
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter, itemgetter
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 STREAM_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in STREAM_FEATURES)
 HISTORY_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
 PROGRESS_EVERY = 2000  # users between progress callbacks
+# Below this many events a second process costs more (start-up, transfer) than
+# it saves.
+PARALLEL_FROM_EVENTS = 200_000
+MAX_WORKERS = 4
 STREAM_FILE = "user_stream_features.parquet"
 HISTORY_FILE = "user_history_features.parquet"
 
@@ -221,11 +227,106 @@ class _Snapshots:
         return state
 
 
+@dataclass
+class _Part:
+    """One process's share of a backfill: rows grouped by user, states, counts."""
+
+    users: list[str]
+    index: array[int]
+    stream: array[float]
+    history: array[float]
+    states: dict[str, UserState]
+    counts: Counter[Outcome]
+
+
+def _replay(
+    events: pd.DataFrame,
+    snaps: list[float],
+    lateness_seconds: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> _Part:
+    """Replay every user of ``events`` in order of first appearance."""
+    out = _Snapshots(snaps)
+    counts: Counter[Outcome] = Counter()
+    states: dict[str, UserState] = {}
+    if not events.empty:
+        total = int(events["user_id"].nunique()) if on_progress else 0
+        for uid, user_events in groupby(_ordered_events(events), attrgetter("user_id")):
+            states[uid] = out.replay(uid, list(user_events), lateness_seconds, counts)
+            if on_progress is not None and len(states) % PROGRESS_EVERY == 0:
+                on_progress(len(states), total)
+        if on_progress is not None:
+            on_progress(len(states), total)
+    return _Part(out.users, out.index, out.stream, out.history, states, counts)
+
+
+def _replay_parallel(
+    events: pd.DataFrame,
+    snaps: list[float],
+    lateness_seconds: int,
+    workers: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, UserState], Counter[Outcome]]:
+    """Users split over ``workers`` processes; rows merged back into serial order.
+
+    Users are independent, so each process runs the same :func:`_replay` on its
+    users' events. The merged tables and states are in exactly the order a single
+    process produces (users by first appearance), so the result is the same.
+    """
+    order = pd.unique(events["user_id"])
+    rank = {uid: i for i, uid in enumerate(order)}
+    codes = pd.factorize(events["user_id"], sort=False)[0]
+    shares = [events[codes % workers == w] for w in range(workers)]
+    # Spawned, not forked: the parent may hold threads (Arrow, DuckDB) whose locks
+    # a fork would copy in a held state.
+    context = mp.get_context("spawn")
+    parts: list[_Part] = []
+    done = 0
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_replay, s, snaps, lateness_seconds) for s in shares]
+        for future in futures:
+            parts.append(future.result())
+            done += len(parts[-1].states)
+            if on_progress is not None:
+                on_progress(done, len(order))
+    users = [u for part in parts for u in part.users]
+    row_rank = np.fromiter((rank[u] for u in users), dtype=np.int64, count=len(users))
+    perm = np.argsort(row_rank, kind="stable")
+    users = [users[i] for i in perm]
+    index = np.concatenate([np.frombuffer(p.index, dtype=np.int32) for p in parts])[
+        perm
+    ]
+
+    def table(name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+        values = np.concatenate(
+            [
+                np.frombuffer(getattr(p, name), dtype=np.float64).reshape(
+                    -1, len(columns)
+                )
+                for p in parts
+            ]
+        )[perm]
+        return _frame(users, index, values, columns, snaps)
+
+    stream = table("stream", STREAM_COLUMNS)
+    history = table("history", HISTORY_COLUMNS)
+    merged: dict[str, UserState] = {}
+    for part in parts:
+        merged.update(part.states)
+    states = {uid: merged[uid] for uid in order}
+    counts: Counter[Outcome] = Counter()
+    for part in parts:
+        counts.update(part.counts)
+    return stream, history, states, counts
+
+
 def backfill(
     events: pd.DataFrame,
     snapshot_times: Sequence[float],
     lateness_seconds: int,
     on_progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+    parallel_from_events: int | None = None,
 ) -> BackfillResult:
     """Replay ``events`` and snapshot both feature groups at each instant.
 
@@ -243,26 +344,33 @@ def backfill(
             dedupe horizon and state pruning.
         on_progress: Called now and then with (users done, users in all), for a
             progress bar.
+        workers: Processes to replay users in (0: one per core, at most
+            ``MAX_WORKERS``); used from ``parallel_from_events`` events on
+            (default ``PARALLEL_FROM_EVENTS``). The processes are spawned, so a
+            caller's script needs the ``if __name__ == "__main__"`` guard; the
+            ``segscore`` commands have it.
 
     Returns:
         The snapshot tables and each user's final state.
     """
     started = time.perf_counter()
     snaps = sorted({float(s) for s in snapshot_times})
-    out = _Snapshots(snaps)
-    counts: Counter[Outcome] = Counter()
-    states: dict[str, UserState] = {}
-    if not events.empty:
-        total = int(events["user_id"].nunique()) if on_progress else 0
-        for uid, user_events in groupby(_ordered_events(events), attrgetter("user_id")):
-            states[uid] = out.replay(uid, list(user_events), lateness_seconds, counts)
-            if on_progress is not None and len(states) % PROGRESS_EVERY == 0:
-                on_progress(len(states), total)
-        if on_progress is not None:
-            on_progress(len(states), total)
-
-    stream = _frame(out.users, out.index, out.stream, STREAM_COLUMNS, snaps)
-    history = _frame(out.users, out.index, out.history, HISTORY_COLUMNS, snaps)
+    if workers == 0:
+        workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    threshold = (
+        PARALLEL_FROM_EVENTS if parallel_from_events is None else parallel_from_events
+    )
+    if len(events) < threshold:
+        workers = 1
+    if workers > 1 and not events.empty:
+        stream, history, states, counts = _replay_parallel(
+            events, snaps, lateness_seconds, workers, on_progress
+        )
+    else:
+        part = _replay(events, snaps, lateness_seconds, on_progress)
+        stream = _frame(part.users, part.index, part.stream, STREAM_COLUMNS, snaps)
+        history = _frame(part.users, part.index, part.history, HISTORY_COLUMNS, snaps)
+        states, counts = part.states, part.counts
     outcomes = {outcome.value: counts.get(outcome, 0) for outcome in Outcome}
     log.info(
         "backfill: %d events, %d users, %d snapshots -> %d rows in %.1fs (%s)",
@@ -281,7 +389,7 @@ def backfill(
 def _frame(
     users: list[str],
     snap_index: Sequence[int],
-    rows: array[float],
+    rows: array[float] | np.ndarray,
     columns: tuple[str, ...],
     snaps: Sequence[float] = (),
 ) -> pd.DataFrame:

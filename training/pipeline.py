@@ -132,6 +132,7 @@ def train(
     *,
     promote: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
+    backfill_workers: int = 1,
 ) -> TrainResult:
     """Backfill, build training sets through Feast, fit, store and promote.
 
@@ -145,6 +146,8 @@ def train(
             held-out data (see :mod:`training.promotion`); ``False`` only stores.
         on_progress: Called with (stage, done, total) during long stages, and
             with (stage, 0, 0) when a stage without a count starts.
+        backfill_workers: Processes for large backfills (see
+            :func:`training.backfill.backfill`; 0 means one per core).
 
     Returns:
         The fitted models (with their store tags), final user states, backfill
@@ -186,6 +189,7 @@ def train(
         snapshots,
         settings.allowed_lateness_seconds,
         on_progress=lambda done, total: stage("backfill", done, total),
+        workers=backfill_workers,
     )
     stage("training sets and models")
     lap("backfill")

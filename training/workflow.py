@@ -9,7 +9,9 @@ trained history rather than from zero.
 from __future__ import annotations
 
 import json
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,25 @@ from training import online_seed
 from training.pipeline import train
 from training.report import write_report
 
+log = logging.getLogger(__name__)
+
 
 def run_training(
     settings: Settings, events_path: Path, *, seed_online: bool, console: Console
 ) -> dict[str, Any]:
     """Train and register both models from ``events_path``; returns a summary."""
+    with warnings.catch_warnings():
+        if not log.isEnabledFor(logging.INFO):
+            # Library notices (ibis/DuckDB deprecations, Feast calling on-demand
+            # views experimental) say nothing to a user of the CLI; -v shows them.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="On demand feature view")
+        return _run_training(settings, events_path, seed_online, console)
+
+
+def _run_training(
+    settings: Settings, events_path: Path, seed_online: bool, console: Console
+) -> dict[str, Any]:
     stack = current(settings)
     store = feature_store(settings, stack.redis_url)
     apply_repo(store)
@@ -59,7 +75,14 @@ def run_training(
             else:
                 progress.update(task, description=stage, completed=0, total=None)
 
-        result = train(settings, store, events, personas, on_progress=report_progress)
+        result = train(
+            settings,
+            store,
+            events,
+            personas,
+            on_progress=report_progress,
+            backfill_workers=settings.backfill_workers,
+        )
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with console.status("writing the training report"):
         report = write_report(result, settings.home / "reports" / f"train-{stamp}.html")

@@ -218,3 +218,16 @@ def test_too_short_history_is_refused_with_a_reason(trained) -> None:
     short = events[events["ts"] < START + 4 * 86_400]
     with pytest.raises(ValueError, match="label horizon"):
         train(settings, store, short)
+
+
+def test_a_training_set_requested_in_pieces_equals_one_request(trained) -> None:
+    _, store, _, _, result = trained
+    stream = result.backfill.stream
+    instants = stream["event_timestamp"].unique()[-4:]
+    entities = stream.loc[
+        stream["event_timestamp"].isin(instants), ["user_id", "event_timestamp"]
+    ].reset_index(drop=True)
+    whole = training_frame(store, entities, "propensity", chunk_rows=10**9)
+    pieces = training_frame(store, entities, "propensity", chunk_rows=100)
+    assert len(whole) == len(entities) > 300
+    pd.testing.assert_frame_equal(pieces, whole)

@@ -196,3 +196,18 @@ def test_progress_reports_every_user_by_the_end() -> None:
     backfill(_events(LOG), [T0, S1], 600, on_progress=lambda d, t: calls.append((d, t)))
     assert calls and calls[-1] == (2, 2)
     assert all(done <= total for done, total in calls)
+
+
+def test_parallel_backfill_equals_the_serial_one() -> None:
+    from streams.simulator import events_frame, simulate
+
+    sim = simulate(60, T0, T0 + 10 * DAY, seed=4)
+    events = events_frame(sim.events)
+    snaps = snapshot_grid(T0, T0 + 10 * DAY)
+    serial = backfill(events, snaps, 600, workers=1)
+    parallel = backfill(events, snaps, 600, workers=2, parallel_from_events=0)
+    pd.testing.assert_frame_equal(parallel.stream, serial.stream)
+    pd.testing.assert_frame_equal(parallel.history, serial.history)
+    assert list(parallel.states) == list(serial.states)
+    assert parallel.states == serial.states
+    assert parallel.outcomes == serial.outcomes
