@@ -163,8 +163,18 @@ def _ordered_events(events: pd.DataFrame) -> Iterator[Event]:
         yield copy(update=dict(zip(names, values, strict=True)))
 
 
-def _no_none(row: tuple[float | None, ...]) -> tuple[float, ...]:
-    return tuple(math.nan if v is None else v for v in row)
+_STREAM_TIMES = tuple(n for n in STREAM_COLUMNS if n in TIMESTAMP_FEATURES)
+_HISTORY_TIMES = tuple(n for n in HISTORY_COLUMNS if n in TIMESTAMP_FEATURES)
+
+
+def _row(
+    values: dict[str, float | None], times: tuple[str, ...], pick: itemgetter
+) -> tuple[float, ...]:
+    """The row in column order, unknown times as NaN (only times can be None)."""
+    for name in times:
+        if values[name] is None:
+            values[name] = math.nan
+    return pick(values)
 
 
 class _Snapshots:
@@ -202,11 +212,11 @@ class _Snapshots:
             nonlocal stream_row, history_row, stream_live, history_live, changed
             if changed or stream_live:
                 values = stream_features(state, snaps[k])
-                stream_row = _no_none(_STREAM_ROW(values))
+                stream_row = _row(values, _STREAM_TIMES, _STREAM_ROW)
                 stream_live = any(_STREAM_COUNTS(values))
             if changed or history_live:
                 values = history_features(state, snaps[k])
-                history_row = _no_none(_HISTORY_ROW(values))
+                history_row = _row(values, _HISTORY_TIMES, _HISTORY_ROW)
                 history_live = any(_HISTORY_COUNTS(values))
             changed = False
             users.append(uid)
