@@ -31,6 +31,7 @@ from infra.feast_config import feature_store
 from infra.local_stack import current
 from infra.settings import get_settings
 from serving import scoring
+from serving.auth import ApiKeyMiddleware
 from serving.schemas import ScoreRequest, ScoreResponse
 from training.registry import load_propensity, load_segmenter
 
@@ -159,3 +160,7 @@ class ScoringService:
             return bool(await self._ping.ping())
         except (RedisError, OSError):
             return False
+
+
+# Checked before BentoML parses a request: an unauthorised caller costs no work.
+ScoringService.add_asgi_middleware(ApiKeyMiddleware)

@@ -49,6 +49,7 @@ from training.registry import (
     save_segmenter,
 )
 
+API_KEY = "test-key-0123456789"
 KNOWN_USER = "known-user-1"
 TWO_HOURS = 2 * 3600.0
 THREE_DAYS = 3 * 86_400.0
@@ -196,6 +197,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
         mp.setenv("SEGSCORE_HOME", str(home))
         mp.setenv("BENTOML_HOME", str(home / "bentoml"))
         mp.setenv("BENTOML_DO_NOT_TRACK", "true")
+        # Every test here runs with authentication on; the client sends the key.
+        mp.setenv("SEGSCORE_API_KEY", API_KEY)
         # The stack file written below must be what the service uses.
         mp.delenv("SEGSCORE_REDIS_URL", raising=False)
         mp.delenv("SEGSCORE_KAFKA_BROKER", raising=False)
@@ -246,8 +249,30 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
 
 @pytest.fixture(scope="module")
 def client(live: LiveService) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.url, timeout=10.0) as http:
+    headers = {"X-API-Key": API_KEY}
+    with httpx.Client(base_url=live.url, timeout=10.0, headers=headers) as http:
         yield http
+
+
+def test_requests_without_the_api_key_get_401(live: LiveService) -> None:
+    with httpx.Client(base_url=live.url, timeout=10.0) as anonymous:
+        missing = anonymous.post("/score", json={"user_ids": [KNOWN_USER]})
+        wrong = anonymous.post(
+            "/score", json={"user_ids": [KNOWN_USER]}, headers={"X-API-Key": "nope"}
+        )
+        segments = anonymous.get("/segments")
+        # Probes stay open for orchestrators.
+        probes = [anonymous.get(p).status_code for p in ("/healthz", "/readyz")]
+    for response, reason in (
+        (missing, "missing"),
+        (wrong, "wrong"),
+        (segments, "missing"),
+    ):
+        assert response.status_code == 401, response.text
+        body = ErrorResponse.model_validate(response.json())
+        assert body.error == "unauthorized" and reason in (body.detail or "")
+        assert "X-API-Key" in response.headers["www-authenticate"]
+    assert probes == [200, 200]
 
 
 def _score(client: httpx.Client, **body: object) -> httpx.Response:
