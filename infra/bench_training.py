@@ -127,7 +127,7 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     from training.backfill import backfill, snapshot_grid, write_offline
     from training.event_import import import_events
     from training.labels import purchase_labels
-    from training.training_set import training_frame
+    from training.training_set import latest_population, training_frame
 
     settings = get_settings()
     stages: dict[str, float] = {}
@@ -162,10 +162,7 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     lap("backfill_s")
     write_offline(result, settings)
     lap("write_offline_s")
-    latest = result.stream["event_timestamp"].max()
-    population = result.stream.loc[
-        result.stream["event_timestamp"] == latest, ["user_id", "event_timestamp"]
-    ].reset_index(drop=True)
+    population = latest_population(result.stream)
     segmentation = training_frame(store, population, "segmentation")
     lap("segmentation_set_s")
     entities = purchase_labels(

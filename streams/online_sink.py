@@ -10,21 +10,17 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from feast import FeatureStore
 
-from streams.feature_catalog import HISTORY_FEATURES, STATE_FEATURE, STREAM_FEATURES
+from streams.feature_catalog import HISTORY_FEATURES
 
 HISTORY_VIEW = "user_history_features"
-STREAM_COLUMNS = tuple(spec.name for spec in STREAM_FEATURES)
 HISTORY_COLUMNS = tuple(spec.name for spec in HISTORY_FEATURES)
 
 
-def feature_frame(
-    rows: Sequence[Mapping[str, object]], columns: Sequence[str] = STREAM_COLUMNS
-) -> pd.DataFrame:
-    """Rows of ``{user_id, event_timestamp (epoch s), features...}`` as a frame."""
-    names = [c for c in columns if c != STATE_FEATURE]
-    extra = [STATE_FEATURE] if STATE_FEATURE in columns else []
+def history_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+    """Rows of ``{user_id, event_timestamp (epoch s), history features}`` as a frame."""
+    names = list(HISTORY_COLUMNS)
     frame = pd.DataFrame.from_records(
-        rows, columns=["user_id", "event_timestamp", *names, *extra]
+        rows, columns=["user_id", "event_timestamp", *names]
     )
     frame["event_timestamp"] = pd.to_datetime(
         frame["event_timestamp"], unit="s", utc=True
@@ -38,4 +34,4 @@ def write_history_online(
 ) -> None:
     """Write history feature rows straight to the online store."""
     if rows:
-        store.write_to_online_store(HISTORY_VIEW, feature_frame(rows, HISTORY_COLUMNS))
+        store.write_to_online_store(HISTORY_VIEW, history_frame(rows))

@@ -34,10 +34,14 @@ class StateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, user_ids: Iterable[str]) -> tuple[dict[str, UserState], list[str]]:
-        """Cached states of ``user_ids`` (marked recently used) and the ids missing."""
+    def take(
+        self, user_ids: Iterable[str]
+    ) -> tuple[dict[str, UserState], dict[str, bytes], list[str]]:
+        """Cached states and Redis keys of ``user_ids`` (marked recently used),
+        and the ids missing."""
         entries = self._entries
         found: dict[str, UserState] = {}
+        keys: dict[str, bytes] = {}
         missing: list[str] = []
         for uid in user_ids:
             entry = entries.pop(uid, None)
@@ -45,15 +49,10 @@ class StateCache:
                 missing.append(uid)
             else:
                 entries[uid] = entry  # re-insert: most recently used last
-                found[uid] = entry[0]
+                found[uid], keys[uid] = entry[0], entry[1]
         self.hits += len(found)
         self.misses += len(missing)
-        return found, missing
-
-    def key(self, user_id: str) -> bytes | None:
-        """The cached Redis key of a user, if the user is cached."""
-        entry = self._entries.get(user_id)
-        return None if entry is None else entry[1]
+        return found, keys, missing
 
     def put(
         self,

@@ -319,8 +319,7 @@ class FeatureEngine:
             offsets.append(record.offset)
             partitions[event.user_id] = (record.topic, record.partition)
         users = dict.fromkeys(e.user_id for e in events)
-        states, missing = self.cache.take(users)
-        keys = {u: k for u in states if (k := self.cache.key(u)) is not None}
+        states, keys, missing = self.cache.take(users)
         try:
             if missing:
                 states.update(load_states(self.redis, self.layout, missing, keys))

@@ -37,7 +37,12 @@ from training.promotion import Decision, judge_propensity, judge_segmenter
 from training.propensity import fit_propensity
 from training.registry import PropensityBundle, SegmenterBundle
 from training.segmenter import fit_segmenter
-from training.training_set import matrix, model_features, training_frame
+from training.training_set import (
+    latest_population,
+    matrix,
+    model_features,
+    training_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +201,8 @@ def train(
     write_offline(result, settings)
     lap("write_offline")
 
-    latest = result.stream["event_timestamp"].max()
-    population = result.stream.loc[
-        result.stream["event_timestamp"] == latest, ["user_id", "event_timestamp"]
-    ].reset_index(drop=True)
+    population = latest_population(result.stream)
+    latest = population["event_timestamp"].max()
     seg_frame = training_frame(store, population, SEGMENTATION_SERVICE)
     lap("segmentation_set")
     previous_segmenter = _previous_segmenter(settings)

@@ -33,17 +33,31 @@ class Decision:
     champion_score: float | None = None
 
 
-def judge_propensity(
-    challenger: PropensityBundle, champion: PropensityBundle | None
-) -> Decision:
-    """ROC-AUC of both on the challenger's holdout; the challenger must be higher."""
-    name, metric = "propensity", "holdout_roc_auc"
+def _walkover(
+    name: str,
+    metric: str,
+    challenger: PropensityBundle | SegmenterBundle,
+    champion: PropensityBundle | SegmenterBundle | None,
+) -> Decision | None:
+    """The challenger's win without a contest, when there is none to hold."""
     if champion is None:
         return Decision(name, challenger.tag, None, True, "no champion yet", metric)
     if champion.features != challenger.features:
         return Decision(
             name, challenger.tag, champion.tag, True, "features changed", metric
         )
+    return None
+
+
+def judge_propensity(
+    challenger: PropensityBundle, champion: PropensityBundle | None
+) -> Decision:
+    """ROC-AUC of both on the challenger's holdout; the challenger must be higher."""
+    name, metric = "propensity", "holdout_roc_auc"
+    walkover = _walkover(name, metric, challenger, champion)
+    if walkover is not None:
+        return walkover
+    assert champion is not None  # no champion is a walkover
     evaluation = challenger.evaluation
     if evaluation is None:
         raise ValueError("challenger: no holdout evaluation to compare on")
@@ -65,12 +79,10 @@ def judge_segmenter(
 ) -> Decision:
     """Silhouette of both assignments of the same users, in the challenger's space."""
     name, metric = "segmenter", "silhouette"
-    if champion is None:
-        return Decision(name, challenger.tag, None, True, "no champion yet", metric)
-    if champion.features != challenger.features:
-        return Decision(
-            name, challenger.tag, champion.tag, True, "features changed", metric
-        )
+    walkover = _walkover(name, metric, challenger, champion)
+    if walkover is not None:
+        return walkover
+    assert champion is not None  # no champion is a walkover
     data = frame[challenger.features].to_numpy(dtype=np.float64)
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(data), size=min(sample_size, len(data)), replace=False)

@@ -176,6 +176,14 @@ def training_frame(
     return frame
 
 
+def latest_population(snapshots: pd.DataFrame) -> pd.DataFrame:
+    """``user_id`` and ``event_timestamp`` of every user at the newest snapshot."""
+    latest = snapshots["event_timestamp"].max()
+    return snapshots.loc[
+        snapshots["event_timestamp"] == latest, list(ENTITY_KEYS)
+    ].reset_index(drop=True)
+
+
 def latest_per_user(frame: pd.DataFrame) -> pd.DataFrame:
     """Each user's row with the latest ``event_timestamp``."""
     ordered = frame.sort_values(["user_id", "event_timestamp"], kind="stable")
