@@ -28,8 +28,6 @@ class StateCache:
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
         self._entries: dict[str, tuple[UserState, bytes, Partition | None]] = {}
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -50,8 +48,6 @@ class StateCache:
             else:
                 entries[uid] = entry  # re-insert: most recently used last
                 found[uid], keys[uid] = entry[0], entry[1]
-        self.hits += len(found)
-        self.misses += len(missing)
         return found, keys, missing
 
     def put(
