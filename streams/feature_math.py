@@ -13,78 +13,85 @@ since ...") are never stored: :func:`request_features` derives them at read time
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from math import floor
+from typing import Any
 
+import numpy as np
+
+from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
 from streams.user_state import (
     _DECAY,
     ABANDON_SECONDS,
-    D_ADDS,
-    D_EVENTS,
-    D_PURCHASES,
-    D_REVENUE,
-    D_SESSIONS,
-    D_VIEWS,
     DAY,
     HOUR,
     MINUTE,
-    S_ADDS,
-    S_EVENTS,
-    S_PURCHASES,
-    S_REMOVES,
-    S_REVENUE,
-    S_VIEW_PRICE_N,
-    S_VIEW_PRICE_SUM,
-    S_VIEWS,
     UserState,
 )
 
 AGE_CAP_SECONDS = 90 * DAY
-_COUNTED = (
-    ("events", S_EVENTS),
-    ("product_views", S_VIEWS),
-    ("cart_adds", S_ADDS),
-    ("cart_removes", S_REMOVES),
-    ("purchases", S_PURCHASES),
-    ("revenue", S_REVENUE),
-)
+
+# Both feature groups in catalogue order: the tuples of :func:`stream_values` and
+# :func:`history_values` hold their values in exactly this order.
+STREAM_NAMES: tuple[str, ...] = tuple(spec.name for spec in STREAM_FEATURES)
+HISTORY_NAMES: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
 
 
-def _sum_window(
-    buckets: dict[int, tuple[float, ...]], low: int, high: int, size: int
-) -> list[float]:
-    # Column sums in C (zip + sum) rather than a Python loop per slot: this is
-    # the backfill's innermost loop, once per user and snapshot.
-    rows = [bucket for index, bucket in buckets.items() if low <= index <= high]
-    if not rows:
-        return [0.0] * size
-    return [sum(column) for column in zip(*rows, strict=True)]
+def stream_values(
+    state: UserState, as_of: float, missing: float | None = None
+) -> tuple[float | None, ...]:
+    """The real-time feature group as of ``as_of`` (epoch s), in ``STREAM_NAMES`` order.
 
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else 0.0
-
-
-_WINDOW_KEYS = {
-    window: [(f"{name}_{window}", slot) for name, slot in _COUNTED]
-    for window in ("1h", "24h", "7d")
-}
-
-
-def stream_features(state: UserState, as_of: float) -> dict[str, float | None]:
-    """The real-time feature group (see the catalogue) as of ``as_of`` (epoch s)."""
-    minute, hour = int(as_of // MINUTE), int(as_of // HOUR)
-    low_1h = int((as_of - HOUR) // MINUTE)
-    low_24h = int((as_of - DAY) // HOUR)
-    low_7d = int((as_of - 7 * DAY) // HOUR)
-    size = S_VIEW_PRICE_N + 1
-    windows = {
-        "1h": _sum_window(state.minutes, low_1h, minute, size),
-        "24h": _sum_window(state.hours, low_24h, hour, size),
-        "7d": _sum_window(state.hours, low_7d, hour, size),
-    }
-    out: dict[str, float | None] = {}
-    for window, totals in windows.items():
-        for key, slot in _WINDOW_KEYS[window]:
-            out[key] = totals[slot]
+    The one implementation of the group: :func:`stream_features` names these values,
+    the backfill writes them as a snapshot row. ``missing`` stands for a timestamp
+    that is unknown as of ``as_of`` (``None`` online, NaN in snapshot tables).
+    """
+    # ``floor(x) // n`` is ``int(x // n)`` for any epoch time, at half the cost.
+    whole = floor(as_of)
+    minute, hour = whole // MINUTE, whole // HOUR
+    low_1h = floor(as_of - HOUR) // MINUTE
+    low_24h = floor(as_of - DAY) // HOUR
+    low_7d = floor(as_of - 7 * DAY) // HOUR
+    # Slot-wise window totals: buckets added in dict order, from 0.0, one slot at
+    # a time -- what ``sum`` over each slot gave, to the bit -- but into local
+    # floats, three times faster than building a tuple per bucket: this is the
+    # backfill's innermost loop, once per user and snapshot. Buckets unpack in
+    # slot order (S_EVENTS .. S_VIEW_PRICE_N). The 24h window lies inside the 7d
+    # one, so one pass over the hours serves both.
+    events_1h = views_1h = adds_1h = removes_1h = purchases_1h = revenue_1h = 0.0
+    for index, bucket in state.minutes.items():
+        if low_1h <= index <= minute:
+            events, views, adds, removes, purchases, revenue, _, _ = bucket
+            events_1h += events
+            views_1h += views
+            adds_1h += adds
+            removes_1h += removes
+            purchases_1h += purchases
+            revenue_1h += revenue
+    events_24h = views_24h = adds_24h = removes_24h = purchases_24h = 0.0
+    revenue_24h = price_sum_24h = priced_24h = 0.0
+    events_7d = views_7d = adds_7d = removes_7d = purchases_7d = 0.0
+    revenue_7d = price_sum_7d = priced_7d = 0.0
+    for index, bucket in state.hours.items():
+        if low_7d <= index <= hour:
+            events, views, adds, removes, purchases, revenue, price_sum, priced = bucket
+            events_7d += events
+            views_7d += views
+            adds_7d += adds
+            removes_7d += removes
+            purchases_7d += purchases
+            revenue_7d += revenue
+            price_sum_7d += price_sum
+            priced_7d += priced
+            if low_24h <= index:
+                events_24h += events
+                views_24h += views
+                adds_24h += adds
+                removes_24h += removes
+                purchases_24h += purchases
+                revenue_24h += revenue
+                price_sum_24h += price_sum
+                priced_24h += priced
     sessions_1h = sessions_24h = sessions_7d = 0
     for _, ts in state.sessions.values():
         at_hour = ts // HOUR
@@ -94,25 +101,53 @@ def stream_features(state: UserState, as_of: float) -> dict[str, float | None]:
                 sessions_24h += 1
                 if low_1h <= ts // MINUTE <= minute:
                     sessions_1h += 1
-    out["sessions_1h"] = float(sessions_1h)
-    out["sessions_24h"] = float(sessions_24h)
-    out["sessions_7d"] = float(sessions_7d)
-    out["distinct_categories_24h"] = float(
-        sum(1 for ts in state.categories.values() if low_24h <= ts // HOUR <= hour)
+    categories = 0
+    for ts in state.categories.values():
+        if low_24h <= ts // HOUR <= hour:
+            categories += 1
+    abandoned = _abandonments(state, as_of, low_24h, hour) if state.cart_adds else 0
+    last_event, last_purchase = state.last_event_ts, state.last_purchase_ts
+    # One tuple display, in catalogue order (checked against the catalogue by the
+    # unit tests); the ratios read 0 without a denominator.
+    return (
+        events_1h,
+        events_24h,
+        events_7d,
+        views_1h,
+        views_24h,
+        views_7d,
+        adds_1h,
+        adds_24h,
+        adds_7d,
+        removes_1h,
+        removes_24h,
+        removes_7d,
+        purchases_1h,
+        purchases_24h,
+        purchases_7d,
+        revenue_1h,
+        revenue_24h,
+        revenue_7d,
+        float(sessions_1h),
+        float(sessions_24h),
+        float(sessions_7d),
+        float(categories),
+        price_sum_24h / priced_24h if priced_24h else 0.0,
+        price_sum_7d / priced_7d if priced_7d else 0.0,
+        adds_7d / views_7d if views_7d else 0.0,
+        float(abandoned),
+        _engagement(state, as_of),
+        # A replayed state may hold later events; "as of" must not see them.
+        last_event if last_event is not None and last_event <= as_of else missing,
+        last_purchase
+        if last_purchase is not None and last_purchase <= as_of
+        else missing,
     )
-    day_totals, week_totals = windows["24h"], windows["7d"]
-    out["avg_viewed_price_24h"] = _ratio(
-        day_totals[S_VIEW_PRICE_SUM], day_totals[S_VIEW_PRICE_N]
-    )
-    out["avg_viewed_price_7d"] = _ratio(
-        week_totals[S_VIEW_PRICE_SUM], week_totals[S_VIEW_PRICE_N]
-    )
-    out["view_to_cart_rate_7d"] = _ratio(week_totals[S_ADDS], week_totals[S_VIEWS])
-    out["cart_abandonments_24h"] = float(_abandonments(state, as_of, low_24h, hour))
-    out["engagement_score"] = _engagement(state, as_of)
-    out["last_event_ts"] = _not_after(state.last_event_ts, as_of)
-    out["last_purchase_ts"] = _not_after(state.last_purchase_ts, as_of)
-    return out
+
+
+def stream_features(state: UserState, as_of: float) -> dict[str, float | None]:
+    """The real-time feature group (see the catalogue) as of ``as_of`` (epoch s)."""
+    return dict(zip(STREAM_NAMES, stream_values(state, as_of), strict=True))
 
 
 def _abandonments(state: UserState, as_of: float, low: int, high: int) -> int:
@@ -140,9 +175,15 @@ def _engagement(state: UserState, as_of: float) -> float:
     return state.engagement * math.exp(-_DECAY * (as_of - ref))
 
 
-def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
-    """The 30/90-day history feature group as of ``as_of`` (epoch s)."""
-    today = int(as_of // DAY)
+def history_values(
+    state: UserState, as_of: float, missing: float | None = None
+) -> tuple[float | None, ...]:
+    """The history group as of ``as_of`` (epoch s), in ``HISTORY_NAMES`` order.
+
+    The one implementation of the group, like :func:`stream_values`; ``missing``
+    stands for an unknown ``first_seen_ts``.
+    """
+    today = floor(as_of) // DAY
     # Days overlapping [T - 90d, T]: the current day and the 90 before it.
     orders = revenue = orders_30 = sessions_30 = views_30 = adds_30 = 0.0
     purchase_days = purchase_days_30 = active_days_30 = 0
@@ -150,38 +191,83 @@ def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
         age = today - day
         if not 0 <= age <= 90:
             continue
-        orders += bucket[D_PURCHASES]
-        revenue += bucket[D_REVENUE]
-        purchase_days += bucket[D_PURCHASES] > 0
+        # One unpack (slot order, D_PURCHASES .. D_EVENTS) instead of six lookups.
+        purchases, day_revenue, sessions, views, adds, events = bucket
+        orders += purchases
+        revenue += day_revenue
+        purchase_days += purchases > 0
         if age <= 30:
-            orders_30 += bucket[D_PURCHASES]
-            sessions_30 += bucket[D_SESSIONS]
-            views_30 += bucket[D_VIEWS]
-            adds_30 += bucket[D_ADDS]
-            purchase_days_30 += bucket[D_PURCHASES] > 0
-            active_days_30 += bucket[D_EVENTS] > 0
+            orders_30 += purchases
+            sessions_30 += sessions
+            views_30 += views
+            adds_30 += adds
+            purchase_days_30 += purchases > 0
+            active_days_30 += events > 0
+    first = state.first_seen_ts
+    return (
+        orders,
+        revenue,
+        revenue / orders if orders else 0.0,
+        float(purchase_days),
+        orders_30,
+        sessions_30,
+        views_30,
+        adds_30,
+        purchase_days_30 / active_days_30 if active_days_30 else 0.0,
+        first if first is not None and first <= as_of else missing,
+    )
+
+
+def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
+    """The 30/90-day history feature group as of ``as_of`` (epoch s)."""
+    # A dict display: twice as fast as dict(zip(HISTORY_NAMES, ...)) at this size.
+    # The names are HISTORY_NAMES in order (a unit test holds them to it).
+    (
+        orders_90d,
+        revenue_90d,
+        avg_order_value_90d,
+        purchase_days_90d,
+        orders_30d,
+        sessions_30d,
+        product_views_30d,
+        cart_adds_30d,
+        conversion_rate_30d,
+        first_seen_ts,
+    ) = history_values(state, as_of)
     return {
-        "orders_90d": orders,
-        "revenue_90d": revenue,
-        "avg_order_value_90d": _ratio(revenue, orders),
-        "purchase_days_90d": float(purchase_days),
-        "orders_30d": orders_30,
-        "sessions_30d": sessions_30,
-        "product_views_30d": views_30,
-        "cart_adds_30d": adds_30,
-        "conversion_rate_30d": _ratio(purchase_days_30, active_days_30),
-        "first_seen_ts": _not_after(state.first_seen_ts, as_of),
+        "orders_90d": orders_90d,
+        "revenue_90d": revenue_90d,
+        "avg_order_value_90d": avg_order_value_90d,
+        "purchase_days_90d": purchase_days_90d,
+        "orders_30d": orders_30d,
+        "sessions_30d": sessions_30d,
+        "product_views_30d": product_views_30d,
+        "cart_adds_30d": cart_adds_30d,
+        "conversion_rate_30d": conversion_rate_30d,
+        "first_seen_ts": first_seen_ts,
     }
 
 
-def request_features(stored: dict[str, float | None], as_of: float) -> dict[str, float]:
-    """Ages derived from stored timestamps at read time; missing means the cap."""
+def request_features(
+    stored: Mapping[str, Any], as_of: float | np.ndarray
+) -> dict[str, Any]:
+    """Ages derived from stored timestamps at read time; missing means the cap.
 
-    def age(key: str) -> float:
+    One user (floats, ``None`` for never) gives floats; many at once (arrays,
+    NaN for never, ``as_of`` a scalar or one instant per row) gives arrays --
+    the same arithmetic, so training sets and scoring cannot disagree.
+    """
+    scalar = np.ndim(as_of) == 0 and all(
+        np.ndim(stored.get(key)) == 0 for key in _AGE_SOURCES
+    )
+
+    def age(key: str) -> Any:
         ts = stored.get(key)
-        if ts is None or ts != ts:  # None or NaN: never happened
-            return AGE_CAP_SECONDS
-        return min(max(as_of - ts, 0.0), AGE_CAP_SECONDS)
+        raw = np.subtract(as_of, np.nan if ts is None else ts, dtype=np.float64)
+        capped = np.where(
+            np.isnan(raw), AGE_CAP_SECONDS, np.clip(raw, 0.0, AGE_CAP_SECONDS)
+        )
+        return float(capped) if scalar else capped
 
     return {
         "hours_since_last_event": age("last_event_ts") / HOUR,
@@ -190,6 +276,4 @@ def request_features(stored: dict[str, float | None], as_of: float) -> dict[str,
     }
 
 
-def _not_after(ts: float | None, as_of: float) -> float | None:
-    # A replayed state may hold later events; "as of" must not see them.
-    return ts if ts is not None and ts <= as_of else None
+_AGE_SOURCES = ("last_event_ts", "last_purchase_ts", "first_seen_ts")

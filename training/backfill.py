@@ -10,21 +10,19 @@ would have served at those instants.
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import logging
 import math
+import mmap
 import multiprocessing as mp
 import os
+import tempfile
 import time
-from array import array
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,38 +30,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra.settings import Settings
-from streams.events import Event, EventType
-from streams.feature_catalog import (
-    HISTORY_FEATURES,
-    STREAM_FEATURES,
-    TIMESTAMP_FEATURES,
+from streams.events import EventType
+from streams.feature_math import HISTORY_NAMES, STREAM_NAMES
+from streams.user_state import DAY, Outcome, UserState
+from training.replay import (
+    EVENT_TYPES,
+    Chunk,
+    Replayed,
+    collector_paused,
+    replay_chunk,
+    replay_to_file,
+    table_bytes,
+    worker_ready,
 )
-from streams.feature_math import history_features, stream_features
-from streams.user_state import DAY, Outcome, UserState, apply_event
 
 log = logging.getLogger(__name__)
 
-STREAM_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in STREAM_FEATURES)
-HISTORY_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
-PROGRESS_EVERY = 2000  # users between progress callbacks
+# Catalogue order, which is also the order the feature functions return values in.
+STREAM_COLUMNS: tuple[str, ...] = STREAM_NAMES
+HISTORY_COLUMNS: tuple[str, ...] = HISTORY_NAMES
 # Below this many events a second process costs more (start-up, transfer) than
 # it saves.
 PARALLEL_FROM_EVENTS = 200_000
 MAX_WORKERS = 4
+# Events plus snapshot rows per chunk of users: about a tenth of a second of work,
+# so that processes finish within that of each other, and a chunk's row buffers
+# stay small (a few MB).
+CHUNK_WORK = 20_000
+CHUNKS_PER_WORKER = 4  # at least, so that small inputs still split over processes
+SHARED_MEMORY_DIR = "/dev/shm"
+WRITE_SLICE_ROWS = 262_144  # rows per Parquet row group of the offline files
 STREAM_FILE = "user_stream_features.parquet"
 HISTORY_FILE = "user_history_features.parquet"
-
-# Row builders: a feature dict to a row tuple in column order, and to the values of
-# its window counts (everything but the timestamps).
-_STREAM_ROW = itemgetter(*STREAM_COLUMNS)
-_HISTORY_ROW = itemgetter(*HISTORY_COLUMNS)
-_STREAM_COUNTS = itemgetter(*(n for n in STREAM_COLUMNS if n not in TIMESTAMP_FEATURES))
-_HISTORY_COUNTS = itemgetter(
-    *(n for n in HISTORY_COLUMNS if n not in TIMESTAMP_FEATURES)
-)
-
-_EVENT_TYPES: dict[str, EventType] = {etype.value: etype for etype in EventType}
-_EVENT_FIELDS: tuple[str, ...] = tuple(Event.model_fields)
 
 
 @dataclass
@@ -103,23 +101,68 @@ def snapshot_grid(start: float, end: float, every_days: int = 1) -> list[float]:
     return [float(t) for t in range(int(first), int(end) + 1, step)]
 
 
-def _ordered_events(events: pd.DataFrame) -> Iterator[Event]:
-    """The rows as :class:`Event` objects, grouped by user, by time within a user.
+@dataclass(frozen=True)
+class _Users:
+    """Every user in first-appearance order, with where their events and rows lie.
 
-    Built lazily: only the user being replayed holds event objects, which keeps
-    memory flat and the garbage collector quiet on millions of rows.
+    Attributes:
+        ids: User ids (object array).
+        event_counts: Events per user.
+        first_events: Per user, the position of their first event in time order.
+        first_snapshots: Per user, the first snapshot at or after their first event.
+        rows: Snapshot rows per user (one per snapshot from the first on).
+        first_rows: Per user, the output row of their first snapshot row.
     """
+
+    ids: np.ndarray
+    event_counts: np.ndarray
+    first_events: np.ndarray
+    first_snapshots: np.ndarray
+    rows: np.ndarray
+    first_rows: np.ndarray
+
+    @property
+    def total_rows(self) -> int:
+        """Rows of each snapshot table."""
+        return int(self.rows.sum())
+
+
+def _text(events: pd.DataFrame, name: str, order: np.ndarray) -> np.ndarray:
+    """A text column in ``order``, missing values (None, NaN, NA) as ``None``."""
+    if name not in events:
+        return np.full(len(order), None, dtype=object)
+    column = events[name]
+    values = column.to_numpy(dtype=object)[order]  # a copy: safe to write to
+    missing = column.isna().to_numpy()[order]
+    if missing.any():
+        values[missing] = None
+    return values
+
+
+def _sorted_events(
+    events: pd.DataFrame, snaps: list[float]
+) -> tuple[_Users, dict[str, np.ndarray]]:
+    """Users and their event columns, grouped by user and by time within a user.
+
+    Users come in order of first appearance; each user's events in event-time
+    order, stable, so equal times keep file order. Columns are what
+    :func:`~training.replay.replay_chunk` reads: compact arrays (codes, floats
+    with NaN for missing), cheap to slice and to send to a worker process.
+    """
+    codes, uniques = pd.factorize(events["user_id"], sort=False)
+    if (codes < 0).any():
+        raise ValueError("user_id: missing values")
     ts = events["ts"].to_numpy(dtype=np.float64)
-    codes, _ = pd.factorize(events["user_id"], sort=False)
     # Two stable passes: by time, then by user; equal times keep file order.
     by_time = np.argsort(ts, kind="stable")
     order = by_time[np.argsort(codes[by_time], kind="stable")]
 
     type_codes, type_names = pd.factorize(events["event_type"].astype(str))
-    unknown = sorted(set(type_names) - set(_EVENT_TYPES))
+    position = {etype.value: i for i, etype in enumerate(EVENT_TYPES)}
+    unknown = sorted(set(type_names) - set(position))
     if unknown:
         raise ValueError(f"event_type: unknown values {unknown}")
-    etypes = np.array([_EVENT_TYPES[n] for n in type_names], dtype=object)[type_codes]
+    etypes = np.array([position[n] for n in type_names], dtype=np.int8)[type_codes]
 
     revenue = (
         events["revenue"].astype("float64")
@@ -134,200 +177,260 @@ def _ordered_events(events: pd.DataFrame) -> Iterator[Event]:
             else 1.0
         )
         implied = events["price"].astype("float64") * quantity
-        missing = (etypes == EventType.PURCHASE) & revenue.isna().to_numpy()
+        purchase = etypes == EVENT_TYPES.index(EventType.PURCHASE)
+        missing = purchase & revenue.isna().to_numpy()
         revenue = revenue.where(~missing, implied)
+        price = events["price"].to_numpy(dtype=np.float64, na_value=np.nan)[order]
+    else:
+        price = np.full(len(events), np.nan)
 
-    def column(name: str) -> list[Any]:
-        if name == "ts":
-            return ts[order].tolist()
-        if name == "revenue":
-            values = revenue.to_numpy(dtype=object)[order]
-        elif name == "event_type":
-            values = etypes[order]
-        elif name in events:
-            values = events[name].to_numpy(dtype=object)[order]
-        else:
-            return [None] * len(order)
-        # Missing values arrive as None, NaN or pd.NA depending on the dtype.
-        clean = [None if v is None or v is pd.NA or v != v else v for v in values]
-        if name == "quantity":
-            return [None if q is None else int(q) for q in clean]
-        return clean
-
-    names = _EVENT_FIELDS
-    columns = [column(name) for name in names]
-    # Copying a constructed template skips validation like model_construct does,
-    # at half the cost; every field is overwritten, so nothing leaks between rows.
-    copy = Event.model_construct(**dict.fromkeys(names)).model_copy
-    for values in zip(*columns, strict=True):
-        yield copy(update=dict(zip(names, values, strict=True)))
-
-
-_STREAM_TIMES = tuple(n for n in STREAM_COLUMNS if n in TIMESTAMP_FEATURES)
-_HISTORY_TIMES = tuple(n for n in HISTORY_COLUMNS if n in TIMESTAMP_FEATURES)
-
-
-def _row(
-    values: dict[str, float | None], times: tuple[str, ...], pick: itemgetter
-) -> tuple[float, ...]:
-    """The row in column order, unknown times as NaN (only times can be None)."""
-    for name in times:
-        if values[name] is None:
-            values[name] = math.nan
-    return pick(values)
+    event_counts = np.bincount(codes, minlength=len(uniques))
+    sorted_ts = ts[order]
+    first_events = np.cumsum(event_counts) - event_counts
+    first_snapshots = np.searchsorted(
+        np.asarray(snaps, dtype=np.float64), sorted_ts[first_events], side="left"
+    )
+    rows = len(snaps) - first_snapshots
+    users = _Users(
+        ids=np.asarray(uniques, dtype=object),
+        event_counts=event_counts,
+        first_events=first_events,
+        first_snapshots=first_snapshots,
+        rows=rows,
+        first_rows=np.cumsum(rows) - rows,
+    )
+    columns = {
+        "event_id": _text(events, "event_id", order),
+        "event_type": etypes[order],
+        "ts": sorted_ts,
+        "session_id": _text(events, "session_id", order),
+        "category": _text(events, "category", order),
+        "price": price,
+        "revenue": revenue.to_numpy(dtype=np.float64, na_value=np.nan)[order],
+    }
+    return users, columns
 
 
-class _Snapshots:
-    """Collects snapshot rows of both feature groups, user by user.
+def _chunks(
+    users: _Users, columns: dict[str, np.ndarray], at_least: int
+) -> list[Chunk]:
+    """Consecutive users cut into chunks of about equal work (events plus rows).
 
-    Rows go into flat float arrays (one per group), not lists of tuples: at 1M
-    events and 100k users the tuples alone took several GB.
+    Small enough to balance the load over processes and to keep each chunk's row
+    buffers small; ``at_least`` chunks when there are that many users.
     """
-
-    def __init__(self, snaps: list[float]) -> None:
-        self.snaps = snaps
-        self.users: list[str] = []
-        self.index = array("i")
-        self.stream = array("d")
-        self.history = array("d")
-
-    def replay(
-        self, uid: str, events: list[Event], lateness_seconds: int, counts: Counter
-    ) -> UserState:
-        """Fold one user's time-ordered events, emitting each snapshot on the way."""
-        snaps = self.snaps
-        n_snaps = len(snaps)
-        state = UserState()
-        k = bisect.bisect_left(snaps, events[0].ts)
-        # The last emitted rows are reused while nothing can change them: no new
-        # event since, and every window count already zero (windows only lose
-        # buckets as time passes; the timestamps stay put).
-        stream_row: tuple[float, ...] = ()
-        history_row: tuple[float, ...] = ()
-        stream_live = history_live = changed = True
-        users, index = self.users, self.index
-        stream, history = self.stream, self.history
-
-        def emit(k: int) -> None:
-            nonlocal stream_row, history_row, stream_live, history_live, changed
-            if changed or stream_live:
-                values = stream_features(state, snaps[k])
-                stream_row = _row(values, _STREAM_TIMES, _STREAM_ROW)
-                stream_live = any(_STREAM_COUNTS(values))
-            if changed or history_live:
-                values = history_features(state, snaps[k])
-                history_row = _row(values, _HISTORY_TIMES, _HISTORY_ROW)
-                history_live = any(_HISTORY_COUNTS(values))
-            changed = False
-            users.append(uid)
-            index.append(k)
-            stream.extend(stream_row)
-            history.extend(history_row)
-
-        for event in events:
-            while k < n_snaps and snaps[k] < event.ts:
-                emit(k)
-                k += 1
-            outcome = apply_event(state, event, lateness_seconds)
-            counts[outcome] += 1
-            changed = changed or outcome is Outcome.APPLIED
-        while k < n_snaps:
-            emit(k)
-            k += 1
-        return state
+    n_users = len(users.ids)
+    work = np.cumsum(users.event_counts + users.rows)
+    total = int(work[-1]) if n_users else 0
+    n_chunks = min(n_users, max(at_least, -(-total // CHUNK_WORK)))
+    targets = np.arange(1, n_chunks) * (total / max(n_chunks, 1))
+    cuts = np.searchsorted(work, targets, side="left") + 1
+    bounds = np.unique(np.concatenate(([0], cuts, [n_users])))
+    bounds = bounds[bounds <= n_users]
+    chunks = []
+    for start, stop in itertools.pairwise(bounds.tolist()):
+        first = int(users.first_events[start])
+        last = first + int(users.event_counts[start:stop].sum())
+        chunks.append(
+            Chunk(
+                first_row=int(users.first_rows[start]),
+                rows=int(users.rows[start:stop].sum()),
+                event_counts=users.event_counts[start:stop],
+                first_snapshots=users.first_snapshots[start:stop],
+                **{name: values[first:last] for name, values in columns.items()},
+            )
+        )
+    return chunks
 
 
-@dataclass
-class _Part:
-    """One process's share of a backfill: rows grouped by user, states, counts."""
+def _tables(
+    buffer: mmap.mmap | bytes, total_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stream and history tables (row-major) over one buffer, stream first."""
+    stream_bytes, history_bytes = table_bytes(total_rows)
+    if not stream_bytes:
+        return (
+            np.empty((0, len(STREAM_COLUMNS))),
+            np.empty((0, len(HISTORY_COLUMNS))),
+        )
+    stream = np.frombuffer(buffer, dtype=np.float64, count=stream_bytes // 8)
+    history = np.frombuffer(
+        buffer, dtype=np.float64, count=history_bytes // 8, offset=stream_bytes
+    )
+    return (
+        stream.reshape(total_rows, len(STREAM_COLUMNS)),
+        history.reshape(total_rows, len(HISTORY_COLUMNS)),
+    )
 
-    users: list[str]
-    index: array[int]
-    stream: array[float]
-    history: array[float]
-    states: dict[str, UserState]
-    counts: Counter[Outcome]
 
-
-def _replay(
-    events: pd.DataFrame,
+def _replay_into(
+    chunk: Chunk,
     snaps: list[float],
     lateness_seconds: int,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> _Part:
-    """Replay every user of ``events`` in order of first appearance."""
-    out = _Snapshots(snaps)
-    counts: Counter[Outcome] = Counter()
-    states: dict[str, UserState] = {}
-    if not events.empty:
-        total = int(events["user_id"].nunique()) if on_progress else 0
-        for uid, user_events in groupby(_ordered_events(events), attrgetter("user_id")):
-            states[uid] = out.replay(uid, list(user_events), lateness_seconds, counts)
-            if on_progress is not None and len(states) % PROGRESS_EVERY == 0:
-                on_progress(len(states), total)
-        if on_progress is not None:
-            on_progress(len(states), total)
-    return _Part(out.users, out.index, out.stream, out.history, states, counts)
+    stream: np.ndarray,
+    history: np.ndarray,
+) -> Replayed:
+    """Replay a chunk in this process, its rows packed into place in the tables."""
+    end = chunk.first_row + chunk.rows
+    return replay_chunk(
+        chunk,
+        snaps,
+        lateness_seconds,
+        memoryview(stream[chunk.first_row : end].reshape(-1).view(np.uint8)),
+        memoryview(history[chunk.first_row : end].reshape(-1).view(np.uint8)),
+    )
 
 
-def _replay_parallel(
-    events: pd.DataFrame,
+def _replay_here(
+    chunks: list[Chunk],
     snaps: list[float],
     lateness_seconds: int,
-    workers: int,
+    total_rows: int,
     on_progress: Callable[[int, int], None] | None,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, UserState], Counter[Outcome]]:
-    """Users split over ``workers`` processes; rows merged back into serial order.
+) -> tuple[np.ndarray, np.ndarray, list[Replayed]]:
+    """Replay every chunk in this process, into in-memory tables."""
+    size = sum(table_bytes(total_rows))
+    # Private anonymous memory rather than np.empty: numpy asks for transparent
+    # huge pages on large arrays, and where the kernel compacts memory to find
+    # them (THP defrag "madvise", the default) first touching these 0.9 GB cost
+    # 1.5 s of system time in a VM; plain pages cost a fifth of that.
+    stream, history = _tables(
+        mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size else b"", total_rows
+    )
+    total = sum(chunk.users for chunk in chunks)
+    done = 0
+    results = []
+    for chunk in chunks:
+        results.append(_replay_into(chunk, snaps, lateness_seconds, stream, history))
+        done += chunk.users
+        if on_progress is not None:
+            on_progress(done, total)
+    return stream, history, results
 
-    Users are independent, so each process runs the same :func:`_replay` on its
-    users' events. The merged tables and states are in exactly the order a single
-    process produces (users by first appearance), so the result is the same.
+
+def _shared_directory(size: int) -> str | None:
+    """Where the table file goes: tmpfs when it has room (no disk writes)."""
+    try:
+        stat = os.statvfs(SHARED_MEMORY_DIR)
+    except OSError:
+        return None
+    roomy = stat.f_bavail * stat.f_frsize > 2 * size
+    return (
+        SHARED_MEMORY_DIR if roomy and os.access(SHARED_MEMORY_DIR, os.W_OK) else None
+    )
+
+
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``workers - 1`` spawned processes, started at once; ``None`` for one worker.
+
+    Started before the events are prepared, so that their start-up (a fresh
+    interpreter importing :mod:`training.replay`) overlaps with that work.
     """
-    order = pd.unique(events["user_id"])
-    rank = {uid: i for i, uid in enumerate(order)}
-    codes = pd.factorize(events["user_id"], sort=False)[0]
-    shares = [events[codes % workers == w] for w in range(workers)]
+    if workers <= 1:
+        yield None
+        return
     # Spawned, not forked: the parent may hold threads (Arrow, DuckDB) whose locks
     # a fork would copy in a held state.
     context = mp.get_context("spawn")
-    parts: list[_Part] = []
-    done = 0
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(_replay, s, snaps, lateness_seconds) for s in shares]
-        for future in futures:
-            parts.append(future.result())
-            done += len(parts[-1].states)
-            if on_progress is not None:
-                on_progress(done, len(order))
-    users = [u for part in parts for u in part.users]
-    row_rank = np.fromiter((rank[u] for u in users), dtype=np.int64, count=len(users))
-    perm = np.argsort(row_rank, kind="stable")
-    users = [users[i] for i in perm]
-    index = np.concatenate([np.frombuffer(p.index, dtype=np.int32) for p in parts])[
-        perm
+    with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
+        for _ in range(workers - 1):
+            pool.submit(worker_ready)
+        yield pool
+
+
+def _replay_parallel(
+    pool: ProcessPoolExecutor,
+    chunks: list[Chunk],
+    snaps: list[float],
+    lateness_seconds: int,
+    total_rows: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, np.ndarray, list[Replayed]]:
+    """Chunks replayed by this process and the ``pool``'s processes.
+
+    Every process writes a chunk's rows straight to their place in one table file
+    (shared memory), which this process maps as the result: no rows are sent
+    back, concatenated or reordered. Workers take chunks from the front as they
+    become free while this process works from the back (a chunk not yet handed
+    to a worker can still be cancelled), so the load balances even though the
+    workers start later. Only states and counts come back, pickled: cheaper to
+    decode than :meth:`UserState.to_bytes` blobs.
+    """
+    size = sum(table_bytes(total_rows))
+    fd, path = tempfile.mkstemp(
+        prefix="segscore-backfill-", suffix=".f64", dir=_shared_directory(size)
+    )
+    try:
+        os.ftruncate(fd, size)
+        # Written through a shared mapping (this process's chunks) and by the
+        # workers; the mapping goes when the last view of it does.
+        parts = _replay_shared(
+            pool,
+            chunks,
+            snaps,
+            lateness_seconds,
+            (path, total_rows),
+            mmap.mmap(fd, size) if size else b"",
+            on_progress,
+        )
+        # The result maps the file copy-on-write: whatever is later written to the
+        # tables (here or in a forked process) stays private, as it would in
+        # ordinary memory.
+        result = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else b""
+    finally:
+        # The mapping keeps the memory; the name is not needed any more.
+        os.close(fd)
+        os.unlink(path)
+    return (*_tables(result, total_rows), parts)
+
+
+def _replay_shared(
+    pool: ProcessPoolExecutor,
+    chunks: list[Chunk],
+    snaps: list[float],
+    lateness_seconds: int,
+    table_file: tuple[str, int],
+    shared: mmap.mmap | bytes,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[Replayed]:
+    """Hand the chunks to the pool while this process replays from the back.
+
+    ``table_file`` is the file's path and rows, for the workers; ``shared`` maps
+    it here.
+    """
+    path, total_rows = table_file
+    stream, history = _tables(shared, total_rows)
+    total = sum(chunk.users for chunk in chunks)
+    results: list[Replayed | None] = [None] * len(chunks)
+    futures = [
+        pool.submit(replay_to_file, chunk, snaps, lateness_seconds, path, total_rows)
+        for chunk in chunks
     ]
+    try:
+        mine = len(chunks)
+        while mine > 0 and futures[mine - 1].cancel():
+            mine -= 1
+            results[mine] = _replay_into(
+                chunks[mine], snaps, lateness_seconds, stream, history
+            )
+            if on_progress is not None:
+                on_progress(_users_done(chunks, futures, mine), total)
+        for i in range(mine):
+            results[i] = futures[i].result()
+            if on_progress is not None:
+                on_progress(_users_done(chunks, futures, mine), total)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return [r for r in results if r is not None]
 
-    def table(name: str, columns: tuple[str, ...]) -> pd.DataFrame:
-        values = np.concatenate(
-            [
-                np.frombuffer(getattr(p, name), dtype=np.float64).reshape(
-                    -1, len(columns)
-                )
-                for p in parts
-            ]
-        )[perm]
-        return _frame(users, index, values, columns, snaps)
 
-    stream = table("stream", STREAM_COLUMNS)
-    history = table("history", HISTORY_COLUMNS)
-    merged: dict[str, UserState] = {}
-    for part in parts:
-        merged.update(part.states)
-    states = {uid: merged[uid] for uid in order}
-    counts: Counter[Outcome] = Counter()
-    for part in parts:
-        counts.update(part.counts)
-    return stream, history, states, counts
+def _users_done(chunks: list[Chunk], futures: list[Future[Replayed]], mine: int) -> int:
+    """Users of finished chunks: the workers' done ones and this process's."""
+    theirs = sum(chunks[i].users for i in range(mine) if futures[i].done())
+    return theirs + sum(chunk.users for chunk in chunks[mine:])
 
 
 def backfill(
@@ -341,10 +444,13 @@ def backfill(
     """Replay ``events`` and snapshot both feature groups at each instant.
 
     Each user's events are folded in event-time order (stable, so equal times keep
-    file order) with the stream worker's :func:`apply_event`, and the snapshot at
-    instant S is read before the first event later than S is applied, so no row
-    sees the future. A user appears in the snapshots from the first instant at or
-    after their first event.
+    file order) with the stream worker's transition (:func:`apply_event`'s
+    field-level form), and the snapshot at instant S is read before the first
+    event later than S is applied, so no row sees the future. A user appears in
+    the snapshots from the first instant at or after their first event. Rows are
+    grouped by user (in order of first appearance in ``events``), by instant
+    within a user; the states come in the same user order. The result does not
+    depend on ``workers``.
 
     Args:
         events: Validated events with the contract columns, ``ts`` in epoch
@@ -354,11 +460,11 @@ def backfill(
             dedupe horizon and state pruning.
         on_progress: Called now and then with (users done, users in all), for a
             progress bar.
-        workers: Processes to replay users in (0: one per core, at most
-            ``MAX_WORKERS``); used from ``parallel_from_events`` events on
-            (default ``PARALLEL_FROM_EVENTS``). The processes are spawned, so a
-            caller's script needs the ``if __name__ == "__main__"`` guard; the
-            ``segscore`` commands have it.
+        workers: Processes to replay users in, this one included (0: one per
+            core, at most ``MAX_WORKERS``); used from ``parallel_from_events``
+            events on (default ``PARALLEL_FROM_EVENTS``). The other processes are
+            spawned, so a caller's script needs the ``if __name__ == "__main__"``
+            guard; the ``segscore`` commands have it.
 
     Returns:
         The snapshot tables and each user's final state.
@@ -370,18 +476,36 @@ def backfill(
     threshold = (
         PARALLEL_FROM_EVENTS if parallel_from_events is None else parallel_from_events
     )
-    if len(events) < threshold:
+    if len(events) < threshold or events.empty:
         workers = 1
-    if workers > 1 and not events.empty:
-        stream, history, states, counts = _replay_parallel(
-            events, snaps, lateness_seconds, workers, on_progress
+    with collector_paused(), _worker_pool(workers) as pool:
+        users, columns = (
+            _sorted_events(events, snaps) if not events.empty else (_no_users(), {})
         )
-    else:
-        part = _replay(events, snaps, lateness_seconds, on_progress)
-        stream = _frame(part.users, part.index, part.stream, STREAM_COLUMNS, snaps)
-        history = _frame(part.users, part.index, part.history, HISTORY_COLUMNS, snaps)
-        states, counts = part.states, part.counts
-    outcomes = {outcome.value: counts.get(outcome, 0) for outcome in Outcome}
+        chunks = _chunks(users, columns, CHUNKS_PER_WORKER * workers)
+        del columns  # the chunks hold what is needed
+        if pool is not None:
+            stream_table, history_table, parts = _replay_parallel(
+                pool, chunks, snaps, lateness_seconds, users.total_rows, on_progress
+            )
+        else:
+            stream_table, history_table, parts = _replay_here(
+                chunks, snaps, lateness_seconds, users.total_rows, on_progress
+            )
+        states = dict(
+            zip(
+                users.ids.tolist(),
+                itertools.chain.from_iterable(part.states for part in parts),
+                strict=True,
+            )
+        )
+    outcomes = {
+        Outcome.APPLIED.value: sum(part.applied for part in parts),
+        Outcome.DUPLICATE.value: sum(part.duplicate for part in parts),
+        Outcome.LATE.value: sum(part.late for part in parts),
+    }
+    stream = _frame(users, snaps, stream_table, STREAM_COLUMNS)
+    history = _frame(users, snaps, history_table, HISTORY_COLUMNS)
     log.info(
         "backfill: %d events, %d users, %d snapshots -> %d rows in %.1fs (%s)",
         len(events),
@@ -396,20 +520,39 @@ def backfill(
     )
 
 
+def _no_users() -> _Users:
+    nothing = np.zeros(0, dtype=np.int64)
+    return _Users(
+        ids=np.zeros(0, dtype=object),
+        event_counts=nothing,
+        first_events=nothing,
+        first_snapshots=nothing,
+        rows=nothing,
+        first_rows=nothing,
+    )
+
+
 def _frame(
-    users: list[str],
-    snap_index: Sequence[int],
-    rows: array[float] | np.ndarray,
-    columns: tuple[str, ...],
-    snaps: Sequence[float] = (),
+    users: _Users, snaps: Sequence[float], values: np.ndarray, columns: tuple[str, ...]
 ) -> pd.DataFrame:
-    """A snapshot table: user_id, event_timestamp (UTC), float64 features."""
-    values = np.frombuffer(rows, dtype=np.float64).reshape(len(users), len(columns))
-    instants = np.asarray(snaps, dtype=np.float64)[np.asarray(snap_index, dtype=int)]
-    stamps = pd.to_datetime((instants * 1e6).astype(np.int64), unit="us", utc=True)
-    frame = pd.DataFrame(values, columns=list(columns))
+    """A snapshot table: user_id, event_timestamp (UTC), float64 features.
+
+    ``values`` (one row per snapshot row) becomes the table's float block
+    without a copy.
+    """
+    snap_index = np.arange(users.total_rows) - np.repeat(
+        users.first_rows - users.first_snapshots, users.rows
+    )
+    # Each instant converted once, then picked per row: converting 2.7M times
+    # took a quarter of a second per table.
+    instants = np.asarray(snaps, dtype=np.float64)
+    at = pd.to_datetime((instants * 1e6).astype(np.int64), unit="us", utc=True)
+    stamps = at[snap_index]
+    frame = pd.DataFrame(values, columns=list(columns), copy=False)
     frame.insert(0, "event_timestamp", stamps)
-    frame.insert(0, "user_id", pd.Series(users, dtype=object))
+    frame.insert(
+        0, "user_id", pd.Series(np.repeat(users.ids, users.rows), dtype=object)
+    )
     return frame
 
 
@@ -430,15 +573,19 @@ def _schema(columns: tuple[str, ...]) -> pa.Schema:
 
 
 def _write_parquet(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
-    table = pa.Table.from_pandas(
-        frame[["user_id", "event_timestamp", *columns]],
-        schema=_schema(columns),
-        preserve_index=False,
-    )
+    schema = _schema(columns)
+    names = ["user_id", "event_timestamp", *columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     # Readers (Feast, a running worker) never see a half-written file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    # Slice by slice (one row group each): converting the whole table at once
+    # held two more copies of it (~1.3 GB at 2.7M rows).
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, max(len(frame), 1), WRITE_SLICE_ROWS):
+            piece = frame.iloc[start : start + WRITE_SLICE_ROWS][names]
+            writer.write_table(
+                pa.Table.from_pandas(piece, schema=schema, preserve_index=False)
+            )
     os.replace(tmp, path)
 
 

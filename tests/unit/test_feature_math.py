@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from streams.events import Event, EventType
 from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
-from streams.feature_math import history_features, request_features, stream_features
-from streams.user_state import DAY, HOUR, Outcome, UserState, apply_event
+from streams.feature_math import (
+    HISTORY_NAMES,
+    STREAM_NAMES,
+    history_features,
+    history_values,
+    request_features,
+    stream_features,
+    stream_values,
+)
+from streams.user_state import (
+    D_ADDS,
+    D_EVENTS,
+    D_PURCHASES,
+    D_REVENUE,
+    D_SESSIONS,
+    D_VIEWS,
+    DAY,
+    DAY_SLOTS,
+    HOUR,
+    S_ADDS,
+    S_EVENTS,
+    S_PURCHASES,
+    S_REMOVES,
+    S_REVENUE,
+    S_VIEW_PRICE_N,
+    S_VIEW_PRICE_SUM,
+    S_VIEWS,
+    SLOTS,
+    Outcome,
+    UserState,
+    apply_event,
+    apply_fields,
+)
 
 T0 = 1_800_000_000.0  # an hour boundary: 1_800_000_000 % 3600 == 0
 LATENESS = 600
@@ -222,3 +254,92 @@ def test_a_replay_is_recognised_by_offset_beyond_the_dedupe_window() -> None:
     # offset, not a late event for the DLQ.
     assert apply_event(state, first, LATENESS, offset=7) is Outcome.DUPLICATE
     assert UserState.from_bytes(state.to_bytes()).offset == 8
+
+
+def test_value_tuples_are_the_named_features_in_catalogue_order() -> None:
+    # The tests above check each value by name; names and tuple positions agree.
+    state = fold(
+        ev(T0 - 3 * HOUR, EventType.ADD_TO_CART, session="a", category="toys"),
+        ev(T0 - 60, EventType.PRODUCT_VIEW, price=5.0, session="a"),
+    )
+    streamed = stream_values(state, T0)
+    assert tuple(s.name for s in STREAM_FEATURES) == STREAM_NAMES
+    assert tuple(s.name for s in HISTORY_FEATURES) == HISTORY_NAMES
+    assert stream_features(state, T0) == dict(zip(STREAM_NAMES, streamed, strict=True))
+    named = history_features(state, T0)
+    assert named == dict(zip(HISTORY_NAMES, history_values(state, T0), strict=True))
+    assert tuple(named) == HISTORY_NAMES
+    # ``missing`` stands in for timestamps unknown as of the read, and only there.
+    early = stream_values(state, T0 - 4 * HOUR, missing=math.nan)
+    by_name = dict(zip(STREAM_NAMES, early, strict=True))
+    assert math.isnan(by_name["last_event_ts"])
+    assert math.isnan(by_name["last_purchase_ts"])
+    assert not any(math.isnan(v) for k, v in by_name.items() if not k.endswith("_ts"))
+    assert math.isnan(history_values(state, T0 - 4 * HOUR, missing=math.nan)[-1])
+
+
+def test_buckets_unpack_in_slot_order() -> None:
+    # The feature functions unpack buckets positionally.
+    slots = (S_EVENTS, S_VIEWS, S_ADDS, S_REMOVES, S_PURCHASES, S_REVENUE)
+    assert (*slots, S_VIEW_PRICE_SUM, S_VIEW_PRICE_N) == tuple(range(SLOTS))
+    day_slots = (D_PURCHASES, D_REVENUE, D_SESSIONS, D_VIEWS, D_ADDS, D_EVENTS)
+    assert day_slots == tuple(range(DAY_SLOTS))
+
+
+def test_apply_fields_is_apply_event() -> None:
+    events = [
+        ev(T0 - 300, EventType.PRODUCT_VIEW, price=3.0, session="s", category="c"),
+        ev(T0 - 200, EventType.PURCHASE, revenue=7.5, session="s", event_id="p"),
+        ev(T0 - 400, EventType.ADD_TO_CART, session="s"),  # late within lateness
+        ev(T0 - 200, EventType.PURCHASE, revenue=7.5, event_id="p"),  # duplicate
+        ev(T0 - 5000, EventType.PAGE_VIEW),  # too late
+    ]
+    by_event, by_fields = UserState(), UserState()
+    for event in events:
+        outcome = apply_fields(
+            by_fields,
+            event.event_id,
+            event.event_type,
+            event.ts,
+            event.session_id,
+            event.category,
+            event.price,
+            event.revenue,
+            LATENESS,
+        )
+        assert apply_event(by_event, event, LATENESS) is outcome
+        assert by_fields == by_event
+
+
+def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
+    # Training sets derive ages for millions of rows at once, scoring for one user
+    # at a time; both go through the same function and must agree exactly.
+    last = [T0 - 7200.5, None, T0 + 50.0, T0 - 200 * DAY]
+    purchase = [None, T0 - 3 * DAY, T0 - 1.0, None]
+    first = [T0 - 10 * DAY, T0 - 1.0, None, T0 - 365 * DAY]
+    as_of = [T0, T0 + 1.0, T0, T0 + 0.25]
+    one_by_one = [
+        request_features(
+            {"last_event_ts": a, "last_purchase_ts": b, "first_seen_ts": c}, t
+        )
+        for a, b, c, t in zip(last, purchase, first, as_of, strict=True)
+    ]
+    assert all(isinstance(v, float) for row in one_by_one for v in row.values())
+
+    def column(values: list[float | None]) -> np.ndarray:
+        return np.array([math.nan if v is None else v for v in values])
+
+    together = request_features(
+        {
+            "last_event_ts": column(last),
+            "last_purchase_ts": column(purchase),
+            "first_seen_ts": column(first),
+        },
+        np.array(as_of),
+    )
+    for name, values in together.items():
+        assert values.tolist() == [row[name] for row in one_by_one]
+    # Never happened, in the future of the read, or older than the cap.
+    assert one_by_one[1]["hours_since_last_event"] == 90 * 24
+    assert one_by_one[2]["hours_since_last_event"] == 0.0
+    assert one_by_one[3]["tenure_days"] == 90.0

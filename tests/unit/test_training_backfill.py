@@ -198,16 +198,98 @@ def test_progress_reports_every_user_by_the_end() -> None:
     assert all(done <= total for done, total in calls)
 
 
-def test_parallel_backfill_equals_the_serial_one() -> None:
+def _messy(events: pd.DataFrame) -> pd.DataFrame:
+    """Redelivered events, equal times, fields left out, rows shuffled."""
+    rng = np.random.default_rng(11)
+    messy = pd.concat(
+        [events, events.sample(frac=0.05, random_state=1)], ignore_index=True
+    )
+    ties = rng.random(len(messy)) < 0.1
+    messy.loc[ties, "ts"] = messy.loc[ties, "ts"].round(-2)
+    purchase = (messy["event_type"] == "purchase").to_numpy()
+    # Purchases stating only price and quantity, and views without a price.
+    messy.loc[purchase & (rng.random(len(messy)) < 0.5), "revenue"] = np.nan
+    messy.loc[~purchase & (rng.random(len(messy)) < 0.1), "price"] = np.nan
+    messy.loc[rng.random(len(messy)) < 0.05, "session_id"] = None
+    messy.loc[rng.random(len(messy)) < 0.05, "category"] = None
+    return messy.sample(frac=1.0, random_state=5).reset_index(drop=True)
+
+
+def _simulated(n_users: int, days: int) -> pd.DataFrame:
     from streams.simulator import events_frame, simulate
 
-    sim = simulate(60, T0, T0 + 10 * DAY, seed=4)
-    events = events_frame(sim.events)
-    snaps = snapshot_grid(T0, T0 + 10 * DAY)
+    return _messy(events_frame(simulate(n_users, T0, T0 + days * DAY, seed=4).events))
+
+
+def test_rows_follow_users_in_order_of_first_appearance() -> None:
+    events = _simulated(30, 6)
+    snaps = snapshot_grid(T0, T0 + 5 * DAY)  # some users start after the last one
+    result = backfill(events, snaps, 600)
+    order = list(pd.unique(events["user_id"]))
+    assert list(result.states) == order
+    first_seen = events.groupby("user_id")["ts"].min()
+    expected = [(u, s) for u in order for s in snaps if s >= first_seen[u]]
+    for table in (result.stream, result.history):
+        instants = (table["event_timestamp"].astype("int64") / 1e9).tolist()
+        assert list(zip(table["user_id"], instants, strict=True)) == expected
+    assert result.outcomes["duplicate"] > 0
+
+
+def test_parallel_backfill_equals_the_serial_one() -> None:
+    # The same rows in the same order (users by first appearance, instants
+    # ascending), the same states in the same order, bit for bit, whichever
+    # process replayed which users.
+    events = _simulated(60, 10)
+    snaps = snapshot_grid(T0, T0 + 8 * DAY)
     serial = backfill(events, snaps, 600, workers=1)
-    parallel = backfill(events, snaps, 600, workers=2, parallel_from_events=0)
-    pd.testing.assert_frame_equal(parallel.stream, serial.stream)
-    pd.testing.assert_frame_equal(parallel.history, serial.history)
-    assert list(parallel.states) == list(serial.states)
-    assert parallel.states == serial.states
-    assert parallel.outcomes == serial.outcomes
+    for workers in (2, 3):
+        calls: list[tuple[int, int]] = []
+        parallel = backfill(
+            events,
+            snaps,
+            600,
+            on_progress=lambda d, t: calls.append((d, t)),  # noqa: B023
+            workers=workers,
+            parallel_from_events=0,
+        )
+        assert calls[-1] == (len(serial.states), len(serial.states))
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+        pd.testing.assert_frame_equal(parallel.stream, serial.stream, check_exact=True)
+        pd.testing.assert_frame_equal(
+            parallel.history, serial.history, check_exact=True
+        )
+        assert list(parallel.states) == list(serial.states)
+        assert parallel.states == serial.states
+        assert parallel.outcomes == serial.outcomes
+
+
+def test_no_events_give_empty_tables() -> None:
+    result = backfill(_events([]), [T0, S1], 600, workers=2, parallel_from_events=0)
+    assert len(result.stream) == len(result.history) == 0
+    assert list(result.stream.columns[:2]) == ["user_id", "event_timestamp"]
+    assert result.states == {}
+    assert result.outcomes == {"applied": 0, "duplicate": 0, "late": 0}
+
+
+def test_worker_tasks_write_their_rows_in_place(tmp_path) -> None:
+    # What a worker process does with a chunk (rows into the shared table file at
+    # the chunk's offset), done here in any order, gives the in-process tables.
+    from training.backfill import _chunks, _replay_here, _sorted_events, _tables
+    from training.replay import replay_to_file, table_bytes
+
+    events = _simulated(40, 6)
+    snaps = snapshot_grid(T0, T0 + 5 * DAY)
+    users, columns = _sorted_events(events, snaps)
+    chunks = _chunks(users, columns, 5)
+    assert len(chunks) == 5
+    stream, history, here = _replay_here(chunks, snaps, 600, users.total_rows, None)
+    path = tmp_path / "tables"
+    path.write_bytes(bytes(sum(table_bytes(users.total_rows))))
+    there = {
+        i: replay_to_file(chunk, snaps, 600, str(path), users.total_rows)
+        for i, chunk in reversed(list(enumerate(chunks)))
+    }
+    stream_file, history_file = _tables(path.read_bytes(), users.total_rows)
+    assert stream_file.tobytes() == stream.tobytes()
+    assert history_file.tobytes() == history.tobytes()
+    assert [there[i].states for i in range(len(chunks))] == [r.states for r in here]
