@@ -11,9 +11,12 @@ fresh child process so its peak memory is the pipeline's own:
 4. both training sets through Feast ``get_historical_features`` (segmentation:
    every user at the last snapshot; propensity: every labelled (user, snapshot)).
 
-``seconds`` is the wall time of 1-4 (generating the input is not counted);
-``peak_rss_mb`` is the child's maximum resident set size. Feast registry setup is
-timed separately (``setup_s``) since it does not grow with the data.
+``seconds`` is the wall time of 1-4 (generating the input is not counted).
+``peak_rss_mb`` is the most memory the pipeline held at once: the larger of the
+child's own peak resident set and the total resident set of the child *and its
+backfill worker processes*, sampled every 50 ms (a parallel backfill's workers
+count, not just the process that waits for them). Feast registry setup is timed
+separately (``setup_s``) since it does not grow with the data.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import queue
 import resource
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -163,11 +168,16 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     write_offline(result, settings)
     lap("write_offline_s")
     population = latest_population(result.stream)
+    snapshot_rows = len(result.stream)
+    # From here on the offline files are the features; holding the tables too
+    # would only add to the peak.
+    del result
     segmentation = training_frame(store, population, "segmentation")
     lap("segmentation_set_s")
     entities = purchase_labels(
         events, snaps, settings.label_horizon_days, data_end=float(ts.max())
     )
+    del events
     propensity = training_frame(store, entities, "propensity")
     lap("propensity_set_s")
     box.put(
@@ -176,7 +186,7 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
             "imported_events": imported.summary.accepted,
             "rejected_rows": imported.summary.rejected,
             "snapshots": len(snaps),
-            "snapshot_rows": len(result.stream),
+            "snapshot_rows": snapshot_rows,
             "segmentation_rows": len(segmentation),
             "propensity_rows": len(propensity),
             # The largest stage peak (resetting VmHWM resets ru_maxrss too);
@@ -194,6 +204,40 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     )
 
 
+class TreeMemory:
+    """Samples the total resident memory of a process and its descendants."""
+
+    def __init__(self, pid: int, every_seconds: float = 0.05) -> None:
+        self.peak_mb = 0.0
+        self._root = psutil.Process(pid)
+        self._every = every_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                processes = [self._root, *self._root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue  # exited between listing and reading
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self._every)
+
+
 def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
     """Generate the input, run the pipeline in a child process, return one flat dict."""
     home = Path(tempfile.mkdtemp(prefix="segscore-bench-training-"))
@@ -208,16 +252,19 @@ def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
             target=_pipeline, args=(str(home), str(csv), asdict(config), box)
         )
         child.start()
-        while True:
-            try:
-                result = box.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not child.is_alive():
-                    raise RuntimeError(
-                        f"benchmark child exited with {child.exitcode} (see above)"
-                    ) from None
+        assert child.pid is not None
+        with TreeMemory(child.pid) as tree:
+            while True:
+                try:
+                    result = box.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if not child.is_alive():
+                        raise RuntimeError(
+                            f"benchmark child exited with {child.exitcode} (see above)"
+                        ) from None
         child.join()
+        peak = round(max(result["peak_rss_mb"], tree.peak_mb), 1)
         timed = (
             "import_s",
             "backfill_s",
@@ -226,17 +273,18 @@ def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
             "propensity_set_s",
         )
         seconds = round(sum(result[k] for k in timed), 2)
+        result["peak_rss_process_mb"] = result.pop("peak_rss_mb")
         return {
             "events": config.events,
             "users": config.users,
             "days": config.days,
             "seconds": seconds,
-            "peak_rss_mb": result["peak_rss_mb"],
+            "peak_rss_mb": peak,
+            "peak_rss_tree_sampled_mb": round(tree.peak_mb, 1),
             "target_seconds": TARGET_SECONDS,
             "target_rss_mb": TARGET_RSS_MB,
-            "meets_targets": seconds <= TARGET_SECONDS
-            and result["peak_rss_mb"] <= TARGET_RSS_MB,
-            **{k: v for k, v in result.items() if k != "peak_rss_mb"},
+            "meets_targets": seconds <= TARGET_SECONDS and peak <= TARGET_RSS_MB,
+            **result,
             "generate_input_s": round(generate_s, 2),
             "input_mb": round(csv.stat().st_size / 2**20, 1),
             "cpu_count": os.cpu_count(),

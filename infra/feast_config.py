@@ -14,6 +14,7 @@ import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
+from infra.asof_offline_store import STORE_TYPE
 from infra.settings import Settings
 
 PROJECT = "segscore"
@@ -64,10 +65,10 @@ def repo_config_dict(
             "connection_string": redis_connection_string(redis_url, fail_fast_seconds),
             "skip_dedup": skip_write_dedup,
         },
-        # DuckDB runs the point-in-time join over the same Parquet files as the
-        # "file" (dask) store, ~20x faster and in a third of the memory: a
-        # 400k-row training set took 3.6 s / 2.7 GB instead of 73 s / 6.6 GB.
-        "offline_store": {"type": "duckdb"},
+        # Feast's DuckDB store with the point-in-time join done as one ASOF
+        # join: a 2M-row propensity set took ~12 s in the stock store's window
+        # query (which was itself ~20x faster than the "file"/dask store).
+        "offline_store": {"type": STORE_TYPE},
         "entity_key_serialization_version": 3,
     }
 

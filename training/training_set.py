@@ -2,8 +2,8 @@
 
 Stored features come from ``get_historical_features`` with a model's feature
 service (the same service serving reads online); request-time ages are derived
-per row with :func:`streams.feature_math.request_features` -- the function the
-scoring path calls -- as of the entity's timestamp.
+with :func:`streams.feature_math.request_features` -- the function the scoring
+path calls -- as of each entity's timestamp, all rows at once.
 """
 
 from __future__ import annotations
@@ -69,26 +69,19 @@ def complete_features(
     if absent:
         raise KeyError(f"stored: missing feature columns {absent}")
     sources = [n for n in needed if n in TIMESTAMP_FEATURES]
-    columns = [
-        [None if v != v else v for v in stored[n].to_numpy(np.float64).tolist()]
-        for n in sources
-    ]
-    instants = _epoch_seconds(as_of).tolist()
-    derived = (
-        [
-            request_features(dict(zip(sources, row, strict=True)), as_of=t)
-            for row, t in zip(zip(*columns, strict=True), instants, strict=True)
-        ]
-        if sources
-        else [{}] * len(stored)
+    derived = request_features(
+        {n: stored[n].to_numpy(np.float64) for n in sources}, _epoch_seconds(as_of)
     )
-    out = pd.DataFrame(index=stored.index)
-    for name in features:
+    # Column-major, so each column is written contiguously and pandas keeps
+    # the matrix as its one float block without copying it.
+    matrix = np.empty((len(stored), len(features)), dtype=np.float64, order="F")
+    for j, name in enumerate(features):
         if name in REQUEST_SOURCES:
-            out[name] = np.array([d[name] for d in derived], dtype=np.float64)
+            matrix[:, j] = derived[name]
         else:
-            out[name] = stored[name].astype(np.float64).fillna(0.0).to_numpy()
-    return out
+            values = stored[name].to_numpy(np.float64)
+            np.copyto(matrix[:, j], np.where(np.isnan(values), 0.0, values))
+    return pd.DataFrame(matrix, columns=list(features), index=stored.index)
 
 
 def _epoch_seconds(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -99,35 +92,11 @@ def _epoch_seconds(values: pd.Series | np.ndarray) -> np.ndarray:
     return series.to_numpy(dtype=np.float64)
 
 
-def _chunks_by_instant(entity_df: pd.DataFrame, rows: int) -> list[pd.DataFrame]:
-    """``entity_df`` cut between instants into pieces of about ``rows`` rows.
-
-    Whole instants stay together, so every piece is an ordinary point-in-time
-    request; one join over millions of rows peaked at 6.7 GB where pieces of
-    a few hundred thousand stay within a fraction of that.
-    """
-    if len(entity_df) <= rows:
-        return [entity_df]
-    counts = entity_df.groupby("event_timestamp", sort=True).size()
-    chunks: list[pd.DataFrame] = []
-    batch: list[pd.Timestamp] = []
-    size = 0
-    for instant, n in counts.items():
-        if batch and size + n > rows:
-            chunks.append(entity_df[entity_df["event_timestamp"].isin(batch)])
-            batch, size = [], 0
-        batch.append(instant)
-        size += n
-    if batch:
-        chunks.append(entity_df[entity_df["event_timestamp"].isin(batch)])
-    return chunks
+_ROW = "__entity_row"  # carried through the join to put rows back in order
 
 
 def training_frame(
-    store: FeatureStore,
-    entity_df: pd.DataFrame,
-    service: str,
-    chunk_rows: int = 250_000,
+    store: FeatureStore, entity_df: pd.DataFrame, service: str
 ) -> pd.DataFrame:
     """A point-in-time correct model matrix for ``entity_df``.
 
@@ -137,7 +106,6 @@ def training_frame(
         entity_df: ``user_id`` and ``event_timestamp`` (UTC) plus any extra
             columns (e.g. ``label``), which are carried through.
         service: Feature service name: ``"segmentation"`` or ``"propensity"``.
-        chunk_rows: Entity rows per Feast request (whole instants per request).
 
     Returns:
         The entity columns followed by the model features in the model's order,
@@ -151,21 +119,23 @@ def training_frame(
             empty[name] = pd.Series(dtype=np.float64)
         return empty
     started = time.perf_counter()
-    feature_service = store.get_feature_service(service)
-    joined = pd.concat(
-        [
-            store.get_historical_features(
-                entity_df=chunk, features=feature_service
-            ).to_df()
-            for chunk in _chunks_by_instant(entity_df, chunk_rows)
-        ],
-        ignore_index=True,
+    # Sorting the few entity columns is cheap; sorting the joined frame was not.
+    entities = entity_df.sort_values(list(ENTITY_KEYS), kind="stable")
+    entities = entities.reset_index(drop=True)
+    entities[_ROW] = np.arange(len(entities), dtype=np.int64)
+    job = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(service)
     )
-    joined = joined.sort_values(
-        ["event_timestamp", "user_id"], kind="stable"
-    ).reset_index(drop=True)
-    model = complete_features(joined, features, joined["event_timestamp"])
-    frame = pd.concat([joined[[*ENTITY_KEYS, *extras]], model], axis=1)
+    # One block per column, Arrow buffers released as they convert: no 2M-row
+    # consolidation copy (what ``to_df`` does).
+    joined = job.to_arrow().to_pandas(split_blocks=True, self_destruct=True)
+    order = joined[_ROW].to_numpy()
+    if len(order) != len(entities) or (np.diff(order) < 0).any():
+        # Feast does not promise an order (our ASOF store keeps the entity's).
+        joined = joined.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+    frame = complete_features(joined, features, joined["event_timestamp"])
+    for position, name in enumerate((*ENTITY_KEYS, *extras)):
+        frame.insert(position, name, joined[name].array)
     log.info(
         "training set %r: %d rows x %d features in %.1fs",
         service,

@@ -27,6 +27,10 @@ def test_bench_training_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
     assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
+    # The headline peak covers the whole process tree, never less than one process.
+    assert result["peak_rss_tree_sampled_mb"] > 100
+    assert result["peak_rss_mb"] >= result["peak_rss_process_mb"]
+    assert result["peak_rss_mb"] >= result["peak_rss_tree_sampled_mb"]
     assert result["imported_events"] == 5000 and result["rejected_rows"] == 0
     assert result["segmentation_rows"] == 500
     # Every user at every daily snapshot from their first event on.

@@ -1,4 +1,4 @@
-"""The training pipeline end to end on real Feast (file offline store) and a real
+"""The training pipeline end to end on real Feast (DuckDB offline store) and a real
 BentoML model store, in a temporary home."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models import ModelStore
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
 
-from infra.feast_config import apply_repo, feature_store
+from infra.feast_config import apply_repo, feature_store, repo_config_dict
 from infra.settings import Settings
 from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
 from streams.simulator import events_frame, simulate
@@ -220,14 +222,47 @@ def test_too_short_history_is_refused_with_a_reason(trained) -> None:
         train(settings, store, short)
 
 
-def test_a_training_set_requested_in_pieces_equals_one_request(trained) -> None:
-    _, store, _, _, result = trained
+def test_the_asof_store_builds_the_same_set_as_feasts_own_duckdb_store(
+    trained,
+) -> None:
+    # The stock store ranks every candidate row with a window query; ours does
+    # one ASOF join. Same registry, same files: the training sets must agree,
+    # including entity rows between snapshots, before a user's first snapshot,
+    # past the views' TTLs and repeated rows.
+    settings, store, _, _, result = trained
     stream = result.backfill.stream
-    instants = stream["event_timestamp"].unique()[-4:]
-    entities = stream.loc[
-        stream["event_timestamp"].isin(instants), ["user_id", "event_timestamp"]
-    ].reset_index(drop=True)
-    whole = training_frame(store, entities, "propensity", chunk_rows=10**9)
-    pieces = training_frame(store, entities, "propensity", chunk_rows=100)
-    assert len(whole) == len(entities) > 300
-    pd.testing.assert_frame_equal(pieces, whole)
+    snaps = stream["event_timestamp"].unique()
+    users = stream["user_id"].unique()[:60]
+    instants = [
+        snaps[0] - pd.Timedelta(hours=1),
+        snaps[3],
+        snaps[5] + pd.Timedelta(hours=13, seconds=1),
+        snaps[-1] + pd.Timedelta(days=9),  # beyond both TTLs
+    ]
+    entities = pd.DataFrame(
+        [(u, t) for u in users for t in instants],
+        columns=["user_id", "event_timestamp"],
+    )
+    # Repeats: u0 at all four instants, u1 at the first three.
+    entities = pd.concat([entities, entities.iloc[:7]], ignore_index=True)
+    entities["label"] = np.arange(len(entities)) % 2
+    config = repo_config_dict(settings, UNUSED_REDIS)
+    config["offline_store"] = {"type": "duckdb"}
+    stock = FeatureStore(
+        repo_path=str(settings.feature_repo),
+        config=RepoConfig(repo_path=settings.feature_repo, **config),
+    )
+    for service in ("propensity", "segmentation"):
+        ours = training_frame(store, entities, service)
+        theirs = training_frame(stock, entities, service)
+        assert len(ours) == len(entities)
+        pd.testing.assert_frame_equal(ours, theirs)
+    features = store.get_feature_service("propensity")
+    stored = store.get_historical_features(entities, features).to_df()
+    # Rows with nothing to join stay, with missing features.
+    early = stored["event_timestamp"] < snaps[0]
+    assert early.sum() == 62 and stored.loc[early, "events_7d"].isna().all()
+    late = stored["event_timestamp"] > snaps[-1] + pd.Timedelta(days=8)
+    assert late.sum() == 61 and stored.loc[late, "events_7d"].isna().all()
+    middle = stored["event_timestamp"] == snaps[3]
+    assert stored.loc[middle, "events_7d"].notna().any()
