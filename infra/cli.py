@@ -403,5 +403,74 @@ def bench_training(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    users: Annotated[int, typer.Option(min=50, help="Simulated shoppers.")] = 1000,
+    days: Annotated[float, typer.Option(min=1, help="Days of history.")] = 28.0,
+    single_requests: Annotated[
+        int, typer.Option(min=10, help="Sequential single-user requests (each).")
+    ] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 16,
+    duration: Annotated[
+        float, typer.Option(min=0.5, help="Seconds per throughput phase.")
+    ] = 10.0,
+    batch_requests: Annotated[
+        int, typer.Option(min=10, help="Sequential explained batches.")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    batch_concurrency: Annotated[
+        int, typer.Option(min=1, help="Connections in the unexplained batch phase.")
+    ] = 8,
+    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
+    seed: Annotated[int, typer.Option()] = 7,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy a service worker over the run (collapsed stacks)."),
+    ] = None,
+    keep_home: Annotated[
+        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+    ] = False,
+) -> None:
+    """Scoring API over loopback HTTP, side by side with `feast serve`.
+
+    Starts its own Redis, simulates and trains, seeds the online store, starts the
+    BentoML service and Feast's feature server, and stops them all at the end.
+    """
+    from infra.bench_serve import ServeBenchConfig, print_result, run_serve_bench
+    from infra.bench_stream import BenchError
+
+    config = ServeBenchConfig(
+        users=users,
+        days=days,
+        seed=seed,
+        single_requests=single_requests,
+        concurrency=concurrency,
+        duration=duration,
+        batch_size=batch_size,
+        batch_requests=batch_requests,
+        batch_concurrency=batch_concurrency,
+        serve_workers=workers,
+        warmup_requests=min(200, single_requests),
+        profile=profile,
+        keep_home=keep_home,
+    )
+    try:
+        result = run_serve_bench(config, console)
+    except BenchError as exc:
+        console.print(f"[red]bench failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; stopped everything the bench started")
+        raise typer.Exit(130) from None
+    print_result(console, result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
 if __name__ == "__main__":
     app()

@@ -11,13 +11,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 MAX_USERS_PER_REQUEST = 1000
 MAX_USER_ID_CHARS = 128
 MAX_TOP_K = 50
 
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS)]
+
+def _encodable(user_id: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which no store key can hold;
+    # refused here as a bad field rather than failing later as a server error.
+    try:
+        user_id.encode()
+    except UnicodeEncodeError:
+        raise ValueError("user id must be valid Unicode (no lone surrogates)") from None
+    return user_id
+
+
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS),
+    AfterValidator(_encodable),
+]
 
 
 class ScoreRequest(BaseModel):

@@ -14,14 +14,25 @@ names them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from streams.feature_catalog import STATE_FEATURE, STREAM_FEATURES, stored_features
-from streams.feature_math import request_features, stream_features
+from streams.feature_catalog import (
+    HISTORY_FEATURES,
+    REQUEST_FEATURES,
+    STATE_FEATURE,
+    STREAM_FEATURES,
+    stored_features,
+)
+from streams.feature_math import STREAM_NAMES, request_features, stream_values
 from streams.user_state import UserState
 from training.registry import PropensityBundle, SegmenterBundle
 
@@ -29,14 +40,22 @@ TIMESTAMP_SUFFIX = "__ts"
 
 # LightGBM and scikit-learn ship separate OpenMP runtimes. Alternating between them
 # leaves one runtime's idle threads spinning while the other works: a single-row
-# request measured ~8 ms instead of ~0.4 ms. The trees are small, so LightGBM
-# predicts on the calling thread.
+# request measured ~8 ms instead of ~0.4 ms. Small requests predict on the calling
+# thread; an explained batch of many rows (TreeSHAP: ~0.4 ms per row with the
+# simulator's 110 trees) is split over the cores, which halves it on two.
 LGBM_PREDICT_PARAMS: dict[str, Any] = {"num_threads": 1}
+PARALLEL_SHAP_ROWS = 32
+_SHAP_THREADS = max(1, min(os.cpu_count() or 1, 4))
 
 StoredColumns = Mapping[str, Sequence[Any]]
 
 REALTIME_FEATURES = tuple(spec.name for spec in STREAM_FEATURES)
 _REALTIME = frozenset(REALTIME_FEATURES)
+_NO_STREAM: tuple[None, ...] = (None,) * len(STREAM_NAMES)
+REQUEST_NAMES = tuple(spec.name for spec in REQUEST_FEATURES)
+# Every stored feature a model may use; a model version asking for anything else
+# is refused at load (serving.models.validate).
+ONLINE_FEATURES = tuple(s.name for s in STREAM_FEATURES + HISTORY_FEATURES)
 
 
 def online_columns(model_stored: Sequence[str]) -> tuple[str, ...]:
@@ -53,20 +72,92 @@ def with_read_time_features(
 ) -> StoredColumns:
     """Add the stream feature columns computed from each user's state at ``as_of``.
 
-    Uses :func:`streams.feature_math.stream_features`, the function the backfill
-    uses for training rows, so serving and training cannot disagree.
+    Uses :func:`streams.feature_math.stream_values` (what ``stream_features`` and
+    the backfill's training rows are made of), so serving and training cannot
+    disagree.
     """
     blobs = stored.get(STATE_FEATURE)
     if blobs is None:
         return stored
-    columns: dict[str, list[Any]] = {name: [None] * n_users for name in _REALTIME}
-    for i, blob in enumerate(blobs):
-        if blob:
-            for name, value in stream_features(
-                UserState.from_bytes(blob), as_of
-            ).items():
-                columns[name][i] = value
-    return {**stored, **columns}
+    # Rows as tuples, transposed once: cheaper than a dict per user.
+    rows = [
+        stream_values(UserState.from_bytes(blob), as_of) if blob else _NO_STREAM
+        for blob in blobs
+    ]
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(STREAM_NAMES)
+    derived = zip(STREAM_NAMES, columns, strict=True)
+    return {**stored, **{name: list(column) for name, column in derived}}
+
+
+def _step_transform(step: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A numpy equivalent of a fitted preprocessing step, if it is a known one."""
+    if isinstance(step, FunctionTransformer):
+        if step.func is np.log1p and step.inverse_func is None and not step.kw_args:
+            return np.log1p
+        return None
+    if isinstance(step, StandardScaler):
+        mean = step.mean_ if step.with_mean else None
+        scale = step.scale_ if step.with_std else None
+
+        def standardise(x: np.ndarray) -> np.ndarray:
+            if mean is not None:
+                x = x - mean
+            return x / scale if scale is not None else x
+
+        return standardise
+    if isinstance(step, PCA) and not step.whiten:
+        mean, components = step.mean_, step.components_
+        return lambda x: (x - mean) @ components.T
+    return None
+
+
+def segment_assigner(pipeline: Pipeline) -> Callable[[np.ndarray], np.ndarray]:
+    """``pipeline.predict`` for ``[transforms..., KMeans]``, in plain numpy.
+
+    scikit-learn spends ~0.25 ms per ``predict`` call on input validation and
+    thread-pool set-up, most of a one-user request; the arithmetic itself is
+    microseconds. Known steps (log1p, StandardScaler, PCA without whitening,
+    KMeans) are replayed with their fitted parameters; any other pipeline falls
+    back to ``pipeline.predict``. :meth:`ScoringModels.from_bundles` checks the
+    two agree before a model is used.
+    """
+    *prep, (_, last) = pipeline.steps
+    transforms = [_step_transform(step) for _, step in prep]
+    if not isinstance(last, KMeans) or any(t is None for t in transforms):
+        return lambda x: pipeline.predict(x).astype(int)
+    centers = last.cluster_centers_
+    center_norms = (centers**2).sum(axis=1)
+    steps = [t for t in transforms if t is not None]
+
+    def assign(matrix: np.ndarray) -> np.ndarray:
+        x = matrix
+        for step in steps:
+            x = step(x)
+        # argmin |x - c|^2 = argmin (|c|^2 - 2 x.c): the row norm is common.
+        return np.argmin(center_norms - 2.0 * (x @ centers.T), axis=1)
+
+    return assign
+
+
+@dataclass(frozen=True)
+class _InputPlan:
+    """Where each model input comes from in ``[stored..., ages...]`` columns."""
+
+    columns: np.ndarray
+    defaults: np.ndarray
+
+
+def _input_plan(
+    features: Sequence[str], stored: Sequence[str], defaults: np.ndarray
+) -> _InputPlan:
+    sources = [*stored, *REQUEST_NAMES]
+    missing = [name for name in features if name not in sources]
+    if missing:
+        raise ValueError(f"model inputs {missing} are neither stored nor derived")
+    return _InputPlan(
+        columns=np.array([sources.index(name) for name in features], dtype=np.intp),
+        defaults=defaults,
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +171,9 @@ class ScoringModels:
     segmenter_defaults: np.ndarray
     propensity_defaults: np.ndarray
     base_value: float
+    assign_segments: Callable[[np.ndarray], np.ndarray]
+    segmenter_plan: _InputPlan
+    propensity_plan: _InputPlan
 
     @classmethod
     def from_bundles(
@@ -110,16 +204,37 @@ class ScoringModels:
         base = propensity.booster.predict(
             prop_defaults[None, :], pred_contrib=True, **LGBM_PREDICT_PARAMS
         )
+        assign = segment_assigner(segmenter.pipeline)
+        # The numpy replay must put the defaults and every segment profile where
+        # scikit-learn puts them, or the model is refused.
+        probe = np.vstack(
+            [
+                seg_defaults,
+                *(
+                    [
+                        float(s.profile.get(f, d))
+                        for f, d in zip(segmenter.features, seg_defaults, strict=True)
+                    ]
+                    for s in segmenter.segments
+                ),
+            ]
+        )
+        if not np.array_equal(assign(probe), segmenter.assign(probe)):
+            raise ValueError("segmenter: fast assignment disagrees with the pipeline")
+        stored = tuple(
+            stored_features(tuple(segmenter.features) + tuple(propensity.features))
+        )
         return cls(
             segmenter=segmenter,
             propensity=propensity,
-            stored_features=tuple(
-                stored_features(tuple(segmenter.features) + tuple(propensity.features))
-            ),
+            stored_features=stored,
             segment_names={s.id: s.name for s in segmenter.segments},
             segmenter_defaults=seg_defaults,
             propensity_defaults=prop_defaults,
             base_value=float(base[0, -1]),
+            assign_segments=assign,
+            segmenter_plan=_input_plan(segmenter.features, stored, seg_defaults),
+            propensity_plan=_input_plan(propensity.features, stored, prop_defaults),
         )
 
     @property
@@ -158,7 +273,10 @@ def build_inputs(
     :func:`streams.feature_math.request_features`, the same code the backfill uses.
     A user with no stored feature at all is a cold start and gets each model's
     population defaults; a user with some features gets a default only for an
-    input that is missing (a missing timestamp already means "at the age cap").
+    input that is missing (``None``, or NaN, which the online writers never
+    store); a missing timestamp already means "at the age cap". A handful of
+    whole-matrix numpy operations: a loop per user cost ~25 us each, and one
+    numpy call per column ~0.1 ms for a single user.
 
     Args:
         stored: Feature name to one value per user (``None`` = missing).
@@ -169,31 +287,30 @@ def build_inputs(
     Returns:
         Input matrices in the models' feature order, and the cold-start flags.
     """
-    seg_features = models.segmenter.features
-    prop_features = models.propensity.features
-    seg = np.empty((n_users, len(seg_features)), dtype=np.float64)
-    prop = np.empty((n_users, len(prop_features)), dtype=np.float64)
-    cold = np.zeros(n_users, dtype=bool)
+    names = models.stored_features
     none_column = [None] * n_users
-    columns = [(name, stored.get(name, none_column)) for name in models.stored_features]
-    seg_defaults = models.segmenter.defaults
-    prop_defaults = models.propensity.defaults
+    # One conversion for all stored columns; None becomes NaN.
+    raw = np.array(
+        [stored.get(name, none_column) for name in names], dtype=np.float64
+    ).reshape(len(names), n_users)
+    cold = np.isnan(raw).all(axis=0)
+    timestamps = {name: raw[i] for i, name in enumerate(names)}
+    # NaN timestamps mean "never": request_features caps those ages.
+    ages = request_features(timestamps, as_of)
+    combined = np.vstack([raw, *(ages[name] for name in REQUEST_NAMES)]).T
 
-    for i in range(n_users):
-        row = {name: column[i] for name, column in columns}
-        if all(value is None for value in row.values()):
-            cold[i] = True
-            seg[i] = models.segmenter_defaults
-            prop[i] = models.propensity_defaults
-            continue
-        values = {**row, **request_features(row, as_of)}
-        seg[i] = [_or_default(values.get(n), seg_defaults[n]) for n in seg_features]
-        prop[i] = [_or_default(values.get(n), prop_defaults[n]) for n in prop_features]
+    def matrix(plan: _InputPlan, cold_defaults: np.ndarray) -> np.ndarray:
+        out = combined[:, plan.columns]
+        missing = np.isnan(out)
+        if missing.any():
+            out[missing] = np.broadcast_to(plan.defaults, out.shape)[missing]
+        if cold.any():
+            out[cold] = cold_defaults
+        return out
+
+    seg = matrix(models.segmenter_plan, models.segmenter_defaults)
+    prop = matrix(models.propensity_plan, models.propensity_defaults)
     return ModelInputs(segmentation=seg, propensity=prop, cold_start=cold)
-
-
-def _or_default(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def feature_ages(
@@ -286,15 +403,16 @@ def score(
     n = len(user_ids)
     stored = with_read_time_features(stored, n, as_of)
     inputs = build_inputs(stored, n, as_of, models)
-    segments = models.segmenter.assign(inputs.segmentation).tolist()
+    segments = models.assign_segments(inputs.segmentation).tolist()
 
     explanations: list[list[dict[str, Any]]]
     if explain:
         # pred_contrib gives per-feature log-odds contributions plus the base value
         # in the last column; their sum is the raw margin, so the booster does not
         # need a second pass for the prediction itself.
+        threads = _SHAP_THREADS if n >= PARALLEL_SHAP_ROWS else 1
         contrib = models.propensity.booster.predict(
-            inputs.propensity, pred_contrib=True, **LGBM_PREDICT_PARAMS
+            inputs.propensity, pred_contrib=True, num_threads=threads
         )
         margin = contrib.sum(axis=1)
         explanations = top_contributions(

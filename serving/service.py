@@ -1,12 +1,15 @@
 """The BentoML scoring service: ``bentoml serve serving.service:ScoringService``.
 
-Thin on purpose: start-up loads settings, the online store and both models; each
-request is one Feast online read for the union of both models' stored features,
-the pure functions of :mod:`serving.scoring`, and one JSON serialisation.
+Thin on purpose: start-up loads settings, resolves the models' features in the Feast
+registry and loads (and validates) both models; each request is one pipelined
+Redis read of Feast's own hashes (:mod:`serving.online`), the pure functions of
+:mod:`serving.scoring`, and one JSON serialisation.
 
 Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
 ``GET /segments``, and BentoML's own ``GET /healthz`` (process alive),
-``GET /readyz`` (models loaded and Redis answers PING) and ``GET /metrics``.
+``GET /readyz`` (models loaded and Redis answers PING), ``GET /metrics``
+(BentoML's series plus :mod:`serving.metrics`) and the OpenAPI document at
+``GET /docs.json``. Promotions are picked up while serving (:mod:`serving.models`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import bentoml
 import orjson
 import redis.asyncio as aioredis
-from feast import FeatureStore
+from pydantic import ValidationError
 from pydantic.warnings import PydanticDeprecatedSince211
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -32,51 +35,83 @@ from infra.local_stack import current
 from infra.settings import get_settings
 from serving import scoring
 from serving.auth import ApiKeyMiddleware
+from serving.config import get_serving_settings
+from serving.limits import LimitsMiddleware
+from serving.metrics import LATENCY_BUCKETS, Metrics
+from serving.models import ModelManager
+from serving.online import OnlineReader, resolve_views
 from serving.schemas import ScoreRequest, ScoreResponse
-from training.registry import load_propensity, load_segmenter
+from streams.state_store import StateLayout
 
 logger = logging.getLogger(__name__)
 
-# A healthy local Redis answers a pipelined read in well under a millisecond. When
-# it is down or stalled we would rather answer 503 at once than hold the caller.
-ONLINE_STORE_TIMEOUT_SECONDS = 0.25
 JSON = "application/json"
+SERVING = get_serving_settings()
+# Without an exporter configured, spans go nowhere; creating them was ~10 % of a
+# one-user request. SEGSCORE_TRACE_REQUESTS=true traces the endpoints again.
+_TRACING: dict[str, Any] = (
+    {} if SERVING.trace_requests else {"excluded_urls": ["/score", "/segments"]}
+)
+_UNAVAILABLE = orjson.dumps(
+    {"error": "online feature store unavailable", "detail": "retry shortly"}
+)
 
 
-def _feature_refs(store: FeatureStore, names: tuple[str, ...]) -> list[str]:
-    """``view:feature`` references for stored feature names, from the registry."""
-    owner: dict[str, str] = {}
-    for view in store.list_feature_views():
-        for feature in view.features:
-            owner.setdefault(feature.name, view.name)
-    missing = [name for name in names if name not in owner]
-    if missing:
-        raise RuntimeError(
-            f"features {missing} are not in the Feast registry; run `feast apply` "
-            "(or `segscore up`) for this feature repo"
-        )
-    return [f"{owner[name]}:{name}" for name in names]
+class _QuietValidationErrors(logging.Filter):
+    """BentoML logs every invalid request body as an ERROR with a traceback.
 
+    That is the caller's mistake, already answered with a 4xx naming the field;
+    a traceback per bad request would bury real errors (a schemathesis run wrote
+    thousands). Such records become one INFO line; everything else passes as is.
+    """
 
-def _json(
-    payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=status_code, media_type=JSON, headers=headers
-    )
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "invalid request body on %s [%s] (answered 4xx)"
+        return True
 
 
 async def _segments(request: Request) -> Response:
     service: ScoringService = request.app.state.service
-    return Response(service.segments_body, media_type=JSON)
+    return Response(service.segments_body(), media_type=JSON)
 
 
 # @bentoml.api routes accept POST only; read-only endpoints live in this small
 # Starlette app mounted beside them. The service registers itself on its state.
 read_routes = Starlette(routes=[Route("/segments", _segments, methods=["GET"])])
 
+_metrics: Metrics | None = None
 
-@bentoml.service(name="segscore-scoring", traffic={"timeout": 10})
+
+def metrics() -> Metrics:
+    """This worker process's metric series (created on first use)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
+
+def _count_outcome(outcome: str) -> None:
+    metrics().count(outcome)
+
+
+@bentoml.service(
+    name="segscore-scoring",
+    workers=SERVING.serve_workers,
+    traffic={"timeout": 10},
+    # A log line per request cost ~0.1 ms of a ~1 ms request; errors still log.
+    logging={"access": {"enabled": False}},
+    tracing=_TRACING,
+    metrics={
+        "enabled": True,
+        "namespace": "bentoml_service",
+        "duration": {"buckets": list(LATENCY_BUCKETS)},
+    },
+)
 @bentoml.asgi_app(read_routes, path="/")
 class ScoringService:
     """Segment, purchase propensity and SHAP explanation per user."""
@@ -87,37 +122,71 @@ class ScoringService:
         warnings.filterwarnings(
             "ignore", category=PydanticDeprecatedSince211, module=r"_bentoml_impl\."
         )
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(
+            _QuietValidationErrors()
+        )
         settings = get_settings()
         redis_url = current(settings).redis_url
-
-        self.store = feature_store(
-            settings, redis_url, fail_fast_seconds=ONLINE_STORE_TIMEOUT_SECONDS
-        )
-        self.models = scoring.ScoringModels.from_bundles(
-            load_segmenter(settings), load_propensity(settings)
-        )
-        # Resolving references loads the registry now rather than on the first call.
-        self.feature_refs = _feature_refs(
-            self.store, scoring.online_columns(self.models.stored_features)
-        )
-        self.segments_body = orjson.dumps(
-            scoring.segment_catalogue(self.models.segmenter)
-        )
-        self._ping = aioredis.Redis.from_url(
+        store = feature_store(settings, redis_url)
+        # Short timeouts and no retries: with Redis down or stalled a caller gets
+        # a 503 at once rather than waiting; the next request reconnects.
+        self._redis = aioredis.Redis.from_url(
             redis_url,
-            socket_timeout=ONLINE_STORE_TIMEOUT_SECONDS,
-            socket_connect_timeout=ONLINE_STORE_TIMEOUT_SECONDS,
+            socket_timeout=SERVING.online_read_timeout_seconds,
+            socket_connect_timeout=SERVING.online_connect_timeout_seconds,
             retry=None,
         )
+        self.models = ModelManager(
+            settings,
+            SERVING,
+            allowed=scoring.ONLINE_FEATURES,
+            on_reload=self._on_reload,
+        )
+        # The read plan covers everything any valid model may need (the state
+        # blob stands for every stream feature), so a promotion never changes
+        # what is read; the registry must know it all.
+        self.reader = OnlineReader(
+            self._redis,
+            StateLayout.of(store),
+            resolve_views(store, scoring.online_columns(scoring.ONLINE_FEATURES)),
+        )
+        self._segments_for: tuple[str, bytes] | None = None
         # Run the model path once so the first request does not pay for lazy
-        # initialisation inside LightGBM and scikit-learn.
-        scoring.score(["warm-up"], {}, time.time(), self.models)
+        # initialisation inside LightGBM and numpy.
+        scoring.score(["warm-up"], {}, time.time(), self.models.current)
         read_routes.state.service = self
+        metrics()
         logger.info(
             "scoring service ready: models %s, online store %s",
-            self.models.versions,
+            self.models.current.versions,
             redis_url,
         )
+
+    def _on_reload(self, outcome: str, detail: str) -> None:
+        metrics().reloads.labels(outcome=outcome).inc()
+
+    def segments_body(self) -> bytes:
+        """The ``GET /segments`` body of the serving segmenter (cached per model)."""
+        segmenter = self.models.current.segmenter
+        cached = self._segments_for
+        if cached is None or cached[0] != segmenter.tag:
+            cached = (
+                segmenter.tag,
+                orjson.dumps(scoring.segment_catalogue(segmenter)),
+            )
+            self._segments_for = cached
+        return cached[1]
+
+    @bentoml.on_startup
+    async def start_model_polling(self) -> None:
+        """Follow promotions while serving (a background task per worker)."""
+        self.models.start()
+
+    @bentoml.on_shutdown
+    async def stop_model_polling(self) -> None:
+        """Stop the promotion poller and close the Redis pool."""
+        await self.models.stop()
+        await self._redis.aclose()
 
     @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=ScoreResponse)
     async def score(
@@ -128,39 +197,50 @@ class ScoringService:
         Unknown users are scored from population defaults (``cold_start`` true).
         Answers 503 when the online store cannot be read.
         """
+        started = time.perf_counter()
+        # One pair for the whole request, even if a promotion swaps it meanwhile.
+        models = self.models.current
         try:
-            online = await self.store.get_online_features_async(
-                self.feature_refs, {"user_id": user_ids}
-            )
+            replies = await self.reader.fetch(user_ids)
         except (RedisError, OSError) as exc:
             logger.warning("online store read failed: %s", exc)
-            return _json(
-                {
-                    "error": "online feature store unavailable",
-                    "detail": type(exc).__name__,
-                },
-                503,
-                {"Retry-After": "1"},
+            return Response(
+                _UNAVAILABLE,
+                status_code=503,
+                media_type=JSON,
+                headers={"Retry-After": "1"},
             )
         # The read time, taken after the read so no stored timestamp is in its
         # future; ages and windows are "as of" this instant.
         as_of = time.time()
-        stored = online.to_dict(include_event_timestamps=True)
+        stored = self.reader.columns(replies)
         payload = scoring.score(
-            user_ids, stored, as_of, self.models, explain=explain, top_k=top_k
+            user_ids, stored, as_of, models, explain=explain, top_k=top_k
         )
-        return _json(payload)
+        body = orjson.dumps(payload)
+        scores = payload["scores"]
+        metrics().observe_scores(
+            time.perf_counter() - started,
+            explain,
+            len(scores),
+            sum(1 for s in scores if s["cold_start"]),
+            [s["feature_age_seconds"] for s in scores],
+        )
+        return Response(body, media_type=JSON)
 
     async def __is_ready__(self) -> bool:
         """Ready when the online store answers PING.
 
-        The models need no check: ``__init__`` loads them or the worker never starts.
+        The models need no check: ``__init__`` loads them or the worker never
+        starts, and a failed reload keeps the last good pair.
         """
         try:
-            return bool(await self._ping.ping())
+            return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
 
 
-# Checked before BentoML parses a request: an unauthorised caller costs no work.
+# Outermost first: limits (and outcome counting) see every /score answer,
+# including authentication's 401; an unauthorised caller costs no parsing.
+ScoringService.add_asgi_middleware(LimitsMiddleware, count=_count_outcome)
 ScoringService.add_asgi_middleware(ApiKeyMiddleware)

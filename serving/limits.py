@@ -1,0 +1,199 @@
+"""Request limits and status codes around ``POST /score``, as pure ASGI middleware.
+
+- Body size: a body larger than ``max_body_bytes`` gets 413 naming ``body``, before
+  BentoML parses it (by ``Content-Length``, or by counting a chunked body).
+  Ids per request and id length are limits of the request model
+  (:mod:`serving.schemas`), reported per field.
+- Validation errors: BentoML answers every pydantic error with 400. A body that
+  is valid JSON but breaks the schema becomes 422 (Unprocessable Content, what
+  FastAPI and most JSON APIs answer), with BentoML's body naming each field; a
+  body that is not JSON at all stays 400.
+- Media type: only JSON bodies are accepted (415 naming ``Content-Type``);
+  BentoML would otherwise try its multipart/pickle decoders and answer a
+  malformed multipart header with a 500.
+- Outcomes: every ``/score`` answer, including those of the authentication
+  middleware inside this one, is counted by outcome (``segscore_score_requests_total``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from serving.config import get_serving_settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCORE_PATH = "/score"
+_OUTCOME_BY_STATUS = {
+    200: "ok",
+    400: "invalid",
+    401: "unauthorized",
+    413: "too_large",
+    415: "invalid",
+    422: "invalid",
+    503: "store_unavailable",
+}
+
+
+def outcome_of(status: int) -> str:
+    """The ``outcome`` label of a /score answer with this HTTP status."""
+    return _OUTCOME_BY_STATUS.get(status, "error" if status >= 500 else "invalid")
+
+
+async def _reply(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = orjson.dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _is_schema_error(body: bytes) -> bool:
+    """BentoML's validation body for a JSON body that breaks the schema."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if not isinstance(detail, list) or not detail:
+        return False
+    return all(
+        isinstance(item, dict) and item.get("type") != "json_invalid" for item in detail
+    )
+
+
+class LimitsMiddleware:
+    """Body-size limit, 422 for schema errors, outcome counting on /score."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None = None,
+        count: Callable[[str], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = (
+            max_body_bytes
+            if max_body_bytes is not None
+            else get_serving_settings().max_body_bytes
+        )
+        self.count = count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Apply the limits to POST /score; pass everything else through."""
+        if scope["type"] != "http" or scope.get("path") != SCORE_PATH:
+            await self.app(scope, receive, send)
+            return
+        send = self._rewriting(send)
+        headers = dict(scope.get("headers") or ())
+        content_type = headers.get(b"content-type")
+        if content_type is not None and not _is_json(content_type):
+            await _reply(
+                send,
+                415,
+                {
+                    "error": "unsupported media type",
+                    "detail": "Content-Type: expected application/json",
+                },
+            )
+            return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_body_bytes
+            except ValueError:
+                too_large = False
+            if too_large:
+                await self._too_large(send)
+                return
+        elif scope.get("method") == "POST":
+            # No declared length (chunked): read at most the limit before BentoML
+            # sees anything, then hand the buffered body on.
+            body, complete = await self._read_limited(receive)
+            if not complete:
+                await self._too_large(send)
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _reply(
+            send,
+            413,
+            {
+                "error": "request body too large",
+                "detail": f"body: at most {self.max_body_bytes} bytes",
+            },
+        )
+
+    async def _read_limited(self, receive: Receive) -> tuple[bytes, bool]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), True
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), True
+
+    def _rewriting(self, send: Send) -> Send:
+        held: list[Message] = []
+        count = self.count
+
+        async def wrapped(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                if count is not None:
+                    count(outcome_of(message["status"]))
+                if message["status"] == 400:
+                    held.append(message)  # decided by the body that follows
+                    return
+                await send(message)
+                return
+            if held and kind == "http.response.body":
+                start = held.pop()
+                if _is_schema_error(message.get("body", b"")):
+                    start = {**start, "status": 422}
+                await send(start)
+            await send(message)
+
+        return wrapped
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
