@@ -58,6 +58,7 @@ from rich.table import Table
 from infra.bench_stream import (
     BenchError,
     machine_info,
+    print_profile,
     start_profiler,
     stop_profiler,
     summarize_profile,
@@ -694,7 +695,7 @@ def _run(config: ServeBenchConfig, console: Console, home: Path) -> dict[str, An
                 result["profile_top_self"] = ", ".join(
                     f"{f} {p:.1f}%" for f, p in own[:8]
                 )
-                _print_profile(console, samples, own, inclusive)
+                print_profile(console, samples, own, inclusive, "service worker")
             for name, proc in (
                 ("scoring service", stack.server),
                 ("feast", stack.feast),
@@ -766,23 +767,6 @@ def summarize(raw: dict[str, Any], config: ServeBenchConfig) -> dict[str, Any]:
 
 def _meets(value: float, op: str, bound: float) -> bool:
     return value <= bound if op == "<=" else value >= bound
-
-
-def _print_profile(
-    console: Console,
-    samples: int,
-    own: list[tuple[str, float]],
-    inclusive: list[tuple[str, float]],
-) -> None:
-    for title, rows in (("self", own), ("inclusive", inclusive)):
-        table = Table(
-            title=f"service worker profile, {title} time ({samples} GIL samples)"
-        )
-        table.add_column("function", overflow="fold")
-        table.add_column("%", justify="right")
-        for function, pct in rows:
-            table.add_row(function, f"{pct:.1f}")
-        console.print(table)
 
 
 def print_result(console: Console, result: dict[str, Any]) -> None:

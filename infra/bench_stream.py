@@ -820,7 +820,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
             result["profile"] = str(config.profile)
             result["profile_samples"] = samples
             result["profile_top_self"] = ", ".join(f"{f} {p:.1f}%" for f, p in own[:8])
-            _print_profile(console, samples, own, inclusive)
+            print_profile(console, samples, own, inclusive)
         return result
     except BenchError:
         if worker is not None:
@@ -883,15 +883,17 @@ def _steady_rate(timeline: list[tuple[float, int]], total: int) -> float | None:
     return round((hi[1] - lo[1]) / (hi[0] - lo[0]), 1)
 
 
-def _print_profile(
+def print_profile(
     console: Console,
     samples: int,
     own: list[tuple[str, float]],
     inclusive: list[tuple[str, float]],
+    subject: str = "worker",
 ) -> None:
+    """A py-spy summary as two tables: self time and inclusive time per function."""
     for title, rows in (("self", own), ("inclusive", inclusive)):
         table = Table(
-            title=f"worker profile, {title} time ({samples} GIL-holding samples)"
+            title=f"{subject} profile, {title} time ({samples} GIL-holding samples)"
         )
         table.add_column("function", overflow="fold")
         table.add_column("%", justify="right")

@@ -8,8 +8,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -298,6 +299,36 @@ def catalogue() -> None:
 
 bench_app = typer.Typer(help="Benchmarks on real components.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+def _report_bench(
+    console: Console,
+    run: Callable[[], dict[str, Any]],
+    show: Callable[[Console, dict[str, Any]], None],
+    json_out: Path | None,
+) -> None:
+    """Run a service benchmark, print it, and write its flat JSON when asked.
+
+    A failed setup or an interrupt ends the command with one line, not a
+    traceback; the benchmark has already stopped what it started.
+    """
+    from infra.bench_stream import BenchError
+
+    try:
+        result = run()
+    except BenchError as exc:
+        console.print(f"[red]bench failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; stopped everything the bench started")
+        raise typer.Exit(130) from None
+    show(console, result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
 app.add_typer(models_app, name="models")
 
 
@@ -335,7 +366,6 @@ def bench_stream(
     """
     from infra.bench_stream import (
         BenchConfig,
-        BenchError,
         flat,
         print_result,
         run_bench,
@@ -352,19 +382,9 @@ def bench_stream(
         profile=profile,
         keep_home=keep_home,
     )
-    try:
-        result = run_bench(config, console)
-    except BenchError as exc:
-        console.print(f"[red]bench failed:[/] {exc}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print("interrupted; stopped everything the bench started")
-        raise typer.Exit(130) from None
-    print_result(console, result)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(flat(result), indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    _report_bench(
+        console, lambda: flat(run_bench(config, console)), print_result, json_out
+    )
 
 
 @bench_app.command("training")
@@ -440,7 +460,6 @@ def bench_serve(
     BentoML service and Feast's feature server, and stops them all at the end.
     """
     from infra.bench_serve import ServeBenchConfig, print_result, run_serve_bench
-    from infra.bench_stream import BenchError
 
     config = ServeBenchConfig(
         users=users,
@@ -457,19 +476,9 @@ def bench_serve(
         profile=profile,
         keep_home=keep_home,
     )
-    try:
-        result = run_serve_bench(config, console)
-    except BenchError as exc:
-        console.print(f"[red]bench failed:[/] {exc}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print("interrupted; stopped everything the bench started")
-        raise typer.Exit(130) from None
-    print_result(console, result)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    _report_bench(
+        console, lambda: run_serve_bench(config, console), print_result, json_out
+    )
 
 
 if __name__ == "__main__":
