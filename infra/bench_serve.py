@@ -38,11 +38,9 @@ import multiprocessing as mp
 import os
 import queue
 import random
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +55,7 @@ from rich.table import Table
 
 from infra.bench_stream import (
     BenchError,
+    bench_environment,
     machine_info,
     print_profile,
     start_profiler,
@@ -310,39 +309,26 @@ def _client_phases(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def bench_environment(keep: bool) -> Iterator[Path]:
+def serve_bench_environment(keep: bool) -> Iterator[Path]:
     """A temp SEGSCORE_HOME (and BentoML home) with no external Redis; restored."""
-    names = (
-        "SEGSCORE_HOME",
-        "BENTOML_HOME",
-        "SEGSCORE_REDIS_URL",
-        "SEGSCORE_KAFKA_BROKER",
-        "SEGSCORE_API_KEY",
-        "SEGSCORE_SERVE_WORKERS",
-        "SEGSCORE_SEGMENTER_VERSION",
-        "SEGSCORE_PROPENSITY_VERSION",
-    )
-    saved = {name: os.environ.get(name) for name in names}
-    home = Path(tempfile.mkdtemp(prefix="segscore-bench-serve-"))
-    for name in names:
-        os.environ.pop(name, None)
-    os.environ["SEGSCORE_HOME"] = str(home)
-    os.environ["BENTOML_HOME"] = str(home / "bentoml")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    keep_logs = keep
-    try:
+    with bench_environment(
+        keep,
+        "segscore-bench-serve-",
+        cleared=(
+            "BENTOML_HOME",
+            "SEGSCORE_REDIS_URL",
+            "SEGSCORE_KAFKA_BROKER",
+            "SEGSCORE_API_KEY",
+            "SEGSCORE_SERVE_WORKERS",
+            "SEGSCORE_SEGMENTER_VERSION",
+            "SEGSCORE_PROPENSITY_VERSION",
+        ),
+        # Interrupted too: the server logs tell what went wrong.
+        keep_logs_on=BaseException,
+    ) as home:
+        os.environ["BENTOML_HOME"] = str(home / "bentoml")
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
         yield home
-    except BaseException:
-        keep_logs = True  # the server logs tell what went wrong
-        raise
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if not keep_logs:
-            shutil.rmtree(home, ignore_errors=True)
 
 
 def model_size(booster: Any) -> tuple[int, int]:
@@ -404,22 +390,13 @@ def start_feast_server(
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    import httpx
+    """:func:`infra.processes.wait_ready`, failing as a bench error with the log."""
+    from infra.processes import wait_ready
 
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{url} exited ({proc.returncode}):\n{_tail(log)}")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code}"
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.25)
-    raise BenchError(f"{url} not ready after {timeout:.0f}s ({last}):\n{_tail(log)}")
+    try:
+        wait_ready(url, proc, timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        raise BenchError(f"{exc}:\n{_tail(log)}") from None
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -496,7 +473,7 @@ def run_serve_bench(config: ServeBenchConfig, console: Console) -> dict[str, Any
     """Run every phase on a private stack; returns the flat result."""
     from infra.bench_stream import _sigterm_as_interrupt
 
-    with _sigterm_as_interrupt(), bench_environment(config.keep_home) as home:
+    with _sigterm_as_interrupt(), serve_bench_environment(config.keep_home) as home:
         return _run(config, console, home)
 
 
@@ -538,7 +515,7 @@ def scoring_stack(
     training run of ``segscore train`` (models + online seeding), the scoring
     service and (``with_feast``) ``feast serve``; all stopped on exit. The
     environment must already point ``SEGSCORE_HOME``/``BENTOML_HOME`` at
-    ``home`` (see :func:`bench_environment`).
+    ``home`` (see :func:`serve_bench_environment`).
     """
     from infra import local_stack, processes
     from infra.settings import get_settings

@@ -587,25 +587,35 @@ async def paced_produce(
 
 
 @contextlib.contextmanager
-def _bench_environment(keep: bool) -> Iterator[Path]:
-    """A temp SEGSCORE_HOME with no external Redis/broker, restored afterwards."""
-    names = (
-        "SEGSCORE_HOME",
-        "SEGSCORE_REDIS_URL",
-        "SEGSCORE_KAFKA_BROKER",
-        "SEGSCORE_BATCH_MAX_EVENTS",
-        "SEGSCORE_BATCH_MAX_SECONDS",
-    )
+def bench_environment(
+    keep: bool,
+    prefix: str,
+    cleared: Sequence[str],
+    restored: Sequence[str] = (),
+    keep_logs_on: type[BaseException] = Exception,
+) -> Iterator[Path]:
+    """A temporary ``SEGSCORE_HOME``; the environment is restored afterwards.
+
+    Args:
+        keep: Keep the home (its logs) after a clean run too.
+        prefix: Name prefix of the temporary directory.
+        cleared: Variables removed for the run (e.g. an external Redis URL), so
+            the bench starts its own services.
+        restored: Variables the run may set, put back as they were afterwards.
+        keep_logs_on: Failures after which the home is kept: its logs tell what
+            went wrong.
+    """
+    names = dict.fromkeys(("SEGSCORE_HOME", *cleared, *restored))
     saved = {name: os.environ.get(name) for name in names}
-    home = Path(tempfile.mkdtemp(prefix="segscore-bench-"))
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    for name in cleared:
+        os.environ.pop(name, None)
     os.environ["SEGSCORE_HOME"] = str(home)
-    os.environ.pop("SEGSCORE_REDIS_URL", None)
-    os.environ.pop("SEGSCORE_KAFKA_BROKER", None)
     keep_logs = keep
     try:
         yield home
-    except Exception:
-        keep_logs = True  # the worker, redis and broker logs tell what went wrong
+    except keep_logs_on:
+        keep_logs = True
         raise
     finally:
         for name, value in saved.items():
@@ -651,7 +661,15 @@ def machine_info() -> str:
 
 def run_bench(config: BenchConfig, console: Console) -> dict[str, Any]:
     """Run both measurements on a private stack (see :func:`flat` for JSON)."""
-    with _sigterm_as_interrupt(), _bench_environment(config.keep_home) as home:
+    with (
+        _sigterm_as_interrupt(),
+        bench_environment(
+            config.keep_home,
+            "segscore-bench-",
+            cleared=("SEGSCORE_REDIS_URL", "SEGSCORE_KAFKA_BROKER"),
+            restored=("SEGSCORE_BATCH_MAX_EVENTS", "SEGSCORE_BATCH_MAX_SECONDS"),
+        ) as home,
+    ):
         return _run(config, console, home)
 
 

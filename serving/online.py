@@ -20,7 +20,7 @@ them on real Redis): one column per feature, ``None`` where nothing is stored, a
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,34 +113,6 @@ def decode_timestamp(raw: bytes | None) -> float | None:
     return stamp.seconds + stamp.nanos / 1e9
 
 
-def fast_key(layout: StateLayout) -> Callable[[str], bytes]:
-    """``layout.key`` without building an ``EntityKey`` proto per user.
-
-    Feast's v3 serialization of a single string join key is a constant prefix
-    (key count, key name) then ``<type><length><utf-8 id>``, then the project.
-    The shortcut is checked against Feast's own function on a few ids and used
-    only if it agrees; otherwise ``layout.key`` is.
-    """
-    if layout.serialization_version != 3:
-        return layout.key
-    # Feast's v3 layout: <count=1><STRING><len("user_id")>"user_id", then
-    # <STRING><len(id)><id>, then the project name.
-    string_type = 2  # feast.protos ValueType.STRING
-    join_key = b"user_id"
-    prefix = struct.pack("<III", 1, string_type, len(join_key)) + join_key
-    project = layout.project.encode()
-    head = struct.Struct("<II")
-
-    def key(user_id: str) -> bytes:
-        raw = user_id.encode()
-        return b"".join((prefix, head.pack(string_type, len(raw)), raw, project))
-
-    probes = ("u1", "", "ünïcødé-✓", "x" * 128)
-    if all(key(p) == layout.key(p) for p in probes):
-        return key
-    return layout.key
-
-
 class OnlineReader:
     """Reads the models' stored features for many users in one round trip."""
 
@@ -171,7 +143,7 @@ class OnlineReader:
         # is computed once, and a request's commands are joined into one write.
         self._fields_resp = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
         self._command_head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-        self._key = fast_key(layout)
+        self._key = layout.key
 
     def key(self, user_id: str) -> bytes:
         """The Redis key of a user's hash (Feast's entity key layout)."""

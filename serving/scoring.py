@@ -30,9 +30,10 @@ from streams.feature_catalog import (
     REQUEST_FEATURES,
     STATE_FEATURE,
     STREAM_FEATURES,
+    STREAM_NAMES,
     stored_features,
 )
-from streams.feature_math import STREAM_NAMES, request_features, stream_values
+from streams.feature_math import request_features, stream_values
 from streams.user_state import UserState
 from training.registry import PropensityBundle, SegmenterBundle
 
@@ -49,8 +50,7 @@ _SHAP_THREADS = max(1, min(os.cpu_count() or 1, 4))
 
 StoredColumns = Mapping[str, Sequence[Any]]
 
-REALTIME_FEATURES = tuple(spec.name for spec in STREAM_FEATURES)
-_REALTIME = frozenset(REALTIME_FEATURES)
+_REALTIME = frozenset(STREAM_NAMES)
 _NO_STREAM: tuple[None, ...] = (None,) * len(STREAM_NAMES)
 REQUEST_NAMES = tuple(spec.name for spec in REQUEST_FEATURES)
 # Every stored feature a model may use; a model version asking for anything else
@@ -299,17 +299,17 @@ def build_inputs(
     ages = request_features(timestamps, as_of)
     combined = np.vstack([raw, *(ages[name] for name in REQUEST_NAMES)]).T
 
-    def matrix(plan: _InputPlan, cold_defaults: np.ndarray) -> np.ndarray:
+    def matrix(plan: _InputPlan) -> np.ndarray:
         out = combined[:, plan.columns]
         missing = np.isnan(out)
         if missing.any():
             out[missing] = np.broadcast_to(plan.defaults, out.shape)[missing]
         if cold.any():
-            out[cold] = cold_defaults
+            out[cold] = plan.defaults
         return out
 
-    seg = matrix(models.segmenter_plan, models.segmenter_defaults)
-    prop = matrix(models.propensity_plan, models.propensity_defaults)
+    seg = matrix(models.segmenter_plan)
+    prop = matrix(models.propensity_plan)
     return ModelInputs(segmentation=seg, propensity=prop, cold_start=cold)
 
 
@@ -427,7 +427,7 @@ def score(
     probabilities = models.propensity.probability(margin).tolist()
     # Freshness is that of the real-time features; batch history is refreshed daily
     # and would make every user look fresh right after a backfill.
-    ages = feature_ages(stored, (STATE_FEATURE, *REALTIME_FEATURES), n, as_of)
+    ages = feature_ages(stored, (STATE_FEATURE, *STREAM_NAMES), n, as_of)
     cold = inputs.cold_start.tolist()
     names = models.segment_names
 

@@ -134,6 +134,10 @@ HISTORY_FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 
+# Column order of each stored group: the order the feature functions return.
+STREAM_NAMES: tuple[str, ...] = tuple(spec.name for spec in STREAM_FEATURES)
+HISTORY_NAMES: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
+
 REQUEST_FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "hours_since_last_event",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
+from streams.feature_catalog import STREAM_NAMES
 from streams.user_state import (
     _DECAY,
     ABANDON_SECONDS,
@@ -33,8 +33,6 @@ AGE_CAP_SECONDS = 90 * DAY
 
 # Both feature groups in catalogue order: the tuples of :func:`stream_values` and
 # :func:`history_values` hold their values in exactly this order.
-STREAM_NAMES: tuple[str, ...] = tuple(spec.name for spec in STREAM_FEATURES)
-HISTORY_NAMES: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
 
 
 def stream_values(

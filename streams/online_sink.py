@@ -10,15 +10,14 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from feast import FeatureStore
 
-from streams.feature_catalog import HISTORY_FEATURES
+from streams.feature_catalog import HISTORY_NAMES
 
 HISTORY_VIEW = "user_history_features"
-HISTORY_COLUMNS = tuple(spec.name for spec in HISTORY_FEATURES)
 
 
 def history_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     """Rows of ``{user_id, event_timestamp (epoch s), history features}`` as a frame."""
-    names = list(HISTORY_COLUMNS)
+    names = list(HISTORY_NAMES)
     frame = pd.DataFrame.from_records(
         rows, columns=["user_id", "event_timestamp", *names]
     )

@@ -19,7 +19,8 @@ frozen at write time would be wrong for any user who has since gone idle.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -68,10 +69,41 @@ class StateLayout:
 
     def key(self, user_id: str) -> bytes:
         """The Redis key of one user's hash."""
+        return self._key(user_id)
+
+    def feast_key(self, user_id: str) -> bytes:
+        """The key as Feast's own function builds it (an ``EntityKey`` proto)."""
         entity = EntityKey(
             join_keys=["user_id"], entity_values=[Value(string_val=user_id)]
         )
         return _redis_key(self.project, entity, self.serialization_version)
+
+    @cached_property
+    def _key(self) -> Callable[[str], bytes]:
+        """Feast's key without a proto per user, when it provably agrees.
+
+        Feast's v3 serialization of one string join key is a constant prefix (key
+        count, key name), then ``<type><length><utf-8 id>``, then the project.
+        Building that directly is checked against :meth:`feast_key` on a few ids
+        and used only if it agrees; the proto path cost the worker and every
+        scoring request a few microseconds per user.
+        """
+        if self.serialization_version != 3:
+            return self.feast_key
+        string_type = 2  # feast.protos ValueType.STRING
+        join_key = b"user_id"
+        prefix = struct.pack("<III", 1, string_type, len(join_key)) + join_key
+        project = self.project.encode()
+        head = struct.Struct("<II")
+
+        def key(user_id: str) -> bytes:
+            raw = user_id.encode()
+            return b"".join((prefix, head.pack(string_type, len(raw)), raw, project))
+
+        probes = ("u1", "", "ünïcødé-✓", "x" * 128)
+        if all(key(p) == self.feast_key(p) for p in probes):
+            return key
+        return self.feast_key
 
 
 def encode_fields(layout: StateLayout, state: UserState) -> dict[bytes, bytes]:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from infra.settings import Settings
 from streams.events import EventType
-from streams.feature_math import HISTORY_NAMES, STREAM_NAMES
+from streams.feature_catalog import HISTORY_NAMES, STREAM_NAMES
 from streams.user_state import DAY, Outcome, UserState
 from training.replay import (
     EVENT_TYPES,
@@ -46,9 +46,6 @@ from training.replay import (
 
 log = logging.getLogger(__name__)
 
-# Catalogue order, which is also the order the feature functions return values in.
-STREAM_COLUMNS: tuple[str, ...] = STREAM_NAMES
-HISTORY_COLUMNS: tuple[str, ...] = HISTORY_NAMES
 # Below this many events a second process costs more (start-up, transfer) than
 # it saves.
 PARALLEL_FROM_EVENTS = 200_000
@@ -250,16 +247,16 @@ def _tables(
     stream_bytes, history_bytes = table_bytes(total_rows)
     if not stream_bytes:
         return (
-            np.empty((0, len(STREAM_COLUMNS))),
-            np.empty((0, len(HISTORY_COLUMNS))),
+            np.empty((0, len(STREAM_NAMES))),
+            np.empty((0, len(HISTORY_NAMES))),
         )
     stream = np.frombuffer(buffer, dtype=np.float64, count=stream_bytes // 8)
     history = np.frombuffer(
         buffer, dtype=np.float64, count=history_bytes // 8, offset=stream_bytes
     )
     return (
-        stream.reshape(total_rows, len(STREAM_COLUMNS)),
-        history.reshape(total_rows, len(HISTORY_COLUMNS)),
+        stream.reshape(total_rows, len(STREAM_NAMES)),
+        history.reshape(total_rows, len(HISTORY_NAMES)),
     )
 
 
@@ -504,8 +501,8 @@ def backfill(
         Outcome.DUPLICATE.value: sum(part.duplicate for part in parts),
         Outcome.LATE.value: sum(part.late for part in parts),
     }
-    stream = _frame(users, snaps, stream_table, STREAM_COLUMNS)
-    history = _frame(users, snaps, history_table, HISTORY_COLUMNS)
+    stream = _frame(users, snaps, stream_table, STREAM_NAMES)
+    history = _frame(users, snaps, history_table, HISTORY_NAMES)
     log.info(
         "backfill: %d events, %d users, %d snapshots -> %d rows in %.1fs (%s)",
         len(events),
@@ -600,8 +597,8 @@ def write_offline(result: BackfillResult, settings: Settings) -> tuple[Path, Pat
         The stream and history file paths.
     """
     stream_path, history_path = offline_paths(settings)
-    _write_parquet(result.stream, STREAM_COLUMNS, stream_path)
-    _write_parquet(result.history, HISTORY_COLUMNS, history_path)
+    _write_parquet(result.stream, STREAM_NAMES, stream_path)
+    _write_parquet(result.history, HISTORY_NAMES, history_path)
     log.info(
         "offline store: %d stream rows -> %s, %d history rows -> %s",
         len(result.stream),

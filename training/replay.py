@@ -25,9 +25,8 @@ from itertools import islice
 import numpy as np
 
 from streams.events import EventType
+from streams.feature_catalog import HISTORY_NAMES, STREAM_NAMES
 from streams.feature_math import (
-    HISTORY_NAMES,
-    STREAM_NAMES,
     history_values,
     stream_values,
 )

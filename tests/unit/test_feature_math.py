@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from streams.events import Event, EventType
-from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
-from streams.feature_math import (
+from streams.feature_catalog import (
+    HISTORY_FEATURES,
     HISTORY_NAMES,
+    STREAM_FEATURES,
     STREAM_NAMES,
+)
+from streams.feature_math import (
     history_features,
     history_values,
     request_features,

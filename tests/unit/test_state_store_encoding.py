@@ -30,3 +30,10 @@ def test_fields_decode_to_the_same_state() -> None:
     fields = encode_fields(LAYOUT, state)
     back = decode_fields(fields[LAYOUT.state_field], fields[b"segscore:dedupe"])
     assert back == state
+
+
+@pytest.mark.parametrize("user_id", ["u-42", "500000007", "ß∂ƒ-user", "a" * 300])
+@pytest.mark.parametrize("version", [2, 3])
+def test_user_keys_equal_feasts_own_serialization(user_id: str, version: int) -> None:
+    layout = StateLayout(project="shop", serialization_version=version)
+    assert layout.key(user_id) == layout.feast_key(user_id)
