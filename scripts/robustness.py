@@ -47,9 +47,9 @@ from infra.bench_serve import (  # noqa: E402
     HOST,
     LiveStack,
     _service_workers,
-    bench_environment,
     build_request,
     scoring_stack,
+    serve_bench_environment,
 )
 
 SCHEMATHESIS_VENV = ROOT / "build" / "schemathesis-venv"
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     with (
-        bench_environment(args.keep_home) as home,
+        serve_bench_environment(args.keep_home) as home,
         scoring_stack(
             home,
             console,
