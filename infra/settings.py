@@ -7,10 +7,11 @@ code base names a host or a port.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,10 @@ class Settings(BaseSettings):
     allowed_lateness_seconds: int = 600
     max_future_seconds: int = 300
     max_event_bytes: int = 16_384
+    min_event_time: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Events timed before this are rejected with reason too_old.",
+    )
 
     worker_id: str | None = Field(
         default=None,
@@ -88,6 +93,12 @@ class Settings(BaseSettings):
 
     api_key: str | None = None
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _zoned(cls, value: datetime) -> datetime:
+        """A floor given without a zone means UTC, not this machine's local time."""
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     @cached_property
     def data_dir(self) -> Path:

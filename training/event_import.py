@@ -31,6 +31,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,15 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from streams.event_files import JSON_LINES
-from streams.events import Event, EventType, parse_event
+from streams.events import (
+    DEFAULT_MIN_TS,
+    EPOCH_MS_THRESHOLD,
+    MAX_AMOUNT,
+    MAX_QUANTITY,
+    Event,
+    EventType,
+    parse_event,
+)
 from streams.simulator import COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -110,8 +119,6 @@ class Mapping:
         strict_types: Apply the contract's types literally (the native layout): a
             number where text is expected is invalid. Otherwise ids and codes that
             arrive as numbers become text.
-        csv_numbers_are_ms: In CSV (no types) a numeric ``ts`` is epoch ms, as it
-            would be on the wire. Parquet written by segscore holds epoch seconds.
         delimiter: CSV field separator.
         encoding: CSV text encoding.
     """
@@ -812,7 +819,7 @@ def conv_event_type(
 
 
 def conv_float(name: str, raw: RawColumn | None, n: int) -> Col:
-    """price or revenue: a finite number >= 0 (text or number on input)."""
+    """price or revenue: a number in [0, MAX_AMOUNT] (text or number on input)."""
     if raw is None or (not isinstance(raw, list) and pa.types.is_null(raw.type)):
         return _absent(name, n)
     if isinstance(raw, list):
@@ -825,7 +832,9 @@ def conv_float(name: str, raw: RawColumn | None, n: int) -> Col:
         # NaN in a typed column is how Parquet/pandas say "no value".
         missing = np.isnan(as_np)
         with np.errstate(invalid="ignore"):
-            invalid = ~missing & (~np.isfinite(as_np) | (as_np < 0))
+            invalid = ~missing & (
+                ~np.isfinite(as_np) | (as_np < 0) | (as_np > MAX_AMOUNT)
+            )
         values = pa.array(np.where(missing | invalid, np.nan, as_np), from_pandas=True)
         return Col(values, missing, invalid)
     if not _is_text(raw.type):
@@ -838,7 +847,7 @@ def conv_float(name: str, raw: RawColumn | None, n: int) -> Col:
     if canonical.any():
         picked = raw.filter(pa.array(canonical)).cast(pa.float64())
         numbers[canonical] = picked.to_numpy(zero_copy_only=False)
-    invalid = canonical & (numbers < 0)
+    invalid = canonical & ((numbers < 0) | (numbers > MAX_AMOUNT))
     numbers[invalid] = np.nan
     col = Col(pa.array(numbers, from_pandas=True), missing, invalid)
     todo = np.flatnonzero(~missing & ~canonical)
@@ -848,7 +857,7 @@ def conv_float(name: str, raw: RawColumn | None, n: int) -> Col:
 
 
 def conv_quantity(raw: RawColumn | None, n: int) -> Col:
-    """quantity: a whole number >= 1 (text or number on input)."""
+    """quantity: a whole number in [1, MAX_QUANTITY] (text or number on input)."""
     name = "quantity"
     if raw is None or (not isinstance(raw, list) and pa.types.is_null(raw.type)):
         return _absent(name, n)
@@ -856,12 +865,12 @@ def conv_quantity(raw: RawColumn | None, n: int) -> Col:
         return _exact_column(name, raw)
     missing = _np(pc.is_null(raw))
     if pa.types.is_integer(raw.type):
-        as_np = raw.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        as_np = np.nan_to_num(as_np.astype(np.float64), nan=1.0)
-        invalid = ~missing & (as_np < 1)
-        values = pc.if_else(
-            pa.array(invalid), pa.nulls(n, pa.int64()), raw.cast(pa.int64())
-        )
+        # Compared as floats: a uint64 beyond int64 must be judged, not overflow.
+        as_np = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
+        as_np = np.nan_to_num(as_np, nan=1.0)
+        invalid = ~missing & ((as_np < 1) | (as_np > MAX_QUANTITY))
+        whole = pc.cast(raw, pa.int64(), safe=False)  # wrapped values are invalid
+        values = pc.if_else(pa.array(invalid), pa.nulls(n, pa.int64()), whole)
         return Col(values, missing, invalid)
     if pa.types.is_floating(raw.type):
         as_np = raw.cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -869,7 +878,7 @@ def conv_quantity(raw: RawColumn | None, n: int) -> Col:
         with np.errstate(invalid="ignore"):
             fast = ~missing & (np.floor(as_np) == as_np) & (np.abs(as_np) < 2**53)
         whole = np.where(fast, as_np, 0).astype(np.int64)
-        invalid = fast & (whole < 1)
+        invalid = fast & ((whole < 1) | (whole > MAX_QUANTITY))
         keep = fast & ~invalid
         values = pa.array(np.where(keep, whole, 0), pa.int64(), mask=~keep)
         col = Col(values, missing, invalid)
@@ -886,7 +895,7 @@ def conv_quantity(raw: RawColumn | None, n: int) -> Col:
     if canonical.any():
         picked = pc.utf8_ltrim(raw.filter(pa.array(canonical)), characters="+")
         whole[canonical] = picked.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    invalid = canonical & (whole < 1)
+    invalid = canonical & ((whole < 1) | (whole > MAX_QUANTITY))
     keep = canonical & ~invalid
     values = pa.array(np.where(keep, whole, 0), pa.int64(), mask=~keep)
     col = Col(values, missing, invalid)
@@ -899,9 +908,11 @@ def conv_quantity(raw: RawColumn | None, n: int) -> Col:
 def conv_ts(raw: RawColumn | None, n: int, mapping: Mapping, kind: str) -> Col:
     """Event time as epoch seconds, by the mapping's rule or else the wire rule.
 
-    The wire rule (native layout): numbers are epoch milliseconds (in Parquet that
-    segscore wrote, epoch seconds), text is ISO-8601 with a zone. CSV has no
-    types, so a numeric cell there counts as a number.
+    The wire rule (native layout): a number is epoch seconds when its magnitude is
+    below 1e11, else epoch milliseconds (:func:`streams.events.epoch_seconds`);
+    text is ISO-8601 with a zone.
+    CSV has no types, so a numeric cell there counts as a number. Non-finite
+    numbers are invalid.
     """
     if raw is None or (not isinstance(raw, list) and pa.types.is_null(raw.type)):
         return _absent("ts", n)
@@ -915,10 +926,12 @@ def conv_ts(raw: RawColumn | None, n: int, mapping: Mapping, kind: str) -> Col:
     if pa.types.is_boolean(raw.type):
         return Col(pa.nulls(n, pa.float64()), missing, ~missing)
     if _is_number(raw.type):
-        divisor = 1.0 if kind == "parquet" and mapping.strict_types else 1000.0
-        seconds = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False) / divisor
-        missing = np.isnan(seconds)
-        return Col(pa.array(seconds, from_pandas=True), missing, np.zeros(n, bool))
+        numbers = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
+        missing = np.isnan(numbers)  # NaN is how typed columns say "no value"
+        invalid = ~missing & ~np.isfinite(numbers)
+        # Parquet that segscore wrote holds seconds, which the rule leaves alone.
+        seconds = np.where(invalid, np.nan, _epoch_seconds(numbers))
+        return Col(pa.array(seconds, from_pandas=True), missing, invalid)
     if pa.types.is_timestamp(raw.type):
         return _ts_from_timestamps(raw, missing)
     if not _is_text(raw.type):
@@ -926,12 +939,16 @@ def conv_ts(raw: RawColumn | None, n: int, mapping: Mapping, kind: str) -> Col:
     raw = raw.cast(pa.string())
     seconds = np.full(n, np.nan)
     decided = missing.copy()
+    csv_invalid = np.zeros(n, bool)
     if kind == "csv":
         numeric = _np(pc.match_substring_regex(raw, _NUMBER_TEXT))
         if numeric.any():
             picked = raw.filter(pa.array(numeric)).cast(pa.float64())
-            seconds[numeric] = picked.to_numpy(zero_copy_only=False) / 1000.0
+            numbers = _epoch_seconds(picked.to_numpy(zero_copy_only=False))
+            bad = ~np.isfinite(numbers)  # digits beyond a double's range
+            seconds[numeric] = np.where(bad, np.nan, numbers)
             decided |= numeric
+            csv_invalid[np.flatnonzero(numeric)[bad]] = True
     iso = _np(pc.match_substring_regex(raw, _ISO_FAST)) & ~decided
     if iso.any():
         text = pd.Series(raw.filter(pa.array(iso)).to_numpy(zero_copy_only=False))
@@ -943,11 +960,17 @@ def conv_ts(raw: RawColumn | None, n: int, mapping: Mapping, kind: str) -> Col:
         where = np.flatnonzero(iso)
         seconds[where[good]] = micros[good].astype(np.float64) / 1e6
         decided[where[good]] = True
-    col = Col(pa.array(seconds, from_pandas=True), missing, np.zeros(n, bool))
+    col = Col(pa.array(seconds, from_pandas=True), missing, csv_invalid)
     todo = np.flatnonzero(~decided)
     return _decide_exactly(
         "ts", col.values, todo, raw.take(pa.array(todo)).to_pylist(), col
     )
+
+
+def _epoch_seconds(numbers: np.ndarray) -> np.ndarray:
+    """:func:`streams.events.epoch_seconds` over an array (the same floats)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.abs(numbers) < EPOCH_MS_THRESHOLD, numbers, numbers / 1000.0)
 
 
 def _ts_from_timestamps(raw: pa.Array, missing: np.ndarray) -> Col:
@@ -1100,12 +1123,18 @@ def _raw_field(
 
 
 def verdict(
-    cols: dict[str, Col], *, now: float, max_future_seconds: float
+    cols: dict[str, Col],
+    *,
+    now: float,
+    max_future_seconds: float,
+    min_ts: float = DEFAULT_MIN_TS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The reason each row is rejected (None: accepted), and its revenue.
 
     The first failing field in the contract's field order decides the reason, as
-    pydantic reports it; then the purchase-revenue rule, then the future rule.
+    pydantic reports it; then the purchase-revenue rule (present, or price x
+    quantity within ``MAX_AMOUNT``), then the floor (``too_old``), then the future
+    rule, in :func:`streams.events.parse_event`'s order.
     """
     n = len(cols["user_id"].missing)
     reasons = np.full(n, None, dtype=object)
@@ -1121,33 +1150,47 @@ def verdict(
     revenue = cols["revenue"].values.to_numpy(zero_copy_only=False).copy()
     quantity = cols["quantity"].values.to_numpy(zero_copy_only=False).astype(np.float64)
     fill = purchase & np.isnan(revenue)
-    reasons[ok & fill & np.isnan(price)] = "invalid:revenue"
     revenue[fill] = price[fill] * np.nan_to_num(quantity[fill], nan=1.0)
+    with np.errstate(invalid="ignore"):
+        unbounded = fill & ~(revenue <= MAX_AMOUNT)  # NaN too: no price
+    reasons[ok & unbounded] = "invalid:revenue"
     ts = cols["ts"].values.to_numpy(zero_copy_only=False)
     ok = reasons == None  # noqa: E711
     with np.errstate(invalid="ignore"):
+        reasons[ok & (ts < min_ts)] = "too_old"
+        ok = reasons == None  # noqa: E711
         reasons[ok & (ts > now + max_future_seconds)] = "future_ts"
     return reasons, revenue
 
 
 _DETAILS = {
     "unknown_event_type": "event_type: not one of " + ", ".join(EVENT_TYPES),
-    "invalid:ts": "ts: not epoch ms or ISO-8601 with a zone (or the mapping's format)",
-    "invalid:revenue": "revenue: required for purchase events (no revenue, no price)",
+    "invalid:ts": (
+        "ts: not a finite epoch number (seconds below 1e11, else ms) or ISO-8601 "
+        "with a zone (or the mapping's format)"
+    ),
+    "invalid:revenue": (
+        f"revenue: must be a number in [0, {MAX_AMOUNT:g}]; a purchase without "
+        f"one needs a price, and price x quantity must not exceed {MAX_AMOUNT:g}"
+    ),
     "future_ts": "ts lies in the future",
 }
 
 
-def _detail(reason: str) -> str:
+def _detail(reason: str, min_ts: float = DEFAULT_MIN_TS) -> str:
     if reason in _DETAILS:
         return _DETAILS[reason]
     kind, _, name = reason.partition(":")
     if kind == "missing":
         return f"{name}: field required"
+    if reason == "too_old":
+        return (
+            f"ts is before {datetime.fromtimestamp(min_ts, UTC).isoformat()}, the "
+            "earliest event time accepted (setting min_event_time)"
+        )
     rules = {
-        "price": "a finite number >= 0",
-        "revenue": "a finite number >= 0",
-        "quantity": "a whole number >= 1",
+        "price": f"a number in [0, {MAX_AMOUNT:g}]",
+        "quantity": f"a whole number in [1, {MAX_QUANTITY}]",
         "event_id": "text of 1..128 characters",
         "user_id": "text of 1..128 characters",
     }
@@ -1207,6 +1250,7 @@ def convert(
     now: float,
     max_future_seconds: float = 300,
     id_prefix: str = "imp",
+    min_ts: float = DEFAULT_MIN_TS,
 ) -> tuple[pa.Table, pd.DataFrame, int]:
     """Source columns -> (accepted events, bad rows, rows skipped by the mapping)."""
     generate_ids = "event_id" not in mapping.constants and not any(
@@ -1220,7 +1264,9 @@ def convert(
         cols["event_id"] = Col(
             ids, np.zeros(source.rows, bool), np.zeros(source.rows, bool)
         )
-    reasons, revenue = verdict(cols, now=now, max_future_seconds=max_future_seconds)
+    reasons, revenue = verdict(
+        cols, now=now, max_future_seconds=max_future_seconds, min_ts=min_ts
+    )
     reasons[skipped] = None
     accepted = (reasons == None) & ~skipped  # noqa: E711
     rejected = np.flatnonzero(~accepted & ~skipped)
@@ -1228,7 +1274,7 @@ def convert(
         {
             "line": source.lines[rejected],
             "reason": reasons[rejected].astype(str),
-            "detail": [_detail(r) for r in reasons[rejected]],
+            "detail": [_detail(r, min_ts) for r in reasons[rejected]],
             "raw": source.raw(rejected),
         },
         columns=BAD_COLUMNS,
@@ -1267,7 +1313,12 @@ def events_frame_template() -> pd.DataFrame:
 
 
 def self_check(
-    events: pa.Table, *, now: float, max_future_seconds: float, sample: int = 100
+    events: pa.Table,
+    *,
+    now: float,
+    max_future_seconds: float,
+    sample: int = 100,
+    min_ts: float = DEFAULT_MIN_TS,
 ) -> None:
     """Accepted rows must pass ``parse_event`` too (a cheap guard against drift)."""
     if events.num_rows == 0:
@@ -1277,7 +1328,9 @@ def self_check(
     for row in events.take(pa.array(idx)).to_pylist():
         wire = {k: v for k, v in row.items() if v is not None}
         wire["ts"] = row["ts"] * 1000.0
-        parsed = parse_event(wire, now=now, max_future_seconds=max_future_seconds + 1)
+        parsed = parse_event(
+            wire, now=now, max_future_seconds=max_future_seconds + 1, min_ts=min_ts
+        )
         if not isinstance(parsed, Event):
             raise RuntimeError(f"importer accepted what the contract rejects: {parsed}")
         revenue = row["revenue"]
@@ -1312,6 +1365,7 @@ def import_events(
     max_future_seconds: float = 300,
     max_bytes: int = 16_384,
     on_phase: Callable[[str], None] | None = None,
+    min_ts: float = DEFAULT_MIN_TS,
 ) -> ImportResult:
     """Import an event log: read, normalise, validate, write events and bad rows.
 
@@ -1326,6 +1380,8 @@ def import_events(
         max_future_seconds: How far ahead of ``now`` an event may lie.
         max_bytes: JSON lines longer than this are rejected as oversized.
         on_phase: Called with a short phase name (for a progress display).
+        min_ts: The floor of event time (epoch seconds, ``Settings.min_event_time``);
+            earlier rows are rejected as ``too_old``.
 
     Returns:
         The accepted events, the bad rows and a summary.
@@ -1349,8 +1405,9 @@ def import_events(
         now=now,
         max_future_seconds=max_future_seconds,
         id_prefix=event_id_prefix(path),
+        min_ts=min_ts,
     )
-    self_check(events, now=now, max_future_seconds=max_future_seconds)
+    self_check(events, now=now, max_future_seconds=max_future_seconds, min_ts=min_ts)
     phase(f"writing {events.num_rows:,} events")
     report = report or out.with_name(out.name.split(".")[0] + ".rejects.csv")
     if events.num_rows:

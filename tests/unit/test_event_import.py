@@ -351,6 +351,45 @@ TRICKY: list[object] = [
     _valid(country=["DE"]),
     _valid(price=-1, quantity=0),
     _valid(user_id=..., price=-1),
+    # Epoch seconds or milliseconds (|ts| < 1e11 is seconds), the floor, non-finite.
+    _valid(ts=1_700_000_000),
+    _valid(ts=1_700_000_000.25),
+    _valid(ts=946_684_800),
+    _valid(ts=946_684_799),
+    _valid(ts=946_684_800_000),
+    _valid(ts=99_999_999_999),
+    _valid(ts=100_000_000_000),
+    _valid(ts=0),
+    _valid(ts=-1),
+    _valid(ts=-1e14),
+    _valid(ts=-1e22),
+    _valid(ts=1e300),
+    _valid(ts=-1e308),
+    _valid(ts=2**64 - 1),
+    _valid(ts="1700000000"),
+    _valid(ts="1.7e12"),
+    _valid(ts="0001-01-01T00:00:00+00:00"),
+    _valid(ts="0001-01-01T00:00:00-01:00"),
+    _valid(ts="1999-12-31T23:59:59Z"),
+    _valid(ts="2000-01-01T00:00:00Z"),
+    _valid(ts="9999-12-31T23:59:59-14:00"),
+    _valid(ts="10000-01-01T00:00:00+00:00"),
+    # Numeric bounds: price and revenue <= 1e9, quantity <= 1e6, price x quantity.
+    _valid(price=1e9),
+    _valid(price=1e9 + 1),
+    _valid(price=1e308),
+    _valid(price="1e10"),
+    _valid(price=2**64 - 1),
+    _valid(quantity=1_000_000),
+    _valid(quantity=1_000_001),
+    _valid(quantity="1000001"),
+    _valid(quantity=2**64 - 1),
+    _valid(revenue=1e308),
+    _valid(event_type="purchase", revenue=1e308),
+    _valid(event_type="purchase", revenue=1e9),
+    _valid(event_type="purchase", price=1e9, quantity=2),
+    _valid(event_type="purchase", price=1e3, quantity=1_000_000),
+    _valid(event_type="purchase", price=1e3, quantity=1_000_000, revenue=5.0),
     "{not json",
     "[1, 2]",
 ]
@@ -404,6 +443,71 @@ def test_csv_cells_follow_the_same_rules(tmp_path: Path) -> None:
     events = result.events.to_pandas()
     assert events["ts"].tolist() == [1_700_000_000.0, 1_704_067_200.0]
     assert events["price"].tolist() == [12.5, 1000.0]
+
+
+def test_csv_epoch_numbers_floor_and_bounds(tmp_path: Path) -> None:
+    header = "event_id,user_id,event_type,ts,price,quantity"
+    rows = [
+        "e1,u1,product_view,1700000000,1,",  # epoch seconds
+        "e2,u1,product_view,1700000000000,1,",  # the same instant in ms
+        "e3,u1,product_view,946684799,1,",  # a second before 2000-01-01
+        "e4,u1,product_view,-100000000000000,1,",
+        "e5,u1,product_view,0001-01-01T00:00:00Z,1,",
+        "e6,u1,product_view," + "9" * 400 + ",1,",  # beyond a double
+        "e7,u1,product_view,1700000000,1000000001,",
+        "e8,u1,product_view,1700000000,1,1000001",
+        "e9,u1,purchase,1700000000,1000,1000000",  # revenue exactly 1e9
+        "e10,u1,purchase,1700000000,1000.5,1000000",  # revenue above 1e9
+    ]
+    result = _run(_write(tmp_path / "native.csv", [header, *rows]), tmp_path)
+    assert result.bad[["line", "reason"]].values.tolist() == [
+        [4, "too_old"],
+        [5, "too_old"],
+        [6, "too_old"],
+        [7, "invalid:ts"],  # inf as a double: not a time
+        [8, "invalid:price"],
+        [9, "invalid:quantity"],
+        [11, "invalid:revenue"],
+    ]
+    too_old = result.bad.loc[result.bad["reason"] == "too_old", "detail"]
+    assert all("2000-01-01T00:00:00+00:00" in d for d in too_old)
+    events = result.events.to_pandas()
+    assert events["ts"].tolist() == [1_700_000_000.0] * 3
+    assert events["revenue"].tolist()[-1] == 1e9
+
+
+def test_parquet_epoch_numbers_follow_the_same_rule(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "event_id": ["a", "b", "c", "d"],
+            "user_id": ["u1"] * 4,
+            "event_type": ["page_view"] * 4,
+            # seconds (as segscore writes them), ms, before the floor, infinite
+            "ts": [1_700_000_000.5, 1_700_000_000_500.0, -1e14, np.inf],
+        }
+    )
+    src = tmp_path / "native.parquet"
+    frame.to_parquet(src, index=False)
+    result = _run(src, tmp_path)
+    assert result.summary.layout == "native"
+    assert result.bad[["line", "reason"]].values.tolist() == [
+        [3, "too_old"],
+        [4, "invalid:ts"],
+    ]
+    assert result.events.column("ts").to_pylist() == [1_700_000_000.5] * 2
+
+
+def test_the_floor_is_a_parameter(tmp_path: Path) -> None:
+    rows = [orjson.dumps(_valid(ts=t)).decode() for t in ("2010-01-01T00:00:00Z",)]
+    src = _write(tmp_path / "one.jsonl", rows)
+    floor = 1_600_000_000.0  # 2020-09-13
+    result = import_events(
+        src, tmp_path / "e.parquet", now=NOW, layout="native", min_ts=floor
+    )
+    assert result.bad["reason"].tolist() == ["too_old"]
+    assert "2020-09-13" in result.bad["detail"][0]
+    want = parse_event(rows[0], now=NOW, min_ts=floor)
+    assert isinstance(want, Rejection) and want.reason == "too_old"
 
 
 def test_accepted_rows_pass_the_contract(tmp_path: Path) -> None:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from streams.events import Event, EventType, Rejection, parse_event
+from infra.settings import Settings
+from streams.events import (
+    DEFAULT_MIN_TS,
+    EPOCH_MS_THRESHOLD,
+    MAX_AMOUNT,
+    MAX_QUANTITY,
+    Event,
+    EventType,
+    Rejection,
+    epoch_seconds,
+    parse_event,
+)
 
 NOW = 1_800_000_000.0
 
@@ -83,3 +94,121 @@ def test_non_finite_event_times_are_invalid() -> None:
         raw = {"event_id": "e", "user_id": "u", "event_type": "page_view", "ts": ts}
         result = parse_event(raw, now=1_800_000_000.0)
         assert isinstance(result, Rejection) and result.reason == "invalid:ts"
+
+
+def test_epoch_seconds_and_milliseconds_are_told_apart_by_size() -> None:
+    seconds = parse_event(valid(ts=1_700_000_000), now=NOW)
+    millis = parse_event(valid(ts=1_700_000_000_000), now=NOW)
+    iso = parse_event(valid(ts="2023-11-14T22:13:20Z"), now=NOW)
+    assert isinstance(seconds, Event) and isinstance(millis, Event)
+    assert isinstance(iso, Event)
+    assert seconds.ts == millis.ts == iso.ts == 1_700_000_000.0
+    # The wire form (ms) reads back as the same instant.
+    again = parse_event(seconds.to_json(), now=NOW)
+    assert isinstance(again, Event) and again.ts == seconds.ts
+    assert epoch_seconds(EPOCH_MS_THRESHOLD - 1) == EPOCH_MS_THRESHOLD - 1
+    assert epoch_seconds(EPOCH_MS_THRESHOLD) == EPOCH_MS_THRESHOLD / 1000
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "0001-01-01T00:00:00+00:00",
+        "1999-12-31T23:59:59.999Z",
+        946_684_799,
+        0,
+        -1,
+        100_000_000_000,  # 1e11 is milliseconds: March 1973
+        -1e14,
+        -1e22,
+        -1e308,
+    ],
+)
+def test_times_before_the_floor_are_too_old(ts: object) -> None:
+    result = parse_event(valid(ts=ts), now=NOW)
+    assert isinstance(result, Rejection), result
+    assert result.reason == "too_old"
+    assert "2000-01-01T00:00:00+00:00" in result.detail
+
+
+def test_the_floor_is_a_parameter_and_matches_the_setting() -> None:
+    assert Settings().min_event_time.timestamp() == DEFAULT_MIN_TS
+    floor = parse_event(valid(ts=DEFAULT_MIN_TS), now=NOW)
+    assert isinstance(floor, Event)
+    later = 1_700_000_000.0
+    result = parse_event(valid(ts=later - 1), now=NOW, min_ts=later)
+    assert isinstance(result, Rejection) and result.reason == "too_old"
+    assert "2023-11-14T22:13:20+00:00" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        (99_999_999_999, "future_ts"),  # seconds: the year 5138
+        (1e300, "future_ts"),
+        (2**64 - 1, "future_ts"),
+        ("9999-12-31T23:59:59-14:00", "future_ts"),
+        ("10000-01-01T00:00:00+00:00", "invalid:ts"),
+        (10**400, "invalid:ts"),  # only a Python caller can pass this
+        (-(10**400), "invalid:ts"),
+        ("1700000000", "invalid:ts"),  # numeric text is not a wire time
+        ("1.7e12", "invalid:ts"),
+    ],
+)
+def test_extreme_and_textual_times_are_rejected_cleanly(
+    ts: object, reason: str
+) -> None:
+    result = parse_event(valid(ts=ts), now=NOW)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason
+    if reason == "invalid:ts":
+        assert result.detail.startswith("ts")
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "limit"),
+    [
+        ({"price": MAX_AMOUNT * 1.0001}, "price", "1000000000"),
+        ({"price": 1e308}, "price", "1000000000"),
+        ({"quantity": MAX_QUANTITY + 1}, "quantity", "1000000"),
+        ({"quantity": 10**30}, "quantity", "1000000"),
+        ({"event_type": "purchase", "revenue": 1e308}, "revenue", "1000000000"),
+        (
+            {"event_type": "purchase", "price": 2e5, "quantity": 10_000},
+            "revenue",
+            "1e+09",
+        ),
+    ],
+)
+def test_numbers_above_the_contract_limits_are_invalid(
+    over: dict[str, object], field: str, limit: str
+) -> None:
+    result = parse_event(valid(**over), now=NOW)
+    assert isinstance(result, Rejection), result
+    assert result.reason == f"invalid:{field}"
+    assert result.detail.startswith(field) and limit in result.detail
+
+
+def test_the_limits_themselves_are_accepted() -> None:
+    event = parse_event(
+        valid(event_type="purchase", price=1e3, quantity=MAX_QUANTITY), now=NOW
+    )
+    assert isinstance(event, Event) and event.revenue == MAX_AMOUNT
+
+
+def test_a_tombstone_and_unrepresentable_mappings_are_rejections() -> None:
+    tombstone = parse_event(None, now=NOW)
+    assert isinstance(tombstone, Rejection) and tombstone.reason == "tombstone"
+    odd = [
+        (valid(user_id="\ud800"), "invalid:user_id"),
+        (valid(category="a\udc80b"), "invalid:category"),
+        (valid(price=object()), "invalid:price"),
+        ({**valid(), 1: "x", "price": -1}, "invalid:price"),
+    ]
+    for raw, reason in odd:
+        result = parse_event(raw, now=NOW)  # type: ignore[arg-type]
+        assert isinstance(result, Rejection), raw
+        assert result.reason == reason
+    # On the wire a lone surrogate never decodes.
+    wire = parse_event(b'{"event_id": "\\ud800"}', now=NOW)
+    assert isinstance(wire, Rejection) and wire.reason == "malformed_json"
