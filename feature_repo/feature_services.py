@@ -1,19 +1,41 @@
-"""One feature service per model; training and serving both name these."""
+"""Feature services: per model, one for online reads and one for training sets.
+
+``segmentation`` and ``propensity`` hold the stored features a model's inputs are
+made of (the request-time ages are derived from the timestamps among them), read
+from :data:`~feature_repo.live_features.user_live_features`: online, only the
+``state`` blob is materialised, and that view derives every stream and history
+feature from it as of the read, as ``/score`` does. A Feast consumer
+(``get_online_features``, ``feast serve``) therefore gets the values scoring uses.
+
+Offline, that view cannot run: it would need ``state`` in the snapshot files,
+which hold the materialised stream and history columns (written by the backfill
+with the same functions). So each model also has ``<name>_offline``
+(:func:`streams.feature_catalog.offline_service`), the same feature names
+resolved from the batch views, which training's ``get_historical_features``
+reads. Both are built from the model's feature list in the catalogue, so they
+cannot name different features.
+"""
 
 from feast import FeatureService
 
 from feature_repo.features import user_history_features, user_stream_features
+from feature_repo.live_features import user_live_features
 from streams.feature_catalog import (
     HISTORY_FEATURES,
     PROPENSITY_FEATURES,
     SEGMENTATION_FEATURES,
+    offline_service,
     stored_features,
 )
 
 _HISTORY = {spec.name for spec in HISTORY_FEATURES}
 
 
-def _projections(model_features: tuple[str, ...]) -> list:
+def _online_projections(model_features: tuple[str, ...]) -> list:
+    return [user_live_features[stored_features(model_features)]]
+
+
+def _offline_projections(model_features: tuple[str, ...]) -> list:
     stored = stored_features(model_features)
     return [
         user_stream_features[[n for n in stored if n not in _HISTORY]],
@@ -21,16 +43,38 @@ def _projections(model_features: tuple[str, ...]) -> list:
     ]
 
 
-segmentation = FeatureService(
-    name="segmentation",
-    features=_projections(SEGMENTATION_FEATURES),
-    description="Inputs of the KMeans segmenter.",
-    tags={"model": "segmenter", "version": "1"},
+def _services(
+    name: str, model_features: tuple[str, ...], description: str, model: str
+) -> tuple[FeatureService, FeatureService]:
+    """The online service ``name`` and its offline twin, over the same features."""
+    tags = {"model": model, "version": "1"}
+    return (
+        FeatureService(
+            name=name,
+            features=_online_projections(model_features),
+            description=f"{description} Online: derived from the state when read.",
+            tags={**tags, "store": "online"},
+        ),
+        FeatureService(
+            name=offline_service(name),
+            features=_offline_projections(model_features),
+            description=f"{description} Offline: backfilled snapshots, for "
+            "training sets.",
+            tags={**tags, "store": "offline"},
+        ),
+    )
+
+
+segmentation, segmentation_offline = _services(
+    "segmentation",
+    SEGMENTATION_FEATURES,
+    "Inputs of the KMeans segmenter.",
+    "segmenter",
 )
 
-propensity = FeatureService(
-    name="propensity",
-    features=_projections(PROPENSITY_FEATURES),
-    description="Inputs of the LightGBM purchase propensity model.",
-    tags={"model": "propensity", "version": "1"},
+propensity, propensity_offline = _services(
+    "propensity",
+    PROPENSITY_FEATURES,
+    "Inputs of the LightGBM purchase propensity model.",
+    "propensity",
 )

@@ -1,15 +1,28 @@
-"""Read-time stream features for Feast consumers: an on-demand view over ``state``.
+"""Read-time features for Feast consumers: an on-demand view over ``state``.
 
 The stream worker keeps only the ``state`` blob of ``user_stream_features`` online
 (see :mod:`streams.state_store`); every window depends on *when* it is read, so the
-29 stream features are derived from that blob at the instant of each
-``get_online_features`` call or ``feast serve`` request, by the project's own
-:func:`streams.feature_math.stream_features`. Nothing is written back
-(``write_to_online_store=False``). Training is unaffected: it reads the materialised
-offline columns through the feature services, not this view.
+stream features and the 30/90-day history features are derived from that blob at
+the instant of each ``get_online_features`` call or ``feast serve`` request, by the
+project's own :func:`streams.feature_math.stream_values` and
+:func:`~streams.feature_math.history_values` -- what the scoring path and the
+backfill's training rows use. Nothing is written back
+(``write_to_online_store=False``).
 
-Usage: ``store.get_online_features(features=["user_live_features:events_1h", ...],
-entity_rows=[{"user_id": ...}])``.
+The models' feature services (``propensity``, ``segmentation``) project this view,
+so Feast consumers read online what ``/score`` uses -- for every user with a
+state. One case differs: a user with a ``user_history_features`` row but no state
+(the row materialised without a seed, or the state lost) reads the empty state
+here, while ``/score`` falls back to the row. The view cannot take the row as an
+input: its names equal the view's outputs, and Feast 0.67 then returns both
+columns under one name. Training cannot use this view either: offline, it would
+need ``state`` in the snapshot files, which hold the materialised columns
+instead; training reads the ``*_offline`` services over the batch views (see
+:mod:`feature_repo.feature_services`).
+
+Usage: ``store.get_online_features(features=store.get_feature_service(
+"propensity"), entity_rows=[{"user_id": ...}])``, or
+``features=["user_live_features:orders_90d", ...]``.
 """
 
 from __future__ import annotations
@@ -23,14 +36,16 @@ from feast.types import Float64
 
 from feature_repo.features import user_stream_features
 from streams.events import Event, EventType
-from streams.feature_catalog import STATE_FEATURE, STREAM_FEATURES
+from streams.feature_catalog import HISTORY_FEATURES, STATE_FEATURE, STREAM_FEATURES
 from streams.user_state import UserState, apply_event
 
 LIVE_VIEW = "user_live_features"
+# Everything the view derives: the stream group, then the history group.
+LIVE_FEATURES = STREAM_FEATURES + HISTORY_FEATURES
 
 
-def live_stream_features(inputs: dict[str, list]) -> dict[str, list]:
-    """Feast python-mode UDF: every stream feature of each row's state, as of now.
+def live_state_features(inputs: dict[str, list]) -> dict[str, list]:
+    """Feast python-mode UDF: stream and history features of each row's state, now.
 
     ``inputs`` holds one list per column (Feast's batch python mode); ``state`` is
     the stored blob, ``None`` for a user the worker never wrote, who gets the
@@ -41,15 +56,19 @@ def live_stream_features(inputs: dict[str, list]) -> dict[str, list]:
     # constants (and annotations other than builtins) would not resolve there.
     import time
 
-    from streams.feature_catalog import STREAM_FEATURES
-    from streams.feature_math import stream_features
+    from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
+    from streams.feature_math import history_features, stream_features
     from streams.user_state import UserState
 
     # One instant for the whole request, so rows of one batch are comparable.
     now = time.time()
-    rows = [stream_features(UserState.from_bytes(b), now) for b in inputs["state"]]
+    rows = []
+    for blob in inputs["state"]:
+        state = UserState.from_bytes(blob)
+        rows.append({**stream_features(state, now), **history_features(state, now)})
     # Keyed by the catalogue, so a feature missing from the math fails loudly here.
-    out = {spec.name: [row[spec.name] for row in rows] for spec in STREAM_FEATURES}
+    specs = STREAM_FEATURES + HISTORY_FEATURES
+    out = {spec.name: [row[spec.name] for row in rows] for spec in specs}
     # Feast (0.67) picks python-mode outputs by the name the caller asked for, which
     # is "<view>__<feature>" under full_feature_names=True, and renames nothing:
     # without these aliases such requests silently lose every feature. The literal
@@ -59,7 +78,7 @@ def live_stream_features(inputs: dict[str, list]) -> dict[str, list]:
 
 
 def _sample_state_blob() -> bytes:
-    """A real state in which every stream feature has a value (no ``None``)."""
+    """A real state in which every derived feature has a value (no ``None``)."""
     state = UserState()
     event = Event(
         event_id="schema-sample",
@@ -103,13 +122,13 @@ user_live_features = StateDerivedView(
     sources=[user_stream_features[[STATE_FEATURE]]],
     # No field descriptions: Feast compares declared and inferred fields with
     # ``==``, which includes the description, and inferred fields have none.
-    schema=[Field(name=spec.name, dtype=Float64) for spec in STREAM_FEATURES],
+    schema=[Field(name=spec.name, dtype=Float64) for spec in LIVE_FEATURES],
     mode="python",
-    udf=live_stream_features,
-    udf_string=inspect.getsource(live_stream_features),
+    udf=live_state_features,
+    udf_string=inspect.getsource(live_state_features),
     write_to_online_store=False,
-    description="The stream features derived from the state blob as of the read "
-    "(wall clock), for online consumers; see streams/feature_catalog.py.",
+    description="The stream and history features derived from the state blob as "
+    "of the read (wall clock), for online consumers; see streams/feature_catalog.py.",
     owner="segscore",
-    tags={"group": "stream", "computed": "read-time"},
+    tags={"group": "stream+history", "computed": "read-time"},
 )

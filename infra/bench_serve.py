@@ -354,8 +354,9 @@ def feast_features() -> list[str]:
 
     history = {spec.name for spec in HISTORY_FEATURES}
     used = stored_features(tuple(SEGMENTATION_FEATURES) + tuple(PROPENSITY_FEATURES))
+    # Both groups from the on-demand view: /score derives history from the state too.
     return [f"{LIVE_VIEW}:{spec.name}" for spec in STREAM_FEATURES] + [
-        f"user_history_features:{name}" for name in used if name in history
+        f"{LIVE_VIEW}:{name}" for name in used if name in history
     ]
 
 

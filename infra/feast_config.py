@@ -119,5 +119,7 @@ def apply_repo(store: FeatureStore) -> None:
             live_features.user_live_features,
             feature_services.segmentation,
             feature_services.propensity,
+            feature_services.segmentation_offline,
+            feature_services.propensity_offline,
         ]
     )

@@ -27,13 +27,14 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from streams.feature_catalog import (
     HISTORY_FEATURES,
+    HISTORY_NAMES,
     REQUEST_FEATURES,
     STATE_FEATURE,
     STREAM_FEATURES,
     STREAM_NAMES,
     stored_features,
 )
-from streams.feature_math import request_features, stream_values
+from streams.feature_math import history_values, request_features, stream_values
 from streams.user_state import UserState
 from training.registry import PropensityBundle, SegmenterBundle
 
@@ -52,6 +53,8 @@ StoredColumns = Mapping[str, Sequence[Any]]
 
 _REALTIME = frozenset(STREAM_NAMES)
 _NO_STREAM: tuple[None, ...] = (None,) * len(STREAM_NAMES)
+# Columns derived from a state, in the order of stream_values + history_values.
+_DERIVED = STREAM_NAMES + HISTORY_NAMES
 REQUEST_NAMES = tuple(spec.name for spec in REQUEST_FEATURES)
 # Every stored feature a model may use; a model version asking for anything else
 # is refused at load (serving.models.validate).
@@ -62,7 +65,8 @@ def online_columns(model_stored: Sequence[str]) -> tuple[str, ...]:
     """What to read online: the state blob instead of the stream features.
 
     Stream features stored online are as of their write; the blob lets every window
-    be computed as of the request instead.
+    be computed as of the request instead. History columns are still read: they
+    are the fallback for a user who has a history row but no state.
     """
     return (STATE_FEATURE, *(n for n in model_stored if n not in _REALTIME))
 
@@ -70,22 +74,34 @@ def online_columns(model_stored: Sequence[str]) -> tuple[str, ...]:
 def with_read_time_features(
     stored: StoredColumns, n_users: int, as_of: float
 ) -> StoredColumns:
-    """Add the stream feature columns computed from each user's state at ``as_of``.
+    """Add the stream and history columns computed from each user's state at ``as_of``.
 
-    Uses :func:`streams.feature_math.stream_values` (what ``stream_features`` and
-    the backfill's training rows are made of), so serving and training cannot
-    disagree.
+    Uses :func:`streams.feature_math.stream_values` and
+    :func:`~streams.feature_math.history_values` (what the backfill's training rows
+    are made of), so serving and training cannot disagree. Where a state exists it
+    wins over a stored history row: the row is a snapshot as of its write (the
+    backfill or the seed), while the state holds every day bucket the 90-day
+    history reads and the first event time, and so shows live purchases and the
+    passing of time at once. A user with a history row but no state keeps the row
+    and reads no stream features (``None``: nothing the worker has seen).
     """
     blobs = stored.get(STATE_FEATURE)
     if blobs is None:
         return stored
+    none_column = (None,) * n_users
+    history_rows = zip(
+        *(stored.get(name, none_column) for name in HISTORY_NAMES), strict=True
+    )
     # Rows as tuples, transposed once: cheaper than a dict per user.
-    rows = [
-        stream_values(UserState.from_bytes(blob), as_of) if blob else _NO_STREAM
-        for blob in blobs
-    ]
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(STREAM_NAMES)
-    derived = zip(STREAM_NAMES, columns, strict=True)
+    rows = []
+    for blob, history_row in zip(blobs, history_rows, strict=True):
+        if blob:
+            state = UserState.from_bytes(blob)
+            rows.append(stream_values(state, as_of) + history_values(state, as_of))
+        else:
+            rows.append(_NO_STREAM + history_row)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_DERIVED)
+    derived = zip(_DERIVED, columns, strict=True)
     return {**stored, **{name: list(column) for name, column in derived}}
 
 
@@ -271,12 +287,14 @@ def build_inputs(
 
     Ages are derived from the stored timestamps at ``as_of`` with
     :func:`streams.feature_math.request_features`, the same code the backfill uses.
-    A user with no stored feature at all is a cold start and gets each model's
-    population defaults; a user with some features gets a default only for an
-    input that is missing (``None``, or NaN, which the online writers never
-    store); a missing timestamp already means "at the age cap". A handful of
-    whole-matrix numpy operations: a loop per user cost ~25 us each, and one
-    numpy call per column ~0.1 ms for a single user.
+    A user with no stored feature at all (no state, no history row) is a cold
+    start and gets each model's population defaults. For anyone else nothing is
+    imputed: a missing value (``None``/NaN) is the user's real one -- 0 for a
+    count, sum or ratio (nothing happened), the age cap for a timestamp (never)
+    -- which is also how :func:`training.training_set.complete_features` reads
+    a missing stored value, so the explanation shows the user's own values. A
+    handful of whole-matrix numpy operations: a loop per user cost ~25 us each,
+    and one numpy call per column ~0.1 ms for a single user.
 
     Args:
         stored: Feature name to one value per user (``None`` = missing).
@@ -300,10 +318,10 @@ def build_inputs(
     combined = np.vstack([raw, *(ages[name] for name in REQUEST_NAMES)]).T
 
     def matrix(plan: _InputPlan) -> np.ndarray:
-        out = combined[:, plan.columns]
+        out = combined[:, plan.columns]  # a copy: fancy indexing
         missing = np.isnan(out)
         if missing.any():
-            out[missing] = np.broadcast_to(plan.defaults, out.shape)[missing]
+            out[missing] = 0.0
         if cold.any():
             out[cold] = plan.defaults
         return out

@@ -15,6 +15,9 @@ from infra.settings import PROJECT_ROOT, Settings
 
 T = TypeVar("T")
 
+# The Platt calibration of the tiny propensity model: (slope, intercept).
+TINY_CALIBRATION = (0.9, 0.1)
+
 
 def run_cli(settings: Settings, *args: str, timeout: float = 300) -> str:
     """Run ``segscore ARGS`` as a real subprocess; fail with its output if it fails."""
@@ -72,3 +75,79 @@ def assert_features_equal(
                 other,
                 value,
             )
+
+
+def save_tiny_models(
+    settings: Settings, seed: int = 7, rounds: int = 20
+) -> tuple[str, str]:
+    """Train tiny models on synthetic data and save them with the registry.
+
+    Returns the segmenter's and the propensity model's tags (not promoted).
+    """
+    import lightgbm as lgb
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
+    from training.registry import (
+        PropensityBundle,
+        Segment,
+        SegmenterBundle,
+        save_propensity,
+        save_segmenter,
+    )
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    seg_x = rng.gamma(2.0, 2.0, size=(n, len(SEGMENTATION_FEATURES)))
+    pipeline = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("kmeans", KMeans(n_clusters=3, n_init=3, random_state=0)),
+        ]
+    ).fit(seg_x)
+    labels = pipeline.predict(seg_x)
+    segmenter = SegmenterBundle(
+        pipeline=pipeline,
+        features=list(SEGMENTATION_FEATURES),
+        segments=[
+            Segment(
+                id=i,
+                name=f"synthetic-{i}",
+                description=f"Synthetic segment {i}",
+                size=int((labels == i).sum()),
+                profile={
+                    f: float(seg_x[labels == i, j].mean())
+                    for j, f in enumerate(SEGMENTATION_FEATURES)
+                },
+            )
+            for i in range(3)
+        ],
+        defaults={
+            f: float(np.median(seg_x[:, j]))
+            for j, f in enumerate(SEGMENTATION_FEATURES)
+        },
+    )
+    prop_x = rng.gamma(2.0, 2.0, size=(n, len(PROPENSITY_FEATURES)))
+    logit = prop_x[:, PROPENSITY_FEATURES.index("cart_adds_24h")] - 2.0
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 5, "verbose": -1},
+        lgb.Dataset(prop_x, y, feature_name=list(PROPENSITY_FEATURES)),
+        num_boost_round=rounds,
+    )
+    propensity = PropensityBundle(
+        booster=booster,
+        features=list(PROPENSITY_FEATURES),
+        defaults={
+            f: float(np.median(prop_x[:, j])) for j, f in enumerate(PROPENSITY_FEATURES)
+        },
+        calibration=TINY_CALIBRATION,
+    )
+    provenance = {"source": "tests/support.py"}
+    return (
+        save_segmenter(segmenter, settings, provenance),
+        save_propensity(propensity, settings, provenance),
+    )

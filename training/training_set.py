@@ -1,9 +1,9 @@
 """Point-in-time training sets from the Feast offline store.
 
-Stored features come from ``get_historical_features`` with a model's feature
-service (the same service serving reads online); request-time ages are derived
-with :func:`streams.feature_math.request_features` -- the function the scoring
-path calls -- as of each entity's timestamp, all rows at once.
+Stored features come from ``get_historical_features`` with the offline twin of a
+model's feature service (the same feature names it serves online); request-time
+ages are derived with :func:`streams.feature_math.request_features` -- the
+function the scoring path calls -- as of each entity's timestamp, all rows at once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from streams.feature_catalog import (
     REQUEST_SOURCES,
     SEGMENTATION_FEATURES,
     TIMESTAMP_FEATURES,
+    offline_service,
     stored_features,
 )
 from streams.feature_math import request_features
@@ -123,8 +124,11 @@ def training_frame(
     entities = entity_df.sort_values(list(ENTITY_KEYS), kind="stable")
     entities = entities.reset_index(drop=True)
     entities[_ROW] = np.arange(len(entities), dtype=np.int64)
+    # The model's own service derives its features from the online state blob;
+    # its offline twin names the same features in the backfilled snapshots.
     job = store.get_historical_features(
-        entity_df=entities, features=store.get_feature_service(service)
+        entity_df=entities,
+        features=store.get_feature_service(offline_service(service)),
     )
     # One block per column, Arrow buffers released as they convert: no 2M-row
     # consolidation copy (what ``to_df`` does).

@@ -257,7 +257,8 @@ def test_the_asof_store_builds_the_same_set_as_feasts_own_duckdb_store(
         theirs = training_frame(stock, entities, service)
         assert len(ours) == len(entities)
         pd.testing.assert_frame_equal(ours, theirs)
-    features = store.get_feature_service("propensity")
+    # The offline twin: "propensity" itself derives from the online state blob.
+    features = store.get_feature_service("propensity_offline")
     stored = store.get_historical_features(entities, features).to_df()
     # Rows with nothing to join stay, with missing features.
     early = stored["event_timestamp"] < snaps[0]

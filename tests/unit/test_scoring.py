@@ -20,9 +20,17 @@ from serving.scoring import (
     score,
     segment_catalogue,
     top_contributions,
+    with_read_time_features,
 )
-from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
-from streams.feature_math import AGE_CAP_SECONDS
+from streams.events import Event
+from streams.feature_catalog import (
+    HISTORY_NAMES,
+    PROPENSITY_FEATURES,
+    SEGMENTATION_FEATURES,
+    STATE_FEATURE,
+)
+from streams.feature_math import AGE_CAP_SECONDS, history_values
+from streams.user_state import Outcome, UserState, apply_event
 from training.registry import PropensityBundle, Segment, SegmenterBundle
 
 AS_OF = 1_800_000_000.0
@@ -172,17 +180,151 @@ def test_ages_follow_the_read_time_not_the_write_time(models: ScoringModels):
     assert later.propensity[0, column] == pytest.approx(12.0)
 
 
-def test_missing_timestamp_means_age_cap_and_missing_value_means_default(
-    models: ScoringModels,
-):
+def test_missing_values_of_a_known_user_are_real_not_imputed(models: ScoringModels):
+    # A known user's missing timestamp means "never" (the age cap) and a missing
+    # count means none (0), as training reads them; never a population median.
     row = _known_user(last_purchase_ts=None, orders_90d=None)
     inputs = build_inputs(_columns(row), 1, AS_OF, models)
     days = _column(models, "propensity", "days_since_last_purchase")
     orders = _column(models, "propensity", "orders_90d")
+    events = _column(models, "propensity", "events_1h")
 
+    assert models.propensity.defaults["orders_90d"] != 0.0
     assert inputs.cold_start.tolist() == [False]
     assert inputs.propensity[0, days] == pytest.approx(AGE_CAP_SECONDS / DAY)
-    assert inputs.propensity[0, orders] == models.propensity.defaults["orders_90d"]
+    assert inputs.propensity[0, orders] == 0.0
+    assert inputs.propensity[0, events] == 3.0
+
+
+def _stream_only_state(uid: str, events: list[tuple[str, float]]) -> UserState:
+    """A state made only by the stream transition, as the worker makes it."""
+    state = UserState()
+    for i, (kind, ts) in enumerate(events):
+        event = Event.model_validate(
+            {
+                "event_id": f"{uid}-{i}",
+                "user_id": uid,
+                "event_type": kind,
+                "ts": ts * 1000,  # epoch milliseconds, as on the wire
+                "session_id": "s1",
+                "revenue": 25.0 if kind == "purchase" else None,
+            }
+        )
+        assert apply_event(state, event, 600, offset=i) is Outcome.APPLIED
+    return state
+
+
+def _online_read(
+    blobs: list[bytes | None], history: list[dict[str, float | None] | None]
+) -> dict[str, list]:
+    """Columns as the service's online read gives them: state plus history rows."""
+    columns: dict[str, list] = {STATE_FEATURE: blobs}
+    for name in HISTORY_NAMES:
+        columns[name] = [row[name] if row else None for row in history]
+    return columns
+
+
+def _inputs_by_name(
+    models: ScoringModels, stored: dict[str, list], n: int, as_of: float
+) -> tuple[list[dict[str, float]], list[bool]]:
+    inputs = build_inputs(with_read_time_features(stored, n, as_of), n, as_of, models)
+    rows = [
+        dict(zip(models.propensity.features, row, strict=True))
+        for row in inputs.propensity.tolist()
+    ]
+    return rows, inputs.cold_start.tolist()
+
+
+def test_stream_only_user_reads_real_history_from_the_state(models: ScoringModels):
+    # First seen 30 minutes ago, two purchases since, and no history row at all
+    # (the backfill never saw this user).
+    first = AS_OF - 30 * 60
+    state = _stream_only_state(
+        "fresh",
+        [("page_view", first), ("purchase", first + 60), ("purchase", first + 600)],
+    )
+    stored = _online_read([state.to_bytes(with_dedupe=False)], [None])
+    (user,), cold = _inputs_by_name(models, stored, 1, AS_OF)
+
+    assert cold == [False]
+    assert user["orders_90d"] == 2.0
+    assert user["orders_30d"] == 2.0
+    assert user["revenue_90d"] == 50.0
+    assert user["avg_order_value_90d"] == 25.0
+    assert user["purchase_days_90d"] == 1.0
+    assert user["conversion_rate_30d"] == 1.0
+    assert user["tenure_days"] == pytest.approx(30 * 60 / DAY)
+    assert user["hours_since_last_event"] == pytest.approx(20 / 60)
+    assert user["events_1h"] == 3.0
+    # Exactly what the backfill writes for a training row of this state.
+    history = dict(zip(HISTORY_NAMES, history_values(state, AS_OF), strict=True))
+    for name in set(HISTORY_NAMES) & set(user):
+        assert user[name] == history[name], name
+
+
+def test_stream_only_user_without_purchases_has_zero_orders(models: ScoringModels):
+    state = _stream_only_state("browser", [("product_view", AS_OF - 120)])
+    stored = _online_read([state.to_bytes(with_dedupe=False)], [None])
+    (user,), cold = _inputs_by_name(models, stored, 1, AS_OF)
+
+    assert cold == [False]
+    for name in ("orders_90d", "revenue_90d", "avg_order_value_90d", "orders_30d"):
+        assert user[name] == 0.0, name
+        assert models.propensity.defaults[name] != 0.0
+    assert user["days_since_last_purchase"] == pytest.approx(AGE_CAP_SECONDS / DAY)
+    assert user["tenure_days"] == pytest.approx(120 / DAY)
+
+
+def test_the_state_wins_over_a_stale_history_row(models: ScoringModels):
+    # Seeded from a backfill 10 days ago: one purchase 5 days before the seed.
+    # A live purchase since and 10 days passing must both show.
+    seeded = AS_OF - 10 * DAY
+    state = _stream_only_state(
+        "seeded", [("purchase", seeded - 5 * DAY), ("purchase", AS_OF - HOUR)]
+    )
+    stale = dict(zip(HISTORY_NAMES, history_values(state, seeded), strict=True))
+    assert stale["orders_90d"] == 1.0  # what the row said at the seed
+    stored = _online_read([state.to_bytes(with_dedupe=False)], [stale])
+    (user,), _ = _inputs_by_name(models, stored, 1, AS_OF)
+
+    assert user["orders_90d"] == 2.0
+    assert user["tenure_days"] == pytest.approx(15.0)
+
+
+def test_a_history_row_without_state_is_used_as_stored(models: ScoringModels):
+    row = dict.fromkeys(HISTORY_NAMES, 0.0)
+    row.update(orders_90d=4.0, revenue_90d=80.0, first_seen_ts=AS_OF - 20 * DAY)
+    stored = _online_read([None], [row])
+    (user,), cold = _inputs_by_name(models, stored, 1, AS_OF)
+
+    assert cold == [False]
+    assert user["orders_90d"] == 4.0
+    assert user["revenue_90d"] == 80.0
+    assert user["tenure_days"] == pytest.approx(20.0)
+    # No state: the worker has seen nothing of this user, so no recent activity.
+    assert user["events_24h"] == 0.0
+    assert user["hours_since_last_event"] == pytest.approx(AGE_CAP_SECONDS / HOUR)
+
+
+def test_only_a_true_cold_start_gets_population_defaults(models: ScoringModels):
+    state = _stream_only_state("warm", [("page_view", AS_OF - 60)])
+    stored = _online_read([None, state.to_bytes(with_dedupe=False), None], [None] * 3)
+    inputs = build_inputs(with_read_time_features(stored, 3, AS_OF), 3, AS_OF, models)
+
+    assert inputs.cold_start.tolist() == [True, False, True]
+    for row in (0, 2):
+        np.testing.assert_array_equal(
+            inputs.propensity[row], models.propensity_defaults
+        )
+        np.testing.assert_array_equal(
+            inputs.segmentation[row], models.segmenter_defaults
+        )
+    payload = score(["cold", "warm", "cold-2"], stored, AS_OF, models, top_k=50)
+    flags = [user["cold_start"] for user in payload["scores"]]
+    assert flags == [True, False, True]
+    warm = {c["feature"]: c["value"] for c in payload["scores"][1]["explanation"]}
+    assert warm["orders_90d"] == 0.0
+    assert warm["tenure_days"] == pytest.approx(60 / DAY)
 
 
 def test_rows_follow_request_order(models: ScoringModels):
