@@ -154,6 +154,7 @@ def import_(
                 max_future_seconds=settings.max_future_seconds,
                 max_bytes=settings.max_event_bytes,
                 on_phase=lambda text: status.update(text),
+                min_ts=settings.min_event_time.timestamp(),
             )
     except ImportFailed as exc:
         console.print(f"[red]import failed:[/] {exc}")
@@ -260,17 +261,41 @@ def score(
     user_ids: Annotated[list[str], typer.Argument(help="Users to score.")],
     url: Annotated[str, typer.Option()] = "http://127.0.0.1:3000",
     top_k: Annotated[int, typer.Option()] = 5,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Sent as X-API-Key; default: SEGSCORE_API_KEY.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Score users through the running service (real HTTP)."""
     import httpx
+    from rich.markup import escape
 
-    response = httpx.post(
-        f"{url}/score",
-        json={"user_ids": user_ids, "explain": True, "top_k": top_k},
-        timeout=10,
-    )
+    key = api_key if api_key is not None else get_settings().api_key
+    errors = Console(stderr=True, soft_wrap=True)
+    try:
+        response = httpx.post(
+            f"{url}/score",
+            json={"user_ids": user_ids, "explain": True, "top_k": top_k},
+            headers={"X-API-Key": key} if key else None,
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        reason = escape(str(exc))
+        errors.print(f"[red]cannot reach the scoring service at {url}:[/] {reason}")
+        raise typer.Exit(1) from None
+    if response.status_code == 401:
+        hint = (
+            "the service refused the API key given"
+            if key
+            else "the service requires an API key: pass --api-key or set "
+            "SEGSCORE_API_KEY"
+        )
+        errors.print(f"[red]401 unauthorized:[/] {hint}")
+        raise typer.Exit(1)
     if response.status_code != 200:
-        console.print(f"[red]{response.status_code}[/] {response.text}")
+        errors.print(f"[red]{response.status_code}[/] {escape(response.text)}")
         raise typer.Exit(1)
     console.print_json(data=response.json())
 

@@ -6,7 +6,7 @@ reads them; the shared settings object ignores these names (``extra="ignore"``).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,33 @@ class ServingSettings(BaseSettings):
         description="Largest accepted request body (1000 ids of 128 characters "
         "fit in ~135 KB).",
     )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A /score body must arrive within this after its headers, "
+        "or the request gets a 408 naming body (and the connection is closed).",
+    )
+    request_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="BentoML's whole-request timeout (a 504). Longer than the "
+        "body deadline, so that a slow body is answered 408, not 504.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=30,
+        description="A request's headers must arrive within this after the "
+        "connection opens (or the next request starts on a kept-alive one), or "
+        "the connection gets a 408 naming headers and is closed.",
+    )
+    max_connections_per_worker: int = Field(
+        default=512,
+        ge=1,
+        description="Open connections per worker process; a connection beyond "
+        "it gets a 503 and is closed before anything is read, so slow or idle "
+        "clients cannot exhaust the worker's file descriptors.",
+    )
     trace_requests: bool = Field(
         default=False,
         description="Trace /score and /segments with OpenTelemetry. Off by "
@@ -60,6 +87,15 @@ class ServingSettings(BaseSettings):
         ge=1,
         description="BentoML worker processes (each loads the models).",
     )
+
+    @model_validator(mode="after")
+    def _slow_body_is_a_408(self) -> ServingSettings:
+        if self.request_timeout_seconds <= self.body_timeout_seconds:
+            raise ValueError(
+                "request_timeout_seconds must exceed body_timeout_seconds "
+                f"({self.request_timeout_seconds} <= {self.body_timeout_seconds})"
+            )
+        return self
 
 
 def get_serving_settings() -> ServingSettings:

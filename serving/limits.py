@@ -4,6 +4,11 @@
   BentoML parses it (by ``Content-Length``, or by counting a chunked body).
   Ids per request and id length are limits of the request model
   (:mod:`serving.schemas`), reported per field.
+- Body deadline: the whole body must arrive within ``body_timeout`` seconds of the
+  headers, or the request gets 408 naming ``body`` and the connection is closed (a
+  client that stalls mid-body must not keep it). The body is read here, under one
+  timer, and handed on to BentoML; its own whole-request timeout (504) is longer.
+  The headers' deadline is the connection's (:mod:`serving.connections`).
 - Validation errors: BentoML answers every pydantic error with 400. A body that
   is valid JSON but breaks the schema becomes 422 (Unprocessable Content, what
   FastAPI and most JSON APIs answer), with BentoML's body naming each field; a
@@ -17,6 +22,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -35,6 +41,7 @@ _OUTCOME_BY_STATUS = {
     200: "ok",
     400: "invalid",
     401: "unauthorized",
+    408: "timeout",
     413: "too_large",
     415: "invalid",
     422: "invalid",
@@ -47,18 +54,22 @@ def outcome_of(status: int) -> str:
     return _OUTCOME_BY_STATUS.get(status, "error" if status >= 500 else "invalid")
 
 
-async def _reply(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _reply(
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    close: bool = False,
+) -> None:
     body = orjson.dumps(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        # uvicorn closes the connection after this response instead of reading
+        # on: what is left of the request would be parsed as the next one.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -84,19 +95,22 @@ def _is_schema_error(body: bytes) -> bool:
 
 
 class LimitsMiddleware:
-    """Body-size limit, 422 for schema errors, outcome counting on /score."""
+    """Body size and deadline, 422 for schema errors, outcome counting on /score."""
 
     def __init__(
         self,
         app: ASGIApp,
         max_body_bytes: int | None = None,
         count: Callable[[str], None] | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.app = app
+        settings = get_serving_settings()
         self.max_body_bytes = (
-            max_body_bytes
-            if max_body_bytes is not None
-            else get_serving_settings().max_body_bytes
+            max_body_bytes if max_body_bytes is not None else settings.max_body_bytes
+        )
+        self.body_timeout = (
+            body_timeout if body_timeout is not None else settings.body_timeout_seconds
         )
         self.count = count
 
@@ -127,15 +141,32 @@ class LimitsMiddleware:
             if too_large:
                 await self._too_large(send)
                 return
-        elif scope.get("method") == "POST":
-            # No declared length (chunked): read at most the limit before BentoML
-            # sees anything, then hand the buffered body on.
-            body, complete = await self._read_limited(receive)
+        if scope.get("method") == "POST":
+            # Read the body (at most the limit, whether declared or chunked) under
+            # one deadline before BentoML sees anything, then hand it on. A body
+            # already received in full costs one timer armed and cancelled.
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body, complete = await self._read_limited(receive)
+            except TimeoutError:
+                await self._timed_out(send)
+                return
             if not complete:
                 await self._too_large(send)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+    async def _timed_out(self, send: Send) -> None:
+        await _reply(
+            send,
+            408,
+            {
+                "error": "request timeout",
+                "detail": f"body: not received within {self.body_timeout:g} s",
+            },
+            close=True,
+        )
 
     async def _too_large(self, send: Send) -> None:
         await _reply(

@@ -27,6 +27,7 @@ OUTCOMES = (
     "ok",
     "invalid",
     "too_large",
+    "timeout",
     "unauthorized",
     "store_unavailable",
     "error",
@@ -61,6 +62,12 @@ class Metrics:
             documentation="Age of the real-time features a score was made from.",
             buckets=AGE_BUCKETS,
         )
+        self.connections_closed = Counter(
+            name="segscore_http_connections_closed_total",
+            documentation="Connections the server closed itself: headers not "
+            "received in time, or beyond the per-worker connection cap.",
+            labelnames=["reason"],
+        )
         self.reloads = Counter(
             name="segscore_model_reloads_total",
             documentation="Model promotions seen: loaded, or refused (kept serving "
@@ -73,6 +80,8 @@ class Metrics:
             self.requests.labels(outcome=outcome)
         for outcome in ("loaded", "refused"):
             self.reloads.labels(outcome=outcome)
+        for reason in ("header_timeout", "over_capacity"):
+            self.connections_closed.labels(reason=reason)
         # Children looked up once: ``labels()`` costs microseconds per call.
         self._latency = {
             (explain, batch): self.latency.labels(explain=explain, batch=batch)

@@ -1,7 +1,9 @@
 """Request and response models of the scoring API: the HTTP contract.
 
 The request model is what BentoML validates every ``POST /score`` body against, so a
-bad field becomes a 400 naming that field before any scoring code runs. The response
+bad field becomes a 4xx naming that field before any scoring code runs (422 once
+:mod:`serving.limits` has looked at it). Types are strict: ``"yes"`` is not a
+boolean, ``"5"`` and ``true`` are not a ``top_k``, ``1`` is not a user id. The response
 models document the answer (OpenAPI) and are what the tests check responses against;
 the handler itself serialises plain dicts of the same shape, because building a
 pydantic object per user would cost more than the scoring on the hot path.
@@ -9,14 +11,19 @@ pydantic object per user would cost more than the scoring on the hot path.
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     StringConstraints,
+    ValidationError,
 )
 
 MAX_USERS_PER_REQUEST = 1000
@@ -34,8 +41,34 @@ def _encodable(user_id: str) -> str:
     return user_id
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _printable_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A key is echoed in an error's ``loc``; a lone surrogate in it could not be
+    # written as UTF-8, so it is shown escaped.
+    return {k.encode("utf-8", "backslashreplace").decode(): v for k, v in pairs}
+
+
+def _parse_with_surrogates(json_data: str | bytes | bytearray) -> object | None:
+    """The document as the standard library reads it (lone surrogates kept).
+
+    None when it is not JSON to the standard library either (NaN and Infinity
+    included), or too deeply nested to parse.
+    """
+    try:
+        return json.loads(
+            json_data,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_printable_keys,
+        )
+    except (ValueError, RecursionError):
+        return None
+
+
 UserId = Annotated[
-    str,
+    StrictStr,
     StringConstraints(min_length=1, max_length=MAX_USER_ID_CHARS),
     AfterValidator(_encodable),
 ]
@@ -49,16 +82,38 @@ class ScoreRequest(BaseModel):
     # typo such as ``topk`` is reported instead of silently using the default.
     model_config = ConfigDict(title="ScoreRequest", extra="forbid")
 
+    @classmethod
+    def model_validate_json(
+        cls, json_data: str | bytes | bytearray, **kwargs: Any
+    ) -> Self:
+        """Validate a JSON body (BentoML's entry point); lone surrogates name a field.
+
+        pydantic's JSON parser refuses a lone surrogate escape (``"\\ud800"``) as
+        invalid JSON, which would be a 400 naming nothing. Such a body is parsed
+        again by the standard library, which keeps the surrogate, and validated
+        as an object: the field holding it is then named (422). Only bodies that
+        failed take this path.
+        """
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            if any(e["type"] != "json_invalid" for e in exc.errors()):
+                raise
+            parsed = _parse_with_surrogates(json_data)
+            if parsed is None:
+                raise
+            return cls.model_validate(parsed, **kwargs)
+
     user_ids: list[UserId] = Field(
         min_length=1,
         max_length=MAX_USERS_PER_REQUEST,
         description="Users to score, 1..1000 ids of 1..128 characters each.",
         examples=[["u-1", "u-2"]],
     )
-    explain: bool = Field(
+    explain: StrictBool = Field(
         default=True, description="Return the top-k SHAP contributions per user."
     )
-    top_k: int = Field(
+    top_k: StrictInt = Field(
         default=5,
         ge=1,
         le=MAX_TOP_K,

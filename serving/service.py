@@ -10,6 +10,10 @@ Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
 ``GET /readyz`` (models loaded and Redis answers PING), ``GET /metrics``
 (BentoML's series plus :mod:`serving.metrics`) and the OpenAPI document at
 ``GET /docs.json``. Promotions are picked up while serving (:mod:`serving.models`).
+
+Slow and idle clients: a request's headers and its body each have a deadline (408),
+and each worker caps its open connections (503 beyond); see :mod:`serving.connections`
+and :mod:`serving.limits`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from starlette.routing import Route
 from infra.feast_config import feature_store
 from infra.local_stack import current
 from infra.settings import get_settings
-from serving import scoring
+from serving import connections, scoring
 from serving.auth import ApiKeyMiddleware
 from serving.config import get_serving_settings
 from serving.limits import LimitsMiddleware
@@ -99,10 +103,23 @@ def _count_outcome(outcome: str) -> None:
     metrics().count(outcome)
 
 
+def _count_closed_connection(reason: str) -> None:
+    metrics().connections_closed.labels(reason=reason).inc()
+
+
+# Before BentoML builds this worker's uvicorn server (it imports this module first).
+connections.install(
+    header_timeout=SERVING.header_timeout_seconds,
+    max_connections=SERVING.max_connections_per_worker,
+    on_close=_count_closed_connection,
+)
+
+
 @bentoml.service(
     name="segscore-scoring",
     workers=SERVING.serve_workers,
-    traffic={"timeout": 10},
+    # The whole request (a 504); longer than the body deadline, whose 408 must win.
+    traffic={"timeout": SERVING.request_timeout_seconds},
     # A log line per request cost ~0.1 ms of a ~1 ms request; errors still log.
     logging={"access": {"enabled": False}},
     tracing=_TRACING,
