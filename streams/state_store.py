@@ -127,11 +127,20 @@ def encode_fields(layout: StateLayout, state: UserState) -> dict[bytes, bytes]:
 
 
 def decode_fields(state_value: bytes | None, dedupe: bytes | None) -> UserState:
-    """Inverse of :func:`encode_fields`; a user never seen gets a fresh state."""
+    """Inverse of :func:`encode_fields`; a user never seen gets a fresh state.
+
+    Raises:
+        ValueError: The stored fields are not a state (the worker then sends the
+            user's events to the DLQ rather than overwrite what is stored).
+        google.protobuf.message.DecodeError: Likewise, for an unreadable field.
+    """
     blob = None
     if state_value:
         value = Value()
         value.ParseFromString(state_value)
+        if value.WhichOneof("val") != "bytes_val":
+            # Silently starting afresh would overwrite what is stored.
+            raise ValueError("the stored state is not a bytes value")
         blob = value.bytes_val
     return UserState.from_bytes(blob, dedupe)
 

@@ -96,10 +96,13 @@ class UserState:
     last_event_ts: float | None = None
     last_purchase_ts: float | None = None
     seen: dict[str, float] = field(default_factory=dict)  # event id -> time
-    # Highest source offset applied. A user's events all live in one partition, so
-    # a replay after a crash is recognised by offset even when it lies beyond the
-    # event-id window (which only spans the allowed lateness).
-    offset: int = -1
+    # Highest source offset applied, per source partition ("topic:partition", see
+    # :func:`source_key`). Offsets only order records within one partition, so a
+    # replay after a crash is recognised per partition, even beyond the event-id
+    # window (which only spans the allowed lateness). A user's events normally all
+    # come from one partition (streams.routing); a second entry appears when the
+    # topic gains partitions and the user's partition changes.
+    offsets: dict[str, int] = field(default_factory=dict)
 
     def to_bytes(self, with_dedupe: bool = True) -> bytes:
         """Compact JSON; without the dedupe ids for the read-only copy in Feast."""
@@ -115,13 +118,13 @@ class UserState:
                 "e": [self.engagement, self.engagement_ts],
                 "t": [self.first_seen_ts, self.last_event_ts, self.last_purchase_ts],
                 "s": self.seen if with_dedupe else {},
-                "o": self.offset if with_dedupe else -1,
+                "o": self.offsets if with_dedupe else {},
             }
         )
 
     def dedupe_bytes(self) -> bytes:
-        """Just the replay-detection part: recent event ids and the source offset."""
-        return orjson.dumps({"s": self.seen, "o": self.offset})
+        """Just the replay-detection part: recent event ids and source offsets."""
+        return orjson.dumps({"s": self.seen, "o": self.offsets})
 
     @classmethod
     def from_bytes(cls, blob: bytes | None, dedupe: bytes | None = None) -> UserState:
@@ -133,7 +136,7 @@ class UserState:
         if dedupe:
             extra = orjson.loads(dedupe)
             state.seen = extra["s"]
-            state.offset = extra["o"]
+            state.offsets = _offsets(extra["o"])
         return state
 
     @classmethod
@@ -154,8 +157,25 @@ class UserState:
             last_event_ts=last,
             last_purchase_ts=last_purchase,
             seen=raw["s"],
-            offset=raw.get("o", -1),
+            offsets=_offsets(raw.get("o")),
         )
+
+
+def _offsets(stored: Any) -> dict[str, int]:
+    """Stored per-partition offsets; the old format (one int) reads as none.
+
+    The old single offset did not say which partition it belonged to, so it
+    cannot be compared with any; forgetting it is safe: a replay within the
+    lateness is still caught by event id, and an older one is refused as late.
+    """
+    if isinstance(stored, dict):
+        return {str(k): int(v) for k, v in stored.items()}
+    return {}
+
+
+def source_key(topic: str, partition: int) -> str:
+    """The name of a source partition in :attr:`UserState.offsets`."""
+    return f"{topic}:{partition}"
 
 
 _NO_COUNTS = (0.0,) * SLOTS
@@ -173,15 +193,20 @@ _APPLIED, _DUPLICATE, _LATE = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.LATE
 
 
 def apply_event(
-    state: UserState, event: Event, lateness_seconds: int, offset: int | None = None
+    state: UserState,
+    event: Event,
+    lateness_seconds: int,
+    offset: int | None = None,
+    source: str = "",
 ) -> Outcome:
     """Fold one event into ``state`` (in place) unless it is a duplicate or too late.
 
     An event is late when its time lies more than ``lateness_seconds`` before the
     newest event time this user has shown; such events are refused rather than
     rewriting windows that may already have been served and trained on. With a
-    source ``offset`` (the stream), anything at or below the highest offset
-    already applied is a replay, hence a duplicate, whatever its time.
+    source ``offset`` (the stream) read from partition ``source`` (see
+    :func:`source_key`), anything at or below the highest offset already applied
+    from that partition is a replay, hence a duplicate, whatever its time.
     """
     return apply_fields(
         state,
@@ -194,6 +219,7 @@ def apply_event(
         event.revenue,
         lateness_seconds,
         offset,
+        source,
     )
 
 
@@ -208,6 +234,7 @@ def apply_fields(
     revenue: float | None,
     lateness_seconds: int,
     offset: int | None = None,
+    source: str = "",
 ) -> Outcome:
     """:func:`apply_event` on the fields of a validated event, field by field.
 
@@ -220,9 +247,10 @@ def apply_fields(
         What happened to the event, as :func:`apply_event` describes.
     """
     if offset is not None:
-        if offset <= state.offset:
+        offsets = state.offsets
+        if offset <= offsets.get(source, -1):
             return _DUPLICATE
-        state.offset = offset
+        offsets[source] = offset
     seen = state.seen
     if event_id in seen:
         return _DUPLICATE

@@ -7,18 +7,25 @@ consumer loop in :mod:`streams.consumer`, which commits a batch's offsets only a
 - ``handle`` returns only once every message of the batch is accounted for: its
   event is folded into its user's state and that state is in the online store (one
   ``HSET`` per user, see :mod:`streams.state_store`), or its DLQ record is delivered.
-- It never gives up on a batch: failures of the online store (and of anything else
-  in the load / push / save path) and of the DLQ producer are retried forever with
+- It never gives up on a batch for an outage: errors that retrying can fix -- the
+  online store unreachable, timing out, loading, read-only, out of memory (see
+  :func:`is_transient`) -- and failures of the producer are retried forever with
   capped, jittered exponential backoff, counted by stage and error type. A stuck
   batch stalls the partition (lag grows; nothing is committed) instead of being lost.
-- Bad input never stops it: invalid events become DLQ records with their reason. An
-  event that makes the pure feature step itself raise is isolated by splitting the
-  batch and sent to the DLQ as ``processing_error``; the rest of the batch is written.
+- Bad input never stops it: invalid events become DLQ records with their reason.
+  Any other error while loading, folding or saving states (a value the encoder
+  refuses, a corrupt stored state, a Redis reply such as ``WRONGTYPE``) would
+  fail the same way on every retry, so the events behind it are isolated by
+  splitting the batch and sent to the DLQ as ``processing_error`` (error type and
+  message); the rest of the batch is written.
+- Records not on their user's own partition, or not keyed by their user id, are
+  re-routed there (:mod:`streams.routing`): produced again, acknowledged by the
+  broker, counted as outcome ``rerouted``, and only then acknowledged here.
 - Cancellation (worker shutdown) propagates; nothing of the batch is acknowledged.
 
 Writes are idempotent, so a batch replayed after a crash changes nothing: a user's
-state and its dedupe data (recent event ids, highest source offset applied) are
-written together, so a replayed event is recognised as a duplicate.
+state and its dedupe data (recent event ids, highest source offset applied per
+partition) are written together, so a replayed event is recognised as a duplicate.
 
 States of recently seen users are kept in memory (:mod:`streams.state_cache`) so the
 hot path reads Redis only for users it has not seen since it got their partition.
@@ -31,7 +38,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,9 +49,11 @@ from infra.feast_config import feature_store
 from infra.settings import Settings
 from streams.events import Event, Rejection
 from streams.metrics import WorkerMetrics
-from streams.processor import BatchResult, Parsed, apply_batch, parse_batch
+from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_batch
+from streams.routing import Router
 from streams.state_cache import Partition, StateCache
 from streams.state_store import StateLayout, load_states, save_states
+from streams.user_state import source_key
 
 log = logging.getLogger("segscore.worker")
 T = TypeVar("T")
@@ -55,11 +64,44 @@ FIRST_BACKOFF_SECONDS = 0.1
 # retry loop sees it, instead of blocking a thread forever.
 REDIS_TIMEOUT_SECONDS = 10.0
 PROCESSING_ERROR = "processing_error"
+REROUTED = "rerouted"
 LOUD_EVERY = 60  # with the backoff capped at 5 s: a warning about every 5 minutes
+
+# Errors that say "the store cannot take this now", not "this input is bad".
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # incl. BusyLoadingError (LOADING), auth, max clients
+    redis.TimeoutError,
+    redis.exceptions.InvalidResponse,  # a garbled reply; the connection is redone
+    redis.exceptions.ClusterError,  # incl. CLUSTERDOWN, MASTERDOWN
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica during failover
+    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached; frees up
+    redis.exceptions.NoPermissionError,  # NOPERM: configuration, fixed by ops
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,  # incl. MOVED: resharding
+    OSError,  # incl. TimeoutError, ConnectionResetError
+    MemoryError,
+)
+# Server replies redis-py has no class for that also pass by themselves.
+_TRANSIENT_REPLIES = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "NOTREADY"})
+_PIPELINE_ERROR = "caused error: "  # how redis-py annotates a pipeline's error
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying can fix ``error`` (an outage), as opposed to bad input.
+
+    The write path retries transient errors forever; any other error there is
+    deterministic for the events involved and makes them poison (DLQ).
+    """
+    if isinstance(error, _TRANSIENT_ERRORS):
+        return True
+    if isinstance(error, redis.ResponseError):
+        reply = str(error).split(_PIPELINE_ERROR, 1)[-1]
+        return reply.split(" ", 1)[0] in _TRANSIENT_REPLIES
+    return False
 
 
 class PoisonBatch(Exception):
-    """The pure feature step raised for this batch: some event in it is poison."""
+    """Writing this batch failed in a way no retry can fix: some event is poison."""
 
 
 def dlq_record(
@@ -103,6 +145,15 @@ class _DeadLetter:
     reason: str
 
 
+@dataclass
+class _Move:
+    """A misrouted record, to be produced again to its user's own partition."""
+
+    key: bytes
+    value: bytes
+    partition: int
+
+
 class FeatureEngine:
     """Holds the worker's clients, counters and metrics; handles one batch at a time.
 
@@ -115,6 +166,14 @@ class FeatureEngine:
         redis_client: A state-store client (built from ``redis_url`` if omitted).
         clock: Wall clock (epoch seconds), for freshness and the future-ts rule.
         sleep: Awaitable sleep used between retries.
+        events_topic: Where misrouted records are produced again (Faust-like
+            ``send(key=, value=, partition=)``); without it, or until
+            :attr:`partitions_for` is set (the consumer sets it), records are
+            applied where they are found.
+
+    Attributes:
+        partitions_for: The consumer's ``partitions_for_topic``: the events
+            topic's partitions as the consumer's metadata knows them.
     """
 
     def __init__(
@@ -127,6 +186,7 @@ class FeatureEngine:
         redis_client: redis.Redis | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        events_topic: Any = None,
     ) -> None:
         self.settings = settings
         self.redis_url = redis_url
@@ -138,6 +198,9 @@ class FeatureEngine:
         self.cache = StateCache(settings.state_cache_users)
         self._clock = clock
         self._sleep = sleep
+        self.events_topic = events_topic
+        self.partitions_for: Callable[[str], Collection[int] | None] | None = None
+        self.router = Router()
 
     @property
     def redis(self) -> redis.Redis:
@@ -175,15 +238,18 @@ class FeatureEngine:
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
         pairs = zip(parsed.events, valid_sources, strict=True)
         origin = {id(event): source for event, source in pairs}
+        events, moves = self._route(parsed.events, origin)
 
         letters = [
             self._letter(batch[index], rejection)
             for index, rejection in parsed.rejections
         ]
         outcomes: Counter[str] = Counter()
+        if moves:
+            outcomes[REROUTED] = len(moves)
         written: list[Event] = []
         rows = 0
-        for chunk, result, error in await self._write_isolating(parsed.events, origin):
+        for chunk, result, error in await self._write_isolating(events, origin):
             if result is None:
                 assert error is not None
                 (event,) = chunk
@@ -207,6 +273,9 @@ class FeatureEngine:
                 letters.append(self._letter(origin.get(id(event)), rejection, event))
         written_at = self._clock()
 
+        if moves:
+            await self._retry("reroute", lambda: self._send_moves(moves))
+            log.info("re-routed %d record(s) to their users' partitions", len(moves))
         if letters:
             await self._retry("dlq", lambda: self._send_letters(dlq_topic, letters))
 
@@ -246,11 +315,39 @@ class FeatureEngine:
 
     # --- steps -----------------------------------------------------------------
 
-    def _parse(self, values: list[bytes]) -> Parsed:
+    def _partition_count(self) -> int:
+        """Partitions of the events topic; 0 when re-routing is off or unknown."""
+        if self.events_topic is None or self.partitions_for is None:
+            return 0
+        found = self.partitions_for(self.settings.events_topic)
+        return len(found) if found else 0
+
+    def _route(
+        self, events: list[Event], origin: dict[int, Any]
+    ) -> tuple[list[Event], list[_Move]]:
+        """Split off the events whose record must move to their user's partition."""
+        partitions = self._partition_count()
+        if not partitions:
+            return events, []
+        router = self.router
+        misrouted = router.misrouted
+        keep: list[Event] = []
+        moves: list[_Move] = []
+        for event in events:
+            record = origin[id(event)]
+            if misrouted(event.user_id, record.key, record.partition, partitions):
+                key, partition = router.owner(event.user_id, partitions)
+                moves.append(_Move(key, record.value, partition))
+            else:
+                keep.append(event)
+        return keep, moves
+
+    def _parse(self, values: list[bytes | None]) -> Parsed:
         kwargs = {
             "now": self._clock(),
             "max_future_seconds": self.settings.max_future_seconds,
             "max_bytes": self.settings.max_event_bytes,
+            "min_ts": self.settings.min_event_time.timestamp(),
         }
         try:
             return parse_batch(values, **kwargs)
@@ -308,32 +405,44 @@ class FeatureEngine:
         return done
 
     def _write(self, events: list[Event], origin: dict[int, Any]) -> BatchResult:
-        """Fold ``events`` (their records keyed by ``id(event)``) into saved states."""
+        """Fold ``events`` (their records keyed by ``id(event)``) into saved states.
+
+        Raises:
+            PoisonBatch: Loading, folding or saving failed for a reason no retry
+                can fix (not :func:`is_transient`); the caller splits the batch.
+        """
         partitions: dict[str, Partition] = {}
-        offsets: list[int | None] = []
+        positions: list[Position | None] = []
+        sources: dict[Partition, str] = {}
         for event in events:
             record = origin.get(id(event))
             if record is None:
-                offsets.append(None)
+                positions.append(None)
                 continue
-            offsets.append(record.offset)
-            partitions[event.user_id] = (record.topic, record.partition)
+            tp = (record.topic, record.partition)
+            source = sources.get(tp)
+            if source is None:
+                source = sources[tp] = source_key(*tp)
+            positions.append((source, record.offset))
+            partitions[event.user_id] = tp
+        # Outside the classification below: a client or config problem here is
+        # no event's fault, and is retried.
+        client, layout = self.redis, self.layout
         users = dict.fromkeys(e.user_id for e in events)
         states, keys, missing = self.cache.take(users)
         try:
             if missing:
-                states.update(load_states(self.redis, self.layout, missing, keys))
-            try:
-                result = apply_batch(
-                    events, states, self.settings.allowed_lateness_seconds, offsets
-                )
-            except Exception as exc:
-                raise PoisonBatch(str(exc)) from exc
+                states.update(load_states(client, layout, missing, keys))
+            result = apply_batch(
+                events, states, self.settings.allowed_lateness_seconds, positions
+            )
             touched = {u: states[u] for u in result.touched}
-            save_states(self.redis, self.layout, touched, keys)
-        except BaseException:
+            save_states(client, layout, touched, keys)
+        except BaseException as exc:
             # The attempt may have changed cached states that Redis never got.
             self.cache.evict(users)
+            if isinstance(exc, Exception) and not is_transient(exc):
+                raise PoisonBatch(f"{type(exc).__name__}: {exc}") from exc
             raise
         self.cache.put(states, keys, partitions)
         return result
@@ -351,6 +460,15 @@ class FeatureEngine:
             getattr(source, "offset", None),
         )
         return _DeadLetter(key=key, value=record, reason=rejection.reason)
+
+    async def _send_moves(self, moves: list[_Move]) -> None:
+        """Produce misrouted records to their users' partitions; wait for all."""
+        topic = self.events_topic
+        futures = [
+            await topic.send(key=move.key, value=move.value, partition=move.partition)
+            for move in moves
+        ]
+        await asyncio.gather(*futures)
 
     @staticmethod
     async def _send_letters(dlq_topic: Any, letters: list[_DeadLetter]) -> None:

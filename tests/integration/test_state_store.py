@@ -47,7 +47,7 @@ def test_states_round_trip_through_feast(stack_settings: Settings) -> None:
     # The worker's view: the whole state back, dedupe data included.
     loaded = load_states(client, layout, [*states, "store-never"])
     assert loaded["store-a"] == states["store-a"]
-    assert loaded["store-b"].offset == 100
+    assert loaded["store-b"].offsets == {"": 100}
     assert loaded["store-b"].seen == {"store-b-0": T0}
     assert loaded["store-never"] == UserState()
     assert set(keys) == set(states)
@@ -59,7 +59,7 @@ def test_states_round_trip_through_feast(stack_settings: Settings) -> None:
         entity_rows=[{"user_id": u} for u in ("store-a", "store-b", "store-never")],
     ).to_dict(include_event_timestamps=True)
     read = UserState.from_bytes(got[STATE_FEATURE][0])
-    assert read.seen == {} and read.offset == -1
+    assert read.seen == {} and read.offsets == {}
     assert stream_features(read, T0 + 300) == stream_features(
         states["store-a"], T0 + 300
     )

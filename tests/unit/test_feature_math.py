@@ -256,7 +256,7 @@ def test_a_replay_is_recognised_by_offset_beyond_the_dedupe_window() -> None:
     # The replayed first event is far older than the lateness: a duplicate by
     # offset, not a late event for the DLQ.
     assert apply_event(state, first, LATENESS, offset=7) is Outcome.DUPLICATE
-    assert UserState.from_bytes(state.to_bytes()).offset == 8
+    assert UserState.from_bytes(state.to_bytes()).offsets == {"": 8}
 
 
 def test_value_tuples_are_the_named_features_in_catalogue_order() -> None:

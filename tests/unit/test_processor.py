@@ -51,7 +51,41 @@ def test_replayed_batch_changes_nothing() -> None:
 def test_offsets_make_replays_duplicates_beyond_the_event_id_window() -> None:
     events = parse_batch([raw("a", "u1", 7200), raw("b", "u1", 30)], now=NOW).events
     states: defaultdict[str, UserState] = defaultdict(UserState)
-    apply_batch(events, states, lateness_seconds=10_000, offsets=[4, 5])
+    positions = [("events:0", 4), ("events:0", 5)]
+    apply_batch(events, states, lateness_seconds=10_000, positions=positions)
     states["u1"].seen.clear()  # as if the ids had aged out of the dedupe window
-    again = apply_batch(events, states, lateness_seconds=10_000, offsets=[4, 5])
+    again = apply_batch(events, states, lateness_seconds=10_000, positions=positions)
     assert again.touched == [] and again.counts["duplicate"] == 2
+
+
+def test_offsets_are_compared_per_partition_only() -> None:
+    # One user's events from two partitions: offset 3 on partition 1 is no replay
+    # of offset 9 on partition 0 (it was counted a duplicate when one offset per
+    # user was kept).
+    values = [raw(f"e{i}", "u1", 100 - i) for i in range(4)]
+    events = parse_batch(values, now=NOW).events
+    states: defaultdict[str, UserState] = defaultdict(UserState)
+    positions = [("ev:0", 9), ("ev:1", 3), ("ev:0", 10), ("ev:1", 4)]
+    result = apply_batch(events, states, 600, positions=positions)
+    assert result.counts == {"applied": 4}
+    assert states["u1"].offsets == {"ev:0": 10, "ev:1": 4}
+    states["u1"].seen.clear()
+    again = apply_batch(events, states, 600, positions=positions)
+    assert again.counts == {"duplicate": 4}
+
+
+def test_the_old_single_offset_format_reads_as_no_offsets() -> None:
+    old = orjson.dumps({"s": {"e1": NOW}, "o": 41})
+    state = UserState.from_bytes(None, old)
+    assert state.offsets == {} and state.seen == {"e1": NOW}
+    event = parse_batch([raw("e2", "u1", 5)], now=NOW).events[0]
+    states = {"u1": state}
+    assert apply_batch([event], states, 600, positions=[("ev:0", 3)]).touched == ["u1"]
+    assert UserState.from_bytes(None, state.dedupe_bytes()).offsets == {"ev:0": 3}
+
+
+def test_a_tombstone_is_rejected_with_its_own_reason() -> None:
+    parsed = parse_batch([None, raw("a", "u1", 5)], now=NOW)
+    assert [e.event_id for e in parsed.events] == ["a"]
+    [(index, rejection)] = parsed.rejections
+    assert (index, rejection.reason) == (0, "tombstone")

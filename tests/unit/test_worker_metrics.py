@@ -407,7 +407,7 @@ def test_owned_users_are_read_from_redis_once(tmp_path: Path) -> None:
     rig.handle(batch_of(event_json("b", "u1", 20), first_offset=1))
     assert rig.redis.reads == 1
     assert rig.state("u1").last_event_ts == NOW - 20
-    assert rig.state("u1").offset == 1
+    assert rig.state("u1").offsets == {"events:0": 1}
 
 
 def test_a_failed_write_is_retried_from_the_stored_state(tmp_path: Path) -> None:
