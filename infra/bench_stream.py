@@ -2,7 +2,7 @@
 
 Everything runs in a fresh temporary ``SEGSCORE_HOME``: its own redis-server and tansu
 broker (:func:`infra.local_stack.up`), the Feast repo applied, and ONE real worker
-subprocess (:func:`infra.processes.start_worker`). Two measurements:
+subprocess (:func:`infra.processes.start_worker`). Three measurements:
 
 Throughput (backlog)
     N valid events (uniform arrival over the last hour, round-robin over U users) are
@@ -17,6 +17,22 @@ Throughput (backlog)
     after the first observed write, divided by the time from that write to the moment
     the last event of every partition is applied. Afterwards every user's state is
     checked against the last event produced for it.
+
+Bare consumer (same backlog, same run)
+    Once the worker has applied the backlog, a bare aiokafka consumer (same fetch
+    settings and batch size, no group) reads the same events from the beginning and
+    only ``orjson.loads`` each one: ``raw_consumer_events_per_s``, timed like the
+    worker from its first fetch. ``worker_share_of_raw`` = ``events_per_s`` / that:
+    on a shared machine absolute rates swing, the share much less.
+
+Nothing here reads the broker's end offsets (high watermarks): the bundled tansu
+reports them behind records it has acknowledged, so "caught up" or "done" decided
+from them would be wrong. The worker's progress is read from the states it wrote
+to Redis; the bare consumer stops at the record counts the producer was
+acknowledged for.
+
+``worker_start_to_first_write_s`` runs from just before the worker process is
+spawned to the first poll that sees one of its state writes in Redis.
 
 Freshness (fixed offered rate)
     With the worker caught up, a paced aiokafka producer sends ``rate`` events/s for
@@ -213,6 +229,66 @@ async def produce_backlog_async(
     finally:
         await producer.stop()
     return partitions
+
+
+async def raw_consume_async(
+    broker: str,
+    topic: str,
+    expected: Counter[int],
+    max_records: int,
+    fetch_max_wait_ms: int,
+    timeout: float,
+) -> dict[str, float]:
+    """A bare aiokafka consumer over the backlog: fetch and ``orjson.loads`` only.
+
+    The ceiling our worker is measured against: the same broker, partitions,
+    batch size and fetch settings as the worker's consumer, none of its work. It
+    reads each partition from the beginning (assigned, no group) until it has
+    ``expected[partition]`` records, a count taken from the producer's
+    acknowledgements: the bundled broker's end offsets lag behind those, so they
+    cannot tell when it is done. Timed like the worker, from the first fetch that
+    returned records to the last record, so start-up is excluded.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in expected])
+        await consumer.seek_to_beginning()
+        seen: Counter[int] = Counter()
+        total = sum(expected.values())
+        loads = orjson.loads
+        t_first = first_count = None
+        t_start = time.monotonic()
+        deadline = t_start + timeout
+        while sum(seen.values()) < total:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"raw consumer read {sum(seen.values())}/{total} in {timeout:.0f}s"
+                )
+            records = await consumer.getmany(timeout_ms=100, max_records=max_records)
+            for tp, part in records.items():
+                for record in part:
+                    loads(record.value)
+                seen[tp.partition] += len(part)
+            if records and t_first is None:
+                t_first, first_count = time.monotonic(), sum(seen.values())
+        t_done = time.monotonic()
+    finally:
+        await consumer.stop()
+    assert t_first is not None and first_count is not None
+    counted, seconds = total - first_count, t_done - t_first
+    if counted <= 0 or seconds <= 0:
+        # All in the first fetch (a tiny backlog): count it, start-up included.
+        counted, seconds = total, t_done - t_start
+    return {"events_per_s": counted / max(seconds, 1e-9), "seconds": seconds}
 
 
 # ------------------------------------------------------------------- backlog tracker
@@ -719,10 +795,12 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
             result["backlog_produce_s"] = round(time.monotonic() - t_produce, 2)
         tracker = BacklogTracker(client, layout, events, partitions)
 
+        # From before the worker process exists to the first of its state writes
+        # that Redis shows: start-up, imports, group join and the first batch.
+        started = time.monotonic()
         worker = processes.start_worker(settings, name="bench-worker")
         worker_log = home / "logs" / "bench-worker.log"
         crash_watch = CrashWatch(worker_log)
-        started = time.monotonic()
         meter = CpuMeter({"worker": worker.pid, **stack_pids})
         timeout = 120 + config.events / 500
         t_first = applied_first = None
@@ -781,6 +859,27 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
         console.print(
             f"backlog: {config.events} events in {seconds:.2f}s "
             f"-> {result['events_per_s']:.0f} events/s"
+        )
+
+        with console.status("a bare consumer reading the same backlog"):
+            raw = asyncio.run(
+                raw_consume_async(
+                    stack.kafka_broker,
+                    settings.events_topic,
+                    Counter(partitions),
+                    settings.batch_max_events,
+                    settings.consumer_fetch_max_wait_ms,
+                    timeout,
+                )
+            )
+        result["raw_consumer_events_per_s"] = round(raw["events_per_s"], 1)
+        result["worker_share_of_raw"] = round(
+            result["events_per_s"] / raw["events_per_s"], 3
+        )
+        console.print(
+            f"bare consumer (fetch + orjson.loads): "
+            f"{raw['events_per_s']:.0f} events/s; "
+            f"the worker did {result['worker_share_of_raw']:.0%} of that"
         )
 
         ctx = mp.get_context("spawn")

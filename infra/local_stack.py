@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import redis
 
@@ -137,10 +138,26 @@ def _spawn(
         )
 
 
+def redis_dir(home: Path) -> Path:
+    """Where the local Redis keeps its append-only file."""
+    return home / "redis"
+
+
 def start_redis(home: Path, port: int | None = None) -> Service:
-    """Start a private redis-server on a free loopback port."""
+    """Start a private redis-server on a loopback port (a free one unless given).
+
+    The online store persists in :func:`redis_dir`: an append-only file fsynced
+    every second (Redis's own recommendation for AOF), so a ``down`` (SIGTERM:
+    Redis flushes the file before it exits) or a crash followed by ``up`` on the
+    same home finds every user's state again. A crash of Redis itself (or of
+    the machine) can lose the last second of writes, whose offsets the worker
+    may already have committed: ``appendfsync always`` would close that gap at
+    a large cost per write. No RDB snapshots besides: they would fork a copy
+    of the store on a timer and add nothing the AOF does not already keep (its
+    rewrites start with an RDB preamble, so loading stays fast).
+    """
     port = port or free_port()
-    workdir = home / "redis"
+    workdir = redis_dir(home)
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [
         redis_server_binary(),
@@ -148,13 +165,16 @@ def start_redis(home: Path, port: int | None = None) -> Service:
         "--bind", "127.0.0.1",
         "--dir", str(workdir),
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--aof-use-rdb-preamble", "yes",
         "--protected-mode", "no",
     ]  # fmt: skip
     log = home / "logs" / "redis.log"
     proc = _spawn(cmd, log)
     url = f"redis://127.0.0.1:{port}/0"
-    _wait(lambda: proc.poll() is None and redis_reachable(url), "redis", 15)
+    # Reachable is not enough: while it replays its AOF, Redis answers LOADING.
+    _wait(lambda: proc.poll() is None and redis_reachable(url), "redis", 60)
     return Service("redis", proc.pid, url, str(log))
 
 
@@ -214,7 +234,8 @@ def up(settings: Settings) -> Stack:
     elif "redis" in running and redis_reachable(running["redis"].address):
         redis_url = running["redis"].address
     else:
-        service = start_redis(settings.home)
+        port = _reusable_redis_port(previous)
+        service = start_redis(settings.home, port)
         started = [s for s in started if s.name != "redis"] + [service]
         redis_url = service.address
 
@@ -240,6 +261,13 @@ def current(settings: Settings) -> Stack:
     if not redis_url or not kafka:
         raise StackError("the stack is not running: run `segscore up` first")
     return Stack(redis_url, kafka, recorded.started if recorded else [])
+
+
+def bundled_broker(stack: Stack) -> bool:
+    """Whether the stack's broker is the tansu this stack started."""
+    return any(
+        s.name == "kafka" and s.address == stack.kafka_broker for s in stack.started
+    )
 
 
 def down(settings: Settings) -> list[Service]:
@@ -279,6 +307,30 @@ def status(settings: Settings) -> dict[str, dict[str, object]]:
             "up": tcp_reachable(*_host_port(stack.kafka_broker)),
         },
     }
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` on loopback can be bound now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _reusable_redis_port(previous: Stack | None) -> int | None:
+    """The port of a recorded Redis of ours that died, when it is still free.
+
+    Restarting a crashed Redis on its old address lets running workers and
+    services reconnect by themselves (they retry) instead of needing a restart.
+    """
+    for service in previous.started if previous else []:
+        if service.name == "redis" and not pid_alive(service.pid):
+            port = urlparse(service.address).port
+            if port and port_free(port):
+                return port
+    return None
 
 
 def _host_port(address: str) -> tuple[str, int]:

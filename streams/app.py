@@ -10,6 +10,14 @@ engine forever with backoff; should anything else escape, the process exits at o
 without committing, and the restarted worker replays from the last committed offset
 (updates are idempotent).
 
+Start-up, i.e. the freshness gap of every deploy, crash and restart, was 12 s before
+the first write and is about 2 s now (``segscore bench stream`` reports it as
+``worker_start_to_first_write_s``): Faust's own consumer and its group join are
+gone (:class:`WorkerApp`), the engine's imports run in a thread while the events
+consumer joins its group (:func:`_build_engine`), typeguard does not recompile
+Feast at import, and against the bundled broker the group session is shorter
+(:func:`streams.consumer.group_timeouts`).
+
 Metrics (Prometheus text): ``$SEGSCORE_HOME/metrics/<worker-id>.prom``, rewritten
 every ``worker_metrics_interval_seconds``, and ``/metrics`` on
 ``SEGSCORE_WORKER_METRICS_PORT`` when that is not 0. See :mod:`streams.metrics`.
@@ -22,14 +30,37 @@ import gc
 import logging
 import os
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import faust
+import typeguard
+from faust.app.base import BootStrategy
 
-from infra.local_stack import current
-from infra.settings import get_settings
-from streams.consumer import EventConsumer
+from infra.local_stack import bundled_broker, current
+from infra.settings import Settings, get_settings
+from streams.consumer import EventConsumer, group_timeouts
 from streams.metrics import WorkerMetrics, remove_textfile, textfile_path, worker_id
-from streams.worker_engine import FeatureEngine
+
+if TYPE_CHECKING:  # built in a thread by _build_engine (they load Feast)
+    from streams.state_store import StateLayout
+    from streams.worker_engine import FeatureEngine
+
+
+def _skip_feast_typechecks() -> None:
+    """Make typeguard's ``@typechecked`` a no-op in this process, before Feast loads.
+
+    Feast decorates its classes with it, and typeguard re-parses and recompiles
+    every decorated method from source at import: measured, ~3 of the ~4 s that
+    ``import feast`` took, which a restarted worker spent before its first write.
+    The worker builds no Feast objects from user input, so those argument checks
+    guard nothing here (``python -O`` would drop them too, with our asserts).
+    """
+
+    def typechecked(target: Any = None, **_options: Any) -> Any:
+        return target if target is not None else (lambda decorated: decorated)
+
+    typeguard.typechecked = typechecked
+
 
 # Feast warns on every push whose timestamps carry sub-microsecond float noise.
 warnings.filterwarnings("ignore", message="Discarding nonzero nanoseconds")
@@ -43,40 +74,96 @@ _stack = current(settings)
 WORKER_ID = worker_id(settings)
 METRICS_FILE = textfile_path(settings, WORKER_ID)
 
-app = faust.App(
-    # Not the events consumer group: Faust's own consumer subscribes to nothing.
+
+class _ProducerOnlyBoot(BootStrategy):
+    """Faust's services minus its consumer, conductor and tables.
+
+    The events are consumed by :class:`streams.consumer.EventConsumer`; Faust's own
+    consumer would subscribe to nothing yet still join a consumer group (a second
+    join: 3 s against the bundled broker at Faust's settings) and wait a second for
+    tables that do not exist, all before the app's tasks start.
+    """
+
+    enable_kafka_consumer = False
+
+
+class WorkerApp(faust.App):
+    """The Faust app of the worker: process, producer, timers; no Faust consumer."""
+
+    BootStrategy = _ProducerOnlyBoot
+
+
+def state_layout(settings: Settings, redis_url: str) -> StateLayout:
+    """Where states live in Redis, from the repo config alone.
+
+    Building a ``FeatureStore`` for this (what the engine does by default) loads
+    the registry too; the layout needs only the project and serialization version.
+    """
+    from infra.feast_config import repo_config_dict
+    from streams.state_store import StateLayout
+
+    config = repo_config_dict(settings, redis_url)
+    return StateLayout(
+        project=config["project"],
+        serialization_version=config["entity_key_serialization_version"],
+        key_ttl_seconds=config["online_store"].get("key_ttl_seconds"),
+    )
+
+
+app = WorkerApp(
     f"{settings.consumer_group}-app",
     broker=f"kafka://{_stack.kafka_broker}",
     value_serializer="raw",
     key_serializer="raw",
     datadir=str(settings.home / "faust"),
     web_enabled=False,
-    consumer_auto_offset_reset="earliest",
-    # Faust's 60 s defaults made the first JoinGroup against tansu take ~30 s.
-    broker_session_timeout=6,
-    broker_heartbeat_interval=2,
-    broker_rebalance_timeout=10,
-    broker_commit_interval=1.0,
     topic_allow_declare=False,
 )
 
 dlq_topic = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes)
 
 metrics = WorkerMetrics(WORKER_ID)
-engine = FeatureEngine(settings, _stack.redis_url, metrics)
+# Misrouted records are produced again here, to their user's partition.
+events_topic = app.topic(settings.events_topic, value_type=bytes, key_type=bytes)
 
 
-consumer = EventConsumer(settings, _stack.kafka_broker, engine, dlq_topic, WORKER_ID)
+def _build_engine() -> FeatureEngine:
+    """The feature engine; runs in a thread while the consumer joins its group.
+
+    Its imports (Feast, the feature code) are most of a worker's start-up, so they
+    happen here rather than at module import: the group join is a wait on the
+    broker, and the two overlap.
+    """
+    _skip_feast_typechecks()
+    from streams.worker_engine import FeatureEngine
+
+    return FeatureEngine(
+        settings,
+        _stack.redis_url,
+        metrics,
+        layout=state_layout(settings, _stack.redis_url),
+        events_topic=events_topic,
+    )
+
+
+consumer = EventConsumer(
+    settings,
+    _stack.kafka_broker,
+    None,
+    dlq_topic,
+    WORKER_ID,
+    timeouts=group_timeouts(settings, bundled_broker(_stack)),
+    build_engine=_build_engine,
+)
 
 
 def _ready() -> None:
-    """Load what every batch needs, then take it out of the garbage collector's way.
+    """Take what setup created out of the garbage collector's way.
 
     Freezing moves the ~100k objects that imports and setup created into the
     permanent generation; full collections then scan only live stream data, and
     a profile showed them shrinking from ~45 ms to a few (see streams.user_state).
     """
-    _ = engine.layout
     gc.collect()
     gc.freeze()
     log.info("consuming %s", settings.events_topic)
@@ -99,9 +186,10 @@ async def consume_events() -> None:
 
 
 def refresh_metrics() -> None:
-    """Update the lag gauges and rewrite the textfile; never raises."""
+    """Update the offset gauges and rewrite the textfile; never raises."""
     try:
         metrics.set_lag(consumer.lag())
+        metrics.set_positions(consumer.positions())
     except Exception as exc:  # consumer not started yet, or rebalancing
         log.debug("lag unavailable: %s", exc)
     try:
@@ -133,7 +221,8 @@ async def write_metrics() -> None:
 @app.timer(interval=30.0)
 async def report_counts() -> None:
     """Log the running counters now and then (quiet at the default level)."""
-    log.info("counters %s", dict(engine.counts))
+    if consumer.engine is not None:
+        log.info("counters %s", dict(consumer.engine.counts))
 
 
 @app.on_before_shutdown.connect

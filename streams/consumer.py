@@ -28,17 +28,48 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from infra.settings import Settings
-from streams.worker_engine import FeatureEngine
+
+if TYPE_CHECKING:  # imported by whoever builds the engine (it loads Feast)
+    from streams.worker_engine import FeatureEngine
 
 log = logging.getLogger("segscore.worker")
 
 FINAL_COMMIT_SECONDS = 5.0
+# Measured: the bundled tansu answers a JoinGroup only after half the member's
+# session timeout (1 s at 2 s, 3 s at 6 s, 5 s at 10 s), and a started or restarted
+# worker writes nothing until it has joined. Apache Kafka rejects session timeouts
+# under its group.min.session.timeout.ms (6 s by default), so this shorter one is
+# used only against the bundled broker, and only when none is configured.
+BUNDLED_BROKER_SESSION_TIMEOUT_MS = 2000
+
+
+@dataclass(frozen=True)
+class GroupTimeouts:
+    """The consumer-group timeouts of the events consumer, in milliseconds."""
+
+    session_ms: int
+    heartbeat_ms: int
+    rebalance_ms: int
+
+
+def group_timeouts(settings: Settings, bundled_broker: bool) -> GroupTimeouts:
+    """The settings' group timeouts; shorter defaults against the bundled tansu."""
+    session = settings.consumer_session_timeout_ms
+    heartbeat = settings.consumer_heartbeat_interval_ms
+    if (
+        bundled_broker
+        and "consumer_session_timeout_ms" not in settings.model_fields_set
+    ):
+        session = BUNDLED_BROKER_SESSION_TIMEOUT_MS
+        heartbeat = min(heartbeat, session // 3)  # Kafka's advice: at most a third
+    return GroupTimeouts(session, heartbeat, settings.consumer_rebalance_timeout_ms)
 
 
 class EventConsumer:
@@ -47,22 +78,34 @@ class EventConsumer:
     Args:
         settings: Topic, group, batch size, fetch and group timeouts.
         broker: ``host:port`` of the Kafka broker.
-        engine: Processes and writes each batch.
+        engine: Processes and writes each batch; ``None`` with ``build_engine``.
         dlq_topic: Where the engine sends rejected events.
         client_id: Names this member in the group (the worker id).
+        timeouts: Group timeouts (the settings' when omitted).
+        build_engine: Makes the engine, in a thread, while the consumer joins its
+            group: the engine's imports (Feast) and the join (a broker-side wait)
+            take about a second each, and a starting worker writes nothing before
+            both are done.
     """
 
     def __init__(
         self,
         settings: Settings,
         broker: str,
-        engine: FeatureEngine,
+        engine: FeatureEngine | None,
         dlq_topic: Any,
         client_id: str = "segscore-worker",
+        timeouts: GroupTimeouts | None = None,
+        build_engine: Callable[[], FeatureEngine] | None = None,
     ) -> None:
+        if engine is None and build_engine is None:
+            raise ValueError("an engine or a way to build one is needed")
         self.settings = settings
+        self.timeouts = timeouts or group_timeouts(settings, bundled_broker=False)
         self.broker = broker
         self.engine = engine
+        self._build_engine = build_engine
+        self._building: asyncio.Future[FeatureEngine] | None = None
         self.dlq_topic = dlq_topic
         self.client_id = client_id
         self.consumer: AIOKafkaConsumer | None = None
@@ -81,17 +124,37 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=s.consumer_fetch_max_wait_ms,
-            session_timeout_ms=s.consumer_session_timeout_ms,
-            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
-            rebalance_timeout_ms=s.consumer_rebalance_timeout_ms,
+            session_timeout_ms=self.timeouts.session_ms,
+            heartbeat_interval_ms=self.timeouts.heartbeat_ms,
+            rebalance_timeout_ms=self.timeouts.rebalance_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
+
+    async def ready_engine(self) -> FeatureEngine:
+        """The engine, once built (the rebalance callbacks may come first)."""
+        if self.engine is None:
+            if self._building is None:
+                assert self._build_engine is not None
+                self._building = asyncio.ensure_future(
+                    asyncio.to_thread(self._build_engine)
+                )
+            self.engine = await self._building
+        return self.engine
 
     async def run(self, started: Callable[[], None] | None = None) -> None:
         """Consume until cancelled; leaves the group cleanly on the way out."""
         consumer = self.consumer = self._create()
         consumer.subscribe([self.settings.events_topic], listener=_Rebalance(self))
-        await consumer.start()
+        building = asyncio.ensure_future(self.ready_engine())
+        try:
+            await consumer.start()  # returns once the group is joined
+            engine = await building
+        except BaseException:
+            building.cancel()
+            await consumer.stop()
+            raise
+        # The engine re-routes by the events topic's partition count (metadata).
+        engine.partitions_for = consumer.partitions_for_topic
         if started is not None:
             started()
         poll_ms = max(int(self.settings.batch_max_seconds * 1000), 1)
@@ -111,13 +174,14 @@ class EventConsumer:
     async def _process(
         self, consumer: AIOKafkaConsumer, records: dict[TopicPartition, list[Any]]
     ) -> None:
+        engine = await self.ready_engine()
         async with self._in_flight:
             batch = [record for part in records.values() for record in part]
-            await self.engine.handle(batch, self.dlq_topic)
+            await engine.handle(batch, self.dlq_topic)
             for tp, part in records.items():
                 if part:
                     self._uncommitted[tp] = part[-1].offset + 1
-            self.engine.acknowledged(batch)
+            engine.acknowledged(batch)
             interval = self.settings.commit_interval_seconds
             if time.monotonic() - self._last_commit >= interval:
                 await self._commit(consumer)
@@ -147,12 +211,28 @@ class EventConsumer:
         async with self._in_flight:
             if self.consumer is not None:
                 await self._commit(self.consumer)
-            self.engine.partitions_revoked((tp.topic, tp.partition) for tp in revoked)
+            # Not built yet (the first join): no batch was handled, nothing cached;
+            # waiting for it here would hold up the join it overlaps with.
+            if (engine := self.engine) is not None:
+                engine.partitions_revoked((tp.topic, tp.partition) for tp in revoked)
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: the next offset to process (all before it done)."""
+        consumer, engine = self.consumer, self.engine
+        if consumer is None or engine is None:
+            return {}
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        return {k: n for k, n in engine.next_offsets.items() if k in assigned}
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Per assigned partition: high watermark minus the next offset to process."""
-        consumer = self.consumer
-        if consumer is None:
+        """Per assigned partition: high watermark minus the next offset to process.
+
+        For the lag gauge only. The bundled tansu reports high watermarks behind
+        records it has acknowledged (see :mod:`streams.metrics`), so this reads
+        low against it; nothing may decide "caught up" from it.
+        """
+        consumer, engine = self.consumer, self.engine
+        if consumer is None or engine is None:
             return {}
         lags: dict[tuple[str, int], int] = {}
         for tp in consumer.assignment():
@@ -160,7 +240,7 @@ class EventConsumer:
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            lags[key] = max(highwater - self.engine.next_offsets.get(key, 0), 0)
+            lags[key] = max(highwater - engine.next_offsets.get(key, 0), 0)
         return lags
 
 
@@ -176,6 +256,7 @@ class _Rebalance(ConsumerRebalanceListener):
         consumer = self.owner.consumer
         if consumer is None:
             return
+        engine = await self.owner.ready_engine()
         for tp in assigned:
             # Where this worker starts, for the lag gauge until its first commit.
             try:
@@ -183,4 +264,4 @@ class _Rebalance(ConsumerRebalanceListener):
             except KafkaError as exc:
                 log.info("committed offset of %s unknown: %s", tp, exc)
                 continue
-            self.owner.engine.next_offsets[(tp.topic, tp.partition)] = committed or 0
+            engine.next_offsets[(tp.topic, tp.partition)] = committed or 0

@@ -26,6 +26,9 @@ KEYS = (
     "machine",
     "worker_batch_max_events",
     "timestamp",
+    "worker_start_to_first_write_s",
+    "raw_consumer_events_per_s",
+    "worker_share_of_raw",
 )
 
 
@@ -63,3 +66,9 @@ def test_bench_stream_smoke(tmp_path: Path) -> None:
     assert data["freshness_samples"] > 0
     assert 0 < data["freshness_p50_ms"] <= data["freshness_p99_ms"]
     assert data["achieved_rate"] > 0
+    assert data["worker_start_to_first_write_s"] > 0
+    # The bare consumer read the same backlog; the share is worker / bare.
+    assert data["raw_consumer_events_per_s"] > 0
+    share = data["events_per_s"] / data["raw_consumer_events_per_s"]
+    assert abs(data["worker_share_of_raw"] - share) <= 0.001 + 0.001 * share
+    assert "bare consumer" in result.stdout

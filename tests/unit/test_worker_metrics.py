@@ -573,3 +573,51 @@ def test_worker_exits_without_committing_on_an_unexpected_error(
     with pytest.raises(SystemExit):
         asyncio.run(app_module.consume_events())
     assert exits == [app_module.EXIT_UNEXPECTED]
+
+
+def test_freshness_counts_known_times_once_and_keeps_the_worst() -> None:
+    metrics = WorkerMetrics("w-8")
+    # Unknown (None, 0) skipped; a time after the write counts as age 0.
+    metrics.record_write(NOW, [NOW - 0.02, NOW + 5, NOW - 120.0], [None, 0.0], 3)
+    samples = parse_exposition(metrics.exposition().decode())
+    name = "segscore_worker_event_to_online_seconds"
+    assert sample_sum(samples, f"{name}_count") == 3
+    assert sample_sum(samples, f"{name}_sum") == pytest.approx(120.02)
+    assert sample_sum(samples, f"{name}_bucket", le="0.05") == 2
+    assert sample_sum(samples, f"{name}_bucket", le="60.0") == 2
+    assert sample_sum(samples, f"{name}_bucket", le="300.0") == 3
+    kafka = "segscore_worker_kafka_timestamp_to_online_seconds_count"
+    assert sample_sum(samples, kafka) == 0
+    last = "segscore_worker_last_batch_max_freshness_seconds"
+    assert sample_sum(samples, last, clock="event") == pytest.approx(120.0)
+    assert set(label_values(samples, last, "clock")) == {"event"}
+
+
+def test_group_timeouts_are_short_only_for_the_bundled_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.consumer import BUNDLED_BROKER_SESSION_TIMEOUT_MS, group_timeouts
+
+    monkeypatch.delenv("SEGSCORE_CONSUMER_SESSION_TIMEOUT_MS", raising=False)
+    monkeypatch.delenv("SEGSCORE_CONSUMER_HEARTBEAT_INTERVAL_MS", raising=False)
+    defaults = Settings()
+    kafka = group_timeouts(defaults, bundled_broker=False)
+    assert kafka.session_ms == defaults.consumer_session_timeout_ms
+    tansu = group_timeouts(defaults, bundled_broker=True)
+    assert tansu.session_ms == BUNDLED_BROKER_SESSION_TIMEOUT_MS
+    assert tansu.heartbeat_ms <= tansu.session_ms // 3
+    # A configured session timeout always wins.
+    monkeypatch.setenv("SEGSCORE_CONSUMER_SESSION_TIMEOUT_MS", "9000")
+    assert group_timeouts(Settings(), bundled_broker=True).session_ms == 9000
+
+
+def test_positions_are_exposed_per_partition_without_the_broker() -> None:
+    metrics = WorkerMetrics("w-9")
+    metrics.set_positions({("events", 0): 120, ("events", 1): 7})
+    samples = parse_exposition(metrics.exposition().decode())
+    name = "segscore_worker_next_offset"
+    assert sample_sum(samples, name, partition="0") == 120
+    assert sample_sum(samples, name) == 127
+    metrics.set_positions({("events", 1): 9})  # partition 0 revoked
+    samples = parse_exposition(metrics.exposition().decode())
+    assert sorted(label_values(samples, name, "partition")) == ["1"]
