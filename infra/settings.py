@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="How often the worker commits the offsets of written batches.",
     )
     consumer_rebalance_timeout_ms: int = 10_000
+    commit_durability_lag_seconds: float = Field(
+        default=2.0,
+        description="Offsets of a batch are committed only this long after its "
+        "states were written, so a store that loses its last writes (Redis AOF "
+        "fsynced every second, a failover to an asynchronous replica) is never "
+        "behind the committed offsets; the worker then replays what it lost.",
+    )
     state_cache_users: int = Field(
         default=200_000,
         description="User states the worker keeps in memory (least recently used "

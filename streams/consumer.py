@@ -12,7 +12,13 @@ command, signal handling, logging, timers (metrics) and the DLQ producer.
 
 Delivery: a batch's offsets become committable only after
 :meth:`streams.worker_engine.FeatureEngine.handle` returned, i.e. after every
-message of it is in the online store or the DLQ; they are committed at most every
+message of it is in the online store or the DLQ, and once its writes are
+``commit_durability_lag_seconds`` old, so a store that restarts without its last
+second of writes still holds everything up to the committed offsets. Before each
+commit, and before any batch reads states, the engine checks that the store is the
+same server process (:class:`streams.worker_engine.StoreReset`); if not, cached
+states are dropped and the assigned partitions rewound to their committed offsets,
+and the replay re-applies what the store lost. Offsets are committed at most every
 ``commit_interval_seconds`` (a commit is a broker round trip; per batch it would
 cost throughput and freshness), and always on a revoke and on shutdown. On a
 rebalance the revoke callback waits for the batch in flight, commits, then drops
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from infra.settings import Settings
+from streams.store_reset import StoreReset
 
 if TYPE_CHECKING:  # imported by whoever builds the engine (it loads Feast)
     from streams.worker_engine import FeatureEngine
@@ -112,7 +120,8 @@ class EventConsumer:
         # Held while a batch is handled and committed; the revoke callback waits
         # for it, so no batch straddles a change of ownership.
         self._in_flight = asyncio.Lock()
-        self._uncommitted: dict[TopicPartition, int] = {}
+        # Written batches not committed yet: (monotonic write time, next offsets).
+        self._uncommitted: deque[tuple[float, dict[TopicPartition, int]]] = deque()
         self._last_commit = time.monotonic()
 
     def _create(self) -> AIOKafkaConsumer:
@@ -177,32 +186,74 @@ class EventConsumer:
         engine = await self.ready_engine()
         async with self._in_flight:
             batch = [record for part in records.values() for record in part]
-            await engine.handle(batch, self.dlq_topic)
-            for tp, part in records.items():
-                if part:
-                    self._uncommitted[tp] = part[-1].offset + 1
+            try:
+                await engine.handle(batch, self.dlq_topic)
+            except StoreReset:
+                await self._rewind(consumer, engine)
+                return
+            written = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
+            self._uncommitted.append((time.monotonic(), written))
             engine.acknowledged(batch)
             interval = self.settings.commit_interval_seconds
             if time.monotonic() - self._last_commit >= interval:
                 await self._commit(consumer)
 
-    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
-        """Commit the offsets of every batch written since the last commit."""
-        offsets, self._uncommitted = self._uncommitted, {}
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, everything: bool = False
+    ) -> None:
+        """Commit the offsets of the written batches old enough to be durable.
+
+        ``everything`` (revoke, shutdown) commits all written batches. Either way the
+        store is checked first: after a reset nothing is committed and the
+        partitions are rewound instead.
+        """
         self._last_commit = time.monotonic()
+        if not self._uncommitted:
+            return
+        horizon = time.monotonic() - self.settings.commit_durability_lag_seconds
+        offsets: dict[TopicPartition, int] = {}
+        pending = self._uncommitted
+        while pending and (everything or pending[0][0] <= horizon):
+            offsets.update(pending.popleft()[1])
         if not offsets:
             return
+        engine = self.engine
+        if engine is not None:
+            try:
+                await asyncio.to_thread(engine.check_store)
+            except StoreReset:
+                await self._rewind(consumer, engine)
+                return
+            except Exception as exc:  # the store is away: commit later
+                log.info("store check failed (%s); not committing yet", exc)
+                pending.extendleft([(0.0, offsets)])
+                return
         try:
             await consumer.commit(offsets)
         except CommitFailedError as exc:
             log.warning("commit refused after a rebalance (replay is a no-op): %s", exc)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, engine: FeatureEngine) -> None:
+        """After a store reset: drop cached states, replay from committed offsets."""
+        self._uncommitted.clear()
+        engine.store_reset()
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+                committed = 0
+            else:
+                consumer.seek(tp, committed)
+            engine.next_offsets[(tp.topic, tp.partition)] = committed
 
     async def _final_commit(self, consumer: AIOKafkaConsumer) -> None:
         """On the way out: commit what is written, if the broker answers in time."""
         if not self._uncommitted:
             return
         try:
-            await asyncio.wait_for(self._commit(consumer), FINAL_COMMIT_SECONDS)
+            await asyncio.wait_for(
+                self._commit(consumer, everything=True), FINAL_COMMIT_SECONDS
+            )
         except (TimeoutError, KafkaError) as exc:
             log.warning("final commit failed (a restart replays; no-op): %s", exc)
 
@@ -210,7 +261,7 @@ class EventConsumer:
         """Finish the batch in flight, commit, drop the revoked partitions' users."""
         async with self._in_flight:
             if self.consumer is not None:
-                await self._commit(self.consumer)
+                await self._commit(self.consumer, everything=True)
             # Not built yet (the first join): no batch was handled, nothing cached;
             # waiting for it here would hold up the join it overlaps with.
             if (engine := self.engine) is not None:

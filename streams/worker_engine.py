@@ -53,6 +53,7 @@ from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_
 from streams.routing import Router
 from streams.state_cache import Partition, StateCache
 from streams.state_store import StateLayout, load_states, save_states
+from streams.store_reset import StoreReset
 from streams.user_state import source_key
 
 log = logging.getLogger("segscore.worker")
@@ -201,6 +202,10 @@ class FeatureEngine:
         self.events_topic = events_topic
         self.partitions_for: Callable[[str], Collection[int] | None] | None = None
         self.router = Router()
+        # The store's identity (Redis run_id) when it was last checked; None until
+        # the first check, or when the server does not tell (see store_reset).
+        self._store_id: str | None = None
+        self._store_id_known = True
 
     @property
     def redis(self) -> redis.Redis:
@@ -430,6 +435,11 @@ class FeatureEngine:
         client, layout = self.redis, self.layout
         users = dict.fromkeys(e.user_id for e in events)
         states, keys, missing = self.cache.take(users)
+        if missing:
+            # States are about to be read from the store: it must still hold every
+            # write this worker made (see StoreReset). One round trip, only for
+            # batches that read.
+            self.check_store()
         try:
             if missing:
                 states.update(load_states(client, layout, missing, keys))
@@ -446,6 +456,36 @@ class FeatureEngine:
             raise
         self.cache.put(states, keys, partitions)
         return result
+
+    def check_store(self) -> None:
+        """Raise :class:`StoreReset` if the store restarted or failed over since the
+        last check (its ``run_id`` changed). Blocking; transient errors propagate.
+        """
+        if not self._store_id_known:
+            return
+        try:
+            found = str(self.redis.info("server").get("run_id") or "")
+        except redis.ResponseError as exc:  # INFO disabled or not permitted
+            log.warning("cannot tell store restarts apart (INFO: %s)", exc)
+            self._store_id_known = False
+            return
+        if not found:
+            self._store_id_known = False
+            return
+        previous, self._store_id = self._store_id, found
+        if previous is not None and previous != found:
+            raise StoreReset(f"store run_id changed from {previous} to {found}")
+
+    def store_reset(self) -> None:
+        """Forget every cached state: the store is the truth again after a reset."""
+        dropped = len(self.cache)
+        self.cache.clear()
+        self.counts["store_resets"] += 1
+        log.warning(
+            "the online store restarted or failed over; dropped %d cached states "
+            "and replaying from the committed offsets",
+            dropped,
+        )
 
     def _letter(
         self, source: Any, rejection: Rejection, event: Event | None = None
@@ -480,13 +520,13 @@ class FeatureEngine:
         await asyncio.gather(*futures)
 
     async def _retry(self, stage: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Await ``call()`` until it succeeds; only PoisonBatch is passed up."""
+        """Await ``call()`` until it succeeds; PoisonBatch and StoreReset pass up."""
         delay = FIRST_BACKOFF_SECONDS
         failures = 0
         while True:
             try:
                 return await call()
-            except PoisonBatch:
+            except (PoisonBatch, StoreReset):
                 raise
             except Exception as exc:
                 failures += 1

@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 import redis
+from aiokafka import TopicPartition
 
 from infra.settings import Settings
 from streams import worker_engine
@@ -32,6 +33,7 @@ from streams.metrics import (
     textfile_path,
 )
 from streams.state_store import StateLayout, decode_fields
+from streams.store_reset import StoreReset
 from streams.user_state import UserState
 from streams.worker_engine import MAX_BACKOFF_SECONDS, FeatureEngine
 
@@ -89,6 +91,11 @@ class FakeRedis:
         self.fail = fail
         self.error = error or redis.ConnectionError("Connection refused")
         self.reads = 0
+        self.run_id = "a" * 40
+
+    def info(self, section: str) -> dict[str, str]:
+        self._call()
+        return {"run_id": self.run_id}
 
     def _call(self) -> None:
         if self.fail > 0:
@@ -443,11 +450,26 @@ def test_revoked_partitions_are_reread(tmp_path: Path) -> None:
 
 
 class FakeConsumer:
-    def __init__(self) -> None:
+    def __init__(self, committed: dict[Any, int] | None = None) -> None:
         self.commits: list[dict[Any, int]] = []
+        self.broker_committed: dict[Any, int] = dict(committed or {})
+        self.seeks: dict[Any, int] = {}
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.commits.append(dict(offsets))
+        self.broker_committed.update(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("events", 0), TopicPartition("events", 1)}
+
+    async def committed(self, tp: Any) -> int | None:
+        return self.broker_committed.get(tp)
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks[tp] = offset
+
+    async def seek_to_beginning(self, tp: Any) -> None:
+        self.seeks[tp] = 0
 
 
 def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
@@ -458,10 +480,14 @@ def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
 
 
 def make_loop(
-    tmp_path: Path, commit_interval: float = 0.0
+    tmp_path: Path, commit_interval: float = 0.0, durability_lag: float = 0.0
 ) -> tuple[EventConsumer, FakeConsumer, list[int]]:
     rig = make_rig(tmp_path)
-    settings = Settings(home=tmp_path, commit_interval_seconds=commit_interval)
+    settings = Settings(
+        home=tmp_path,
+        commit_interval_seconds=commit_interval,
+        commit_durability_lag_seconds=durability_lag,
+    )
     loop = EventConsumer(settings, "unused:1", rig.engine, rig.dlq)
     consumer = FakeConsumer()
     commits_when_handled: list[int] = []
@@ -621,3 +647,67 @@ def test_positions_are_exposed_per_partition_without_the_broker() -> None:
     metrics.set_positions({("events", 1): 9})  # partition 0 revoked
     samples = parse_exposition(metrics.exposition().decode())
     assert sorted(label_values(samples, name, "partition")) == ["1"]
+
+
+# --- a store that lost acknowledged writes -----------------------------------------
+
+
+def test_a_restarted_store_is_noticed_before_states_are_read(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    rig.handle(batch_of(event_json("a", "u1", 30), first_offset=0))
+    # The store restarts (e.g. from an AOF missing its last second of writes).
+    rig.redis.run_id = "b" * 40
+    # Cached users only: nothing is read, nothing can be folded into a stale state.
+    rig.handle(batch_of(event_json("b", "u1", 20), first_offset=1))
+    # A user to read: the reset is raised before any state is read or written.
+    writes = dict(rig.redis.data)
+    with pytest.raises(StoreReset):
+        rig.handle(batch_of(event_json("c", "u2", 10), first_offset=2))
+    assert rig.redis.data == writes
+    rig.engine.store_reset()
+    assert len(rig.engine.cache) == 0
+    # From then on the new store is the reference: no second reset.
+    rig.handle(batch_of(event_json("c", "u2", 10), first_offset=2))
+    assert rig.state("u2").last_event_ts == NOW - 10
+
+
+def test_offsets_wait_until_their_writes_are_durable(tmp_path: Path) -> None:
+    loop, consumer, _ = make_loop(tmp_path, durability_lag=3600.0)
+
+    async def run() -> None:
+        for offset in range(2):
+            batch = batch_of(b"x", first_offset=offset)
+            await loop._process(consumer, records_of(batch))  # type: ignore[arg-type]
+        assert consumer.commits == []
+        await loop._final_commit(consumer)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    # Leaving the group, every written batch is committed (after a store check).
+    assert consumer.commits == [{("events", 0): 2}]
+
+
+def test_a_store_reset_rewinds_to_the_committed_offsets(tmp_path: Path) -> None:
+    loop, consumer, _ = make_loop(tmp_path, durability_lag=3600.0)
+    consumer.broker_committed = {("events", 0): 5}
+    loop.consumer = consumer  # type: ignore[assignment]
+    resets: list[int] = []
+    loop.engine.store_reset = lambda: resets.append(1)  # type: ignore[method-assign]
+
+    async def handle(batch, dlq) -> None:
+        if batch[0].offset >= 7:
+            raise StoreReset("run_id changed")
+
+    loop.engine.handle = handle  # type: ignore[method-assign]
+
+    async def run() -> None:
+        for offset in (5, 6, 7):
+            batch = batch_of(b"x", first_offset=offset)
+            await loop._process(consumer, records_of(batch))  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert resets == [1]
+    assert consumer.commits == []
+    # Partition 0 replays from its committed offset, partition 1 from the start.
+    assert consumer.seeks == {("events", 0): 5, ("events", 1): 0}
+    assert loop.engine.next_offsets[("events", 0)] == 5
+    assert not loop._uncommitted
