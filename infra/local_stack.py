@@ -149,10 +149,13 @@ def start_redis(home: Path, port: int | None = None) -> Service:
     The online store persists in :func:`redis_dir`: an append-only file fsynced
     every second (Redis's own recommendation for AOF), so a ``down`` (SIGTERM:
     Redis flushes the file before it exits) or a crash followed by ``up`` on the
-    same home finds every user's state again. A crash of Redis itself (or of
-    the machine) can lose the last second of writes, whose offsets the worker
-    may already have committed: ``appendfsync always`` would close that gap at
-    a large cost per write. No RDB snapshots besides: they would fork a copy
+    same home finds every user's state again. A crash of the machine (or a
+    disk too slow for the background fsync) can lose the last second or two of
+    writes: the worker commits offsets only once their writes are older than
+    ``commit_durability_lag_seconds`` and notices the restarted server (its
+    ``run_id``), so it replays what was lost (:class:`streams.store_reset.
+    StoreReset`). ``appendfsync always`` would cost ~30 ms per written batch
+    here. No RDB snapshots besides: they would fork a copy
     of the store on a timer and add nothing the AOF does not already keep (its
     rewrites start with an RDB preamble, so loading stays fast).
     """
