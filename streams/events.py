@@ -69,6 +69,8 @@ class EventType(StrEnum):
     PURCHASE = "purchase"
 
 
+_PURCHASE = EventType.PURCHASE
+
 OptionalText = Annotated[str | None, Field(default=None, max_length=256)]
 
 
@@ -97,34 +99,28 @@ class Event(BaseModel):
     @classmethod
     def _parse_ts(cls, value: Any) -> float:
         """ISO-8601 with a zone, or an epoch number (seconds below 1e11, else ms)."""
-        if isinstance(value, bool):
-            raise ValueError(_TS_FORMS)
-        if isinstance(value, int | float):
-            try:
-                number = float(value)
-            except OverflowError as exc:  # a JSON-less caller's giant int
-                raise ValueError("ts is out of range") from exc
-            if not math.isfinite(number):
-                raise ValueError("ts must be a finite number")
-            return epoch_seconds(number)
-        if isinstance(value, str):
-            if _NUMERIC_TEXT.fullmatch(value):
-                raise ValueError("ts: an epoch time must be a JSON number, not text")
-            try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError as exc:
-                raise ValueError("ts is not ISO-8601") from exc
-            if parsed.tzinfo is None:
-                raise ValueError("ts must carry a time zone")
-            try:
-                return parsed.timestamp()
-            except (OverflowError, ValueError) as exc:  # an offset past year 9999
-                raise ValueError("ts is out of range") from exc
-        raise ValueError(_TS_FORMS)
+        kind = type(value)
+        # The wire's usual form (a JSON number) skips the checks for the others.
+        if kind is not int and kind is not float:
+            if isinstance(value, bool):
+                raise ValueError(_TS_FORMS)
+            if isinstance(value, str):
+                return _parse_ts_text(value)
+            if not isinstance(value, int | float):
+                raise ValueError(_TS_FORMS)
+        try:
+            number = float(value)
+        except OverflowError as exc:  # a JSON-less caller's giant int
+            raise ValueError("ts is out of range") from exc
+        if not math.isfinite(number):
+            raise ValueError("ts must be a finite number")
+        return epoch_seconds(number)
 
     @model_validator(mode="after")
     def _purchase_revenue(self) -> Event:
-        if self.event_type is EventType.PURCHASE and self.revenue is None:
+        # Checked per event: the revenue test first, and the member as a global
+        # (an enum class attribute is slower to reach).
+        if self.revenue is None and self.event_type is _PURCHASE:
             if self.price is None:
                 raise ValueError("revenue: required for purchase events")
             # A purchase that only states price and quantity still has a revenue.
@@ -145,6 +141,22 @@ class Event(BaseModel):
 
 
 _TS_FORMS = "ts must be ISO-8601 with a zone, or epoch seconds or milliseconds"
+
+
+def _parse_ts_text(value: str) -> float:
+    """A text ``ts``: ISO-8601 with a zone (numeric text is refused, see above)."""
+    if _NUMERIC_TEXT.fullmatch(value):
+        raise ValueError("ts: an epoch time must be a JSON number, not text")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError("ts is not ISO-8601") from exc
+    if parsed.tzinfo is None:
+        raise ValueError("ts must carry a time zone")
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError) as exc:  # an offset past year 9999
+        raise ValueError("ts is out of range") from exc
 
 
 class Rejection(BaseModel):

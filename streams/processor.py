@@ -60,6 +60,9 @@ def parse_batch(
 Position = tuple[str, int]
 """Where a record was read: its source partition (``source_key``) and offset."""
 _NOWHERE: tuple[str, None] = ("", None)  # no position: no offset to compare
+_OUTCOMES = tuple(Outcome)
+# Enum members as plain globals: cheaper to reach than class attributes.
+_APPLIED, _LATE = Outcome.APPLIED, Outcome.LATE
 
 
 def apply_batch(
@@ -74,11 +77,14 @@ def apply_batch(
     which make replays duplicates. Features are not computed here: readers derive
     them from the state at the instant they read (see :mod:`streams.state_store`).
     """
-    counts: Counter[str] = Counter()
+    # Tallied per Outcome and named once at the end: ``outcome.value`` is an
+    # enum property lookup, and this loop runs once per event.
+    tally = dict.fromkeys(_OUTCOMES, 0)
     late: list[Event] = []
     touched: dict[str, None] = {}
-    for i, event in enumerate(events):
-        position = positions[i] if positions is not None else None
+    if positions is None:
+        positions = [None] * len(events)
+    for event, position in zip(events, positions, strict=True):
         source, offset = _NOWHERE if position is None else position
         # apply_event's body, inlined: one call less per event on the hot path.
         outcome = apply_fields(
@@ -94,9 +100,10 @@ def apply_batch(
             offset,
             source,
         )
-        counts[outcome.value] += 1
-        if outcome is Outcome.APPLIED:
+        tally[outcome] += 1
+        if outcome is _APPLIED:
             touched[event.user_id] = None
-        elif outcome is Outcome.LATE:
+        elif outcome is _LATE:
             late.append(event)
+    counts = Counter({outcome.value: n for outcome, n in tally.items() if n})
     return BatchResult(touched=list(touched), late=late, counts=counts)

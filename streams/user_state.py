@@ -104,6 +104,12 @@ class UserState:
     # topic gains partitions and the user's partition changes.
     offsets: dict[str, int] = field(default_factory=dict)
 
+    # The earliest "oldest kept time" (newest event time minus the lateness) at
+    # which :func:`_prune` can find a bucket, session, category or cart time to
+    # drop; clean-ups before it would find nothing and are skipped. A cache, not
+    # state: not stored or compared; a new or loaded state checks everything once.
+    _prune_due: float = field(default=-math.inf, init=False, repr=False, compare=False)
+
     def to_bytes(self, with_dedupe: bool = True) -> bytes:
         """Compact JSON; without the dedupe ids for the read-only copy in Feast."""
         return orjson.dumps(
@@ -343,6 +349,10 @@ def apply_fields(
         # what is kept a little longer never changes a feature.
         if newest is None or minute_index != floor(newest) // MINUTE:
             _prune(state, lateness_seconds)
+    elif ts < newest:
+        # An older event may have added a bucket or time that expires before
+        # anything the state held: the next clean-up checks everything.
+        state._prune_due = -math.inf
     return _APPLIED
 
 
@@ -350,46 +360,96 @@ _SPAN_END = itemgetter(1)
 
 
 def _prune(state: UserState, lateness_seconds: int) -> None:
-    """Forget what no window (read at or after the newest event) can reach."""
+    """Forget what no window (read at or after the newest event) can reach.
+
+    The event ids go whenever they are older than the lateness (they decide
+    whether an event is a duplicate or late, so exactly when matters); the rest
+    only once :attr:`UserState._prune_due` says something may have expired.
+    Until then every check would find nothing: most calls cost two comparisons.
+    """
     newest = state.last_event_ts
     assert newest is not None
     oldest = newest - lateness_seconds
-    # Reads at or after ``oldest`` reach back to the bucket holding oldest - W.
-    # Each clean-up first asks (at C speed) whether anything is old enough to
-    # drop: most calls find nothing, and the full scans were a tenth of the
-    # worker's time in a profile. Written out, not looped over: this runs once
-    # per event minute. (``floor(x) // n`` is ``int(x // n)``, cheaper.)
-    oldest_minute = floor(oldest - MINUTE_WINDOW * MINUTE) // MINUTE
-    buckets = state.minutes
-    if buckets and min(buckets) < oldest_minute:
-        for key in [k for k in buckets if k < oldest_minute]:
-            del buckets[key]
-    oldest_hour = floor(oldest - HOUR_WINDOW * HOUR) // HOUR
-    buckets = state.hours
-    if buckets and min(buckets) < oldest_hour:
-        for key in [k for k in buckets if k < oldest_hour]:
-            del buckets[key]
-    oldest_day = floor(oldest) // DAY - DAY_WINDOW
-    buckets = state.days
-    if buckets and min(buckets) < oldest_day:
-        for key in [k for k in buckets if k < oldest_day]:
-            del buckets[key]
-    session_floor = oldest_hour * HOUR
-    sessions = state.sessions
-    if sessions and min(map(_SPAN_END, sessions.values())) < session_floor:
-        for key in [k for k, span in sessions.items() if span[1] < session_floor]:
-            del sessions[key]
-    day_floor = floor(oldest - DAY) // HOUR * HOUR
-    categories = state.categories
-    if categories and min(categories.values()) < day_floor:
-        for key in [k for k, ts in categories.items() if ts < day_floor]:
-            del categories[key]
-    cart_floor = day_floor - ABANDON_SECONDS
-    if state.cart_adds and min(state.cart_adds) < cart_floor:
-        state.cart_adds = tuple(t for t in state.cart_adds if t >= cart_floor)
-    if state.purchases and min(state.purchases) < cart_floor:
-        state.purchases = tuple(t for t in state.purchases if t >= cart_floor)
     seen = state.seen
     if seen and min(seen.values()) < oldest:
         for key in [k for k, ts in seen.items() if ts < oldest]:
             del seen[key]
+    if oldest >= state._prune_due:
+        state._prune_due = _prune_windows(state, oldest)
+
+
+def _prune_windows(state: UserState, oldest: float) -> float:
+    """Drop the buckets, sessions, categories and cart times out of every window.
+
+    Reads at or after ``oldest`` reach back to the bucket holding oldest - W.
+    Each clean-up first asks (at C speed) whether anything is old enough to drop.
+    (``floor(x) // n`` is ``int(x // n)``, cheaper.)
+
+    Returns:
+        A value of ``oldest`` before which no call would drop anything: each
+        kept item's expiry, derived from its drop condition below, rounded down
+        (a bucket early, or a second for the rest, so float rounding of the
+        conditions can never make it late). Items added later by events in time
+        order expire later still; an out-of-order event resets it.
+    """
+    due = math.inf
+    oldest_minute = floor(oldest - MINUTE_WINDOW * MINUTE) // MINUTE
+    buckets = state.minutes
+    if buckets:
+        first = min(buckets)
+        if first < oldest_minute:
+            for key in [k for k in buckets if k < oldest_minute]:
+                del buckets[key]
+            first = min(buckets, default=math.inf)
+        # dropped once oldest - W >= (first + 1) minutes
+        due = min(due, first * MINUTE + MINUTE_WINDOW * MINUTE)
+    oldest_hour = floor(oldest - HOUR_WINDOW * HOUR) // HOUR
+    buckets = state.hours
+    if buckets:
+        first = min(buckets)
+        if first < oldest_hour:
+            for key in [k for k in buckets if k < oldest_hour]:
+                del buckets[key]
+            first = min(buckets, default=math.inf)
+        due = min(due, first * HOUR + HOUR_WINDOW * HOUR)
+    oldest_day = floor(oldest) // DAY - DAY_WINDOW
+    buckets = state.days
+    if buckets:
+        first = min(buckets)
+        if first < oldest_day:
+            for key in [k for k in buckets if k < oldest_day]:
+                del buckets[key]
+            first = min(buckets, default=math.inf)
+        # dropped once floor(oldest) // DAY >= first + W + 1
+        due = min(due, (first + DAY_WINDOW) * DAY)
+    # The floors below lie at or before oldest minus their span, so an item
+    # older than the floor is older than oldest minus the span.
+    session_floor = oldest_hour * HOUR
+    sessions = state.sessions
+    if sessions:
+        last = min(map(_SPAN_END, sessions.values()))
+        if last < session_floor:
+            for key in [k for k, span in sessions.items() if span[1] < session_floor]:
+                del sessions[key]
+            last = min(map(_SPAN_END, sessions.values()), default=math.inf)
+        due = min(due, last + HOUR_WINDOW * HOUR)
+    day_floor = floor(oldest - DAY) // HOUR * HOUR
+    categories = state.categories
+    if categories:
+        last = min(categories.values())
+        if last < day_floor:
+            for key in [k for k, ts in categories.items() if ts < day_floor]:
+                del categories[key]
+            last = min(categories.values(), default=math.inf)
+        due = min(due, last + DAY)
+    cart_floor = day_floor - ABANDON_SECONDS
+    for name in ("cart_adds", "purchases"):
+        times = getattr(state, name)
+        if times:
+            last = min(times)
+            if last < cart_floor:
+                times = tuple(t for t in times if t >= cart_floor)
+                setattr(state, name, times)
+                last = min(times, default=math.inf)
+            due = min(due, last + DAY + ABANDON_SECONDS)
+    return due - 1.0

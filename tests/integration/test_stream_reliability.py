@@ -447,7 +447,7 @@ def test_redis_restarting_without_its_last_writes_is_replayed(rig: Rig) -> None:
     second, a failover): the worker notices the new server, drops its cached
     states, rewinds to its committed offsets and re-applies exactly what was lost.
     """
-    lane = rig.lane("aofloss", db=5, batch_max_events=300)
+    lane = rig.lane("aofloss", db=6, batch_max_events=300)
     events = simulated(n_users=200, n_events=9_000, seed=15)
     users = sorted({e.user_id for e in events})
     lost_users = set(users[: len(users) // 2])

@@ -212,3 +212,39 @@ def test_a_tombstone_and_unrepresentable_mappings_are_rejections() -> None:
     # On the wire a lone surrogate never decodes.
     wire = parse_event(b'{"event_id": "\\ud800"}', now=NOW)
     assert isinstance(wire, Rejection) and wire.reason == "malformed_json"
+
+
+class _Millis(int):
+    """An int subclass, as a Python caller's enum or numpy-like scalar may be."""
+
+
+class _Seconds(float):
+    """A float subclass (numpy.float64 is one)."""
+
+
+@pytest.mark.parametrize(
+    ("ts", "want"),
+    [
+        (1_700_000_000_000, 1_700_000_000.0),
+        (1_700_000_000.5, 1_700_000_000.5),
+        (_Millis(1_700_000_000_000), 1_700_000_000.0),
+        (_Seconds(1_700_000_000.25), 1_700_000_000.25),
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        (True, None),  # a bool is an int to Python, never a time
+        (False, None),
+        (None, None),
+        ([1_700_000_000], None),
+        (b"1700000000", None),
+    ],
+)
+def test_every_kind_of_ts_is_read_or_refused_as_the_contract_says(
+    ts: object, want: float | None
+) -> None:
+    result = parse_event(valid(ts=ts) if ts is not None else {**valid(), "ts": None})
+    if want is None:
+        assert isinstance(result, Rejection), result
+        assert result.reason == "invalid:ts"
+        assert result.detail.startswith("ts")
+    else:
+        assert isinstance(result, Event), result
+        assert result.ts == want and type(result.ts) is float

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.events import Event, EventType
 from streams.feature_catalog import (
@@ -346,3 +348,60 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
     assert one_by_one[1]["hours_since_last_event"] == 90 * 24
     assert one_by_one[2]["hours_since_last_event"] == 0.0
     assert one_by_one[3]["tenure_days"] == 90.0
+
+
+# Gaps from sub-second to weeks, and steps back within and beyond the lateness:
+# every expiry rule of the state gets crossed, in order and out of it.
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from([0.4, 30.0, 61.0, 700.0, 3_700.0, 90_000.0, 700_000.0]),
+        st.sampled_from([1.0, 1.0, 1.0, -0.3, -1.1]),
+        st.sampled_from(list(EventType)),
+        st.sampled_from([None, "s1", "s2", "s3"]),
+        st.sampled_from([None, "toys", "books"]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=_STEPS, lateness=st.sampled_from([0, 600, 3_600]))
+def test_lazy_pruning_keeps_exactly_what_pruning_every_minute_keeps(
+    steps: list[tuple[float, float, EventType, str | None, str | None]],
+    lateness: int,
+) -> None:
+    times = []
+    ts = T0
+    for gap, direction, *_ in steps:
+        ts += gap * direction
+        times.append(ts)
+    kinds = [(etype, session, category) for _, _, etype, session, category in steps]
+    _assert_lazy_pruning_is_exact(times, kinds, lateness)
+
+
+def test_an_out_of_order_bucket_older_than_all_others_is_pruned_on_time() -> None:
+    # B alone is left after a long gap; C (within the lateness) lands in an
+    # older minute than any the state holds; D is the first time C's bucket
+    # is out of every window, long before B's is.
+    b = T0 + 100_000 + 50
+    c = b - 500
+    d = (c // 60 + 1) * 60 + 3_600 + LATENESS + 1
+    kinds = [(EventType.PAGE_VIEW, None, None)] * 4
+    _assert_lazy_pruning_is_exact([T0, b, c, d], kinds, LATENESS)
+
+
+def _assert_lazy_pruning_is_exact(
+    times: list[float],
+    kinds: list[tuple[EventType, str | None, str | None]],
+    lateness: int,
+) -> None:
+    # The reference forgets the prune schedule before every event, so each new
+    # minute checks every bucket, as pruning did before it was made lazy.
+    lazy, eager = UserState(), UserState()
+    for i, (ts, (etype, session, category)) in enumerate(
+        zip(times, kinds, strict=True)
+    ):
+        args = (f"e{i}", etype, ts, session, category, 2.0, 3.0, lateness)
+        eager._prune_due = -math.inf
+        assert apply_fields(lazy, *args) is apply_fields(eager, *args)
+        assert lazy == eager  # every stored field (the schedule is not one)

@@ -89,3 +89,18 @@ def test_a_tombstone_is_rejected_with_its_own_reason() -> None:
     assert [e.event_id for e in parsed.events] == ["a"]
     [(index, rejection)] = parsed.rejections
     assert (index, rejection.reason) == (0, "tombstone")
+
+
+def test_counts_name_each_outcome_that_happened_and_late_events_come_back() -> None:
+    values = [
+        raw("a", "u1", 30),
+        raw("a", "u1", 30),  # the same id again: a duplicate
+        raw("b", "u1", 5_000),  # far older than u1's newest event: late
+        raw("c", "u2", 10),
+    ]
+    events = parse_batch(values, now=NOW).events
+    states: defaultdict[str, UserState] = defaultdict(UserState)
+    result = apply_batch(events, states, lateness_seconds=600)
+    assert result.counts == {"applied": 2, "duplicate": 1, "late": 1}
+    assert [e.event_id for e in result.late] == ["b"]
+    assert result.touched == ["u1", "u2"]

@@ -5,11 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import redis
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from streams.state_store import StateLayout, decode_fields, encode_fields
+from infra import local_stack
+from infra.settings import Settings
+from streams.state_store import (
+    DEDUPE_FIELD,
+    StateLayout,
+    _bytes_value,
+    _timestamp,
+    decode_fields,
+    encode_fields,
+    save_states,
+)
 from streams.user_state import UserState
 
 LAYOUT = StateLayout(project="unit")
@@ -50,3 +61,52 @@ def test_a_stored_value_that_is_not_a_state_raises_instead_of_starting_afresh() 
         decode_fields(not_bytes, None)
     with pytest.raises(DecodeError):
         decode_fields(b"\x07 garbage", None)
+
+
+def test_saved_hashes_hold_exactly_the_encoded_fields_and_expire(
+    stack_settings: Settings,
+) -> None:
+    # save_states stages raw HSET/EXPIRE commands (not redis-py's hset helper):
+    # what lands in Redis must still be encode_fields' mapping, with the TTL.
+    client = redis.Redis.from_url(local_stack.current(stack_settings).redis_url)
+    layout = StateLayout(project="encoding-unit", key_ttl_seconds=3_600)
+    states = {
+        f"enc-{i}": UserState(
+            last_event_ts=1_800_000_000.0 + i / 7,
+            seen={f"e{i}": 1.0},
+            offsets={"t:0": i},
+        )
+        for i in range(3)
+    }
+    keys: dict[str, bytes] = {}
+    save_states(client, layout, states, keys)
+    for uid, state in states.items():
+        assert client.hgetall(keys[uid]) == encode_fields(layout, state)
+        assert 0 < client.ttl(keys[uid]) <= 3_600
+    no_ttl = StateLayout(project="encoding-unit-no-ttl")
+    save_states(client, no_ttl, {"enc-0": states["enc-0"]})
+    assert client.ttl(no_ttl.key("enc-0")) == -1  # no expiry asked, none set
+    assert (
+        client.hget(no_ttl.key("enc-0"), DEDUPE_FIELD) == states["enc-0"].dedupe_bytes()
+    )
+
+
+# Lengths whose varint takes 1, 2, 3 and 4 bytes, at and around each boundary.
+@pytest.mark.parametrize(
+    "size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_151, 2_097_152]
+)
+def test_hand_encoded_bytes_value_equals_the_protobuf_encoding(size: int) -> None:
+    blob = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert _bytes_value(blob) == Value(bytes_val=blob).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "seconds", [-62_135_596_800, -1, 0, 1, 127, 128, 2**31, 1_800_000_000, 2**40]
+)
+@pytest.mark.parametrize("nanos", [0, 1, 127, 128, 1_000, 500_000_000, 999_999_999])
+def test_hand_encoded_timestamp_equals_the_protobuf_encoding(
+    seconds: int, nanos: int
+) -> None:
+    want = Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
+    assert _timestamp(seconds, nanos) == want
+    assert _timestamp(seconds, nanos) == want  # again, from the seconds cache
