@@ -465,7 +465,16 @@ class FeatureEngine:
             return
         try:
             found = str(self.redis.info("server").get("run_id") or "")
-        except redis.ResponseError as exc:  # INFO disabled or not permitted
+        except redis.ResponseError as exc:
+            # INFO renamed away or forbidden by an ACL: the store cannot be told
+            # apart from a restarted one, so say so once and stop asking. Any other
+            # reply (READONLY, LOADING, ...) is an outage: retried by the caller.
+            text = str(exc).lower()
+            if not (
+                isinstance(exc, redis.exceptions.NoPermissionError)
+                or "unknown command" in text
+            ):
+                raise
             log.warning("cannot tell store restarts apart (INFO: %s)", exc)
             self._store_id_known = False
             return

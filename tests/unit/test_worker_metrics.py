@@ -119,6 +119,13 @@ class FakePipeline:
         self.ops.append(("hset", key, mapping))
         return self
 
+    def pipeline_execute_command(self, name: bytes, key: bytes, *args: Any) -> None:
+        """Raw commands, as save_states stages them (HSET field value ...)."""
+        if name == b"HSET":
+            self.hset(key, dict(zip(args[::2], args[1::2], strict=True)))
+        else:
+            raise AssertionError(f"unexpected command {name!r}")
+
     def execute(self) -> list[Any]:
         self.client._call()
         out: list[Any] = []
