@@ -394,32 +394,17 @@ def _prune_windows(state: UserState, oldest: float) -> float:
     """
     due = math.inf
     oldest_minute = floor(oldest - MINUTE_WINDOW * MINUTE) // MINUTE
-    buckets = state.minutes
-    if buckets:
-        first = min(buckets)
-        if first < oldest_minute:
-            for key in [k for k in buckets if k < oldest_minute]:
-                del buckets[key]
-            first = min(buckets, default=math.inf)
+    if state.minutes:
+        first = _drop_below(state.minutes, oldest_minute)
         # dropped once oldest - W >= (first + 1) minutes
         due = min(due, first * MINUTE + MINUTE_WINDOW * MINUTE)
     oldest_hour = floor(oldest - HOUR_WINDOW * HOUR) // HOUR
-    buckets = state.hours
-    if buckets:
-        first = min(buckets)
-        if first < oldest_hour:
-            for key in [k for k in buckets if k < oldest_hour]:
-                del buckets[key]
-            first = min(buckets, default=math.inf)
+    if state.hours:
+        first = _drop_below(state.hours, oldest_hour)
         due = min(due, first * HOUR + HOUR_WINDOW * HOUR)
     oldest_day = floor(oldest) // DAY - DAY_WINDOW
-    buckets = state.days
-    if buckets:
-        first = min(buckets)
-        if first < oldest_day:
-            for key in [k for k in buckets if k < oldest_day]:
-                del buckets[key]
-            first = min(buckets, default=math.inf)
+    if state.days:
+        first = _drop_below(state.days, oldest_day)
         # dropped once floor(oldest) // DAY >= first + W + 1
         due = min(due, (first + DAY_WINDOW) * DAY)
     # The floors below lie at or before oldest minus their span, so an item
@@ -453,3 +438,17 @@ def _prune_windows(state: UserState, oldest: float) -> float:
                 last = min(times, default=math.inf)
             due = min(due, last + DAY + ABANDON_SECONDS)
     return due - 1.0
+
+
+def _drop_below(buckets: dict[int, tuple[float, ...]], low: int) -> float:
+    """Drop the buckets keyed below ``low``; the lowest key left (inf if none).
+
+    ``buckets`` must not be empty. The first ``min`` asks at C speed whether
+    anything is old enough; most calls find nothing.
+    """
+    first: float = min(buckets)
+    if first < low:
+        for key in [k for k in buckets if k < low]:
+            del buckets[key]
+        first = min(buckets, default=math.inf)
+    return first
