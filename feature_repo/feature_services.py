@@ -10,7 +10,7 @@ feature from it as of the read, as ``/score`` does. A Feast consumer
 Offline, that view cannot run: it would need ``state`` in the snapshot files,
 which hold the materialised stream and history columns (written by the backfill
 with the same functions). So each model also has ``<name>_offline``
-(:func:`streams.feature_catalog.offline_service`), the same feature names
+(:func:`core.feature_catalog.offline_service`), the same feature names
 resolved from the batch views, which training's ``get_historical_features``
 reads. Both are built from the model's feature list in the catalogue, so they
 cannot name different features.
@@ -18,15 +18,15 @@ cannot name different features.
 
 from feast import FeatureService
 
-from feature_repo.features import user_history_features, user_stream_features
-from feature_repo.live_features import user_live_features
-from streams.feature_catalog import (
+from core.feature_catalog import (
     HISTORY_FEATURES,
     PROPENSITY_FEATURES,
     SEGMENTATION_FEATURES,
     offline_service,
     stored_features,
 )
+from feature_repo.features import user_history_features, user_stream_features
+from feature_repo.live_features import user_live_features
 
 _HISTORY = {spec.name for spec in HISTORY_FEATURES}
 

@@ -5,14 +5,14 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Bytes, Float64
 
-from feature_repo.data_sources import history_features_source, user_events_push
-from feature_repo.entities import user
-from streams.feature_catalog import (
+from core.feature_catalog import (
     HISTORY_FEATURES,
     STATE_FEATURE,
     STREAM_FEATURES,
     FeatureSpec,
 )
+from feature_repo.data_sources import history_features_source, user_events_push
+from feature_repo.entities import user
 
 
 def _fields(specs: tuple[FeatureSpec, ...]) -> list[Field]:

@@ -1,11 +1,11 @@
 """Read-time features for Feast consumers: an on-demand view over ``state``.
 
 The stream worker keeps only the ``state`` blob of ``user_stream_features`` online
-(see :mod:`streams.state_store`); every window depends on *when* it is read, so the
+(see :mod:`core.store.state_store`); every window depends on *when* it is read, so the
 stream features and the 30/90-day history features are derived from that blob at
 the instant of each ``get_online_features`` call or ``feast serve`` request, by the
-project's own :func:`streams.feature_math.stream_values` and
-:func:`~streams.feature_math.history_values` -- what the scoring path and the
+project's own :func:`core.feature_math.stream_values` and
+:func:`~core.feature_math.history_values` -- what the scoring path and the
 backfill's training rows use. Nothing is written back
 (``write_to_online_store=False``).
 
@@ -34,10 +34,10 @@ from feast.errors import SpecifiedFeaturesNotPresentError
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float64
 
+from core.events import Event, EventType
+from core.feature_catalog import HISTORY_FEATURES, STATE_FEATURE, STREAM_FEATURES
+from core.user_state import UserState, apply_event
 from feature_repo.features import user_stream_features
-from streams.events import Event, EventType
-from streams.feature_catalog import HISTORY_FEATURES, STATE_FEATURE, STREAM_FEATURES
-from streams.user_state import UserState, apply_event
 
 LIVE_VIEW = "user_live_features"
 # Everything the view derives: the stream group, then the history group.
@@ -56,9 +56,9 @@ def live_state_features(inputs: dict[str, list]) -> dict[str, list]:
     # constants (and annotations other than builtins) would not resolve there.
     import time
 
-    from streams.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
-    from streams.feature_math import history_features, stream_features
-    from streams.user_state import UserState
+    from core.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
+    from core.feature_math import history_features, stream_features
+    from core.user_state import UserState
 
     # One instant for the whole request, so rows of one batch are comparable.
     now = time.time()
@@ -128,7 +128,7 @@ user_live_features = StateDerivedView(
     udf_string=inspect.getsource(live_state_features),
     write_to_online_store=False,
     description="The stream and history features derived from the state blob as "
-    "of the read (wall clock), for online consumers; see streams/feature_catalog.py.",
+    "of the read (wall clock), for online consumers; see core/feature_catalog.py.",
     owner="segscore",
     tags={"group": "stream+history", "computed": "read-time"},
 )

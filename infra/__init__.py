@@ -1,1 +1,1 @@
-"""How segscore runs: settings, the local stack, the CLI."""
+"""How segscore runs: settings, the local stack, processes, Kafka topics."""

@@ -1,7 +1,7 @@
 """Robustness runs of the scoring API (not part of the CI suite; see docs/serving.md).
 
 Both start their own private stack in a temporary home, like ``segscore bench
-serve`` (:func:`infra.bench_serve.scoring_stack`: Redis, simulated shoppers, the
+serve`` (:func:`segscore.bench.serve.scoring_stack`: Redis, simulated shoppers, the
 training run, the BentoML service), and stop it at the end.
 
 ``schemathesis``
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from infra.bench_serve import (  # noqa: E402
+from segscore.bench.serve import (  # noqa: E402
     HOST,
     LiveStack,
     _service_workers,
@@ -128,7 +128,7 @@ async def _paced(
     port: int, requests: list[bytes], rate: float, seconds: float, connections: int
 ) -> dict[str, Any]:
     """Send ``rate`` requests/s for ``seconds`` over a few keep-alive connections."""
-    from infra.bench_serve import _async_request
+    from segscore.bench.serve import _async_request
 
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     statuses: dict[int, int] = {}

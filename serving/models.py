@@ -1,7 +1,7 @@
 """Which models serve, and how a new version replaces them without a restart.
 
 The service follows the champions of ``$SEGSCORE_HOME/champions.json`` (written
-atomically by :mod:`training.registry` on ``segscore train`` / ``models promote`` /
+atomically by :mod:`core.registry` on ``segscore train`` / ``models promote`` /
 ``models rollback``), unless a version is pinned by setting. A background task
 polls the file's modification time; when it changes and names other tags, the new
 pair is loaded and validated in a thread (off the event loop, so requests keep
@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from infra.settings import Settings
-from serving import scoring
-from serving.config import ServingSettings
-from training.registry import (
+from core.registry import (
     PROPENSITY,
     SEGMENTER,
     champion_tag,
     load_propensity,
     load_segmenter,
 )
+from infra.settings import Settings
+from serving import scoring
+from serving.config import ServingSettings
 
 logger = logging.getLogger(__name__)
 

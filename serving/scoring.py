@@ -25,7 +25,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from streams.feature_catalog import (
+from core.feature_catalog import (
     HISTORY_FEATURES,
     HISTORY_NAMES,
     REQUEST_FEATURES,
@@ -34,9 +34,9 @@ from streams.feature_catalog import (
     STREAM_NAMES,
     stored_features,
 )
-from streams.feature_math import history_values, request_features, stream_values
-from streams.user_state import UserState
-from training.registry import PropensityBundle, SegmenterBundle
+from core.feature_math import history_values, request_features, stream_values
+from core.registry import PropensityBundle, SegmenterBundle
+from core.user_state import UserState
 
 TIMESTAMP_SUFFIX = "__ts"
 
@@ -76,8 +76,8 @@ def with_read_time_features(
 ) -> StoredColumns:
     """Add the stream and history columns computed from each user's state at ``as_of``.
 
-    Uses :func:`streams.feature_math.stream_values` and
-    :func:`~streams.feature_math.history_values` (what the backfill's training rows
+    Uses :func:`core.feature_math.stream_values` and
+    :func:`~core.feature_math.history_values` (what the backfill's training rows
     are made of), so serving and training cannot disagree. Where a state exists it
     wins over a stored history row: the row is a snapshot as of its write (the
     backfill or the seed), while the state holds every day bucket the 90-day
@@ -286,7 +286,7 @@ def build_inputs(
     """Turn stored feature columns into the two models' input matrices.
 
     Ages are derived from the stored timestamps at ``as_of`` with
-    :func:`streams.feature_math.request_features`, the same code the backfill uses.
+    :func:`core.feature_math.request_features`, the same code the backfill uses.
     A user with no stored feature at all (no state, no history row) is a cold
     start and gets each model's population defaults. For anyone else nothing is
     imputed: a missing value (``None``/NaN) is the user's real one -- 0 for a

@@ -2,8 +2,8 @@
 
 Thin on purpose: start-up loads settings, resolves the models' features in the Feast
 registry and loads (and validates) both models; each request is one pipelined
-Redis read of Feast's own hashes (:mod:`serving.online`), the pure functions of
-:mod:`serving.scoring`, and one JSON serialisation.
+Redis read of Feast's own hashes (:mod:`core.store.online_reader`), the pure
+functions of :mod:`serving.scoring`, and one JSON serialisation.
 
 Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
 ``GET /segments``, and BentoML's own ``GET /healthz`` (process alive),
@@ -34,7 +34,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from infra.feast_config import feature_store
+from core.store.feast_config import feature_store
+from core.store.online_reader import OnlineReader, resolve_views
+from core.store.state_store import StateLayout
 from infra.local_stack import current
 from infra.settings import get_settings
 from serving import connections, scoring
@@ -43,9 +45,7 @@ from serving.config import get_serving_settings
 from serving.limits import LimitsMiddleware
 from serving.metrics import LATENCY_BUCKETS, Metrics
 from serving.models import ModelManager
-from serving.online import OnlineReader, resolve_views
 from serving.schemas import ScoreRequest, ScoreResponse
-from streams.state_store import StateLayout
 
 logger = logging.getLogger(__name__)
 

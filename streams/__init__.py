@@ -1,1 +1,1 @@
-"""The stream path: event contract, per-user feature state, the Faust app and sinks."""
+"""The stream worker: consume events, fold them into per-user state, write, commit."""

@@ -42,7 +42,7 @@ from streams.consumer import EventConsumer, group_timeouts
 from streams.metrics import WorkerMetrics, remove_textfile, textfile_path, worker_id
 
 if TYPE_CHECKING:  # built in a thread by _build_engine (they load Feast)
-    from streams.state_store import StateLayout
+    from core.store.state_store import StateLayout
     from streams.worker_engine import FeatureEngine
 
 
@@ -99,8 +99,8 @@ def state_layout(settings: Settings, redis_url: str) -> StateLayout:
     Building a ``FeatureStore`` for this (what the engine does by default) loads
     the registry too; the layout needs only the project and serialization version.
     """
-    from infra.feast_config import repo_config_dict
-    from streams.state_store import StateLayout
+    from core.store.feast_config import repo_config_dict
+    from core.store.state_store import StateLayout
 
     config = repo_config_dict(settings, redis_url)
     return StateLayout(
@@ -168,7 +168,7 @@ def _ready() -> None:
 
     Freezing moves the ~100k objects that imports and setup created into the
     permanent generation; full collections then scan only live stream data, and
-    a profile showed them shrinking from ~45 ms to a few (see streams.user_state).
+    a profile showed them shrinking from ~45 ms to a few (see core.user_state).
     """
     gc.collect()
     gc.freeze()

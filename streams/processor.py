@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from streams.events import DEFAULT_MIN_TS, Event, Rejection, parse_event
-from streams.user_state import Outcome, UserState, apply_fields
+from core.events import DEFAULT_MIN_TS, Event, Rejection, parse_event
+from core.user_state import Outcome, UserState, apply_fields
 
 
 @dataclass
@@ -75,7 +75,7 @@ def apply_batch(
 
     ``positions`` are the events' source partitions and offsets (stream only),
     which make replays duplicates. Features are not computed here: readers derive
-    them from the state at the instant they read (see :mod:`streams.state_store`).
+    them from the state at the instant they read (see :mod:`core.store.state_store`).
     """
     # Tallied per Outcome and named once at the end: ``outcome.value`` is an
     # enum property lookup, and this loop runs once per event.

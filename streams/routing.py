@@ -27,7 +27,7 @@ Why nothing is lost or counted twice:
   the allowed lateness of the user's newest event; if it is older than that, it
   is refused as ``late`` (a DLQ record, never a second count). Copies are new
   records with their own offsets, so per-partition offsets
-  (:attr:`streams.user_state.UserState.offsets`) never mistake a copy for a
+  (:attr:`core.user_state.UserState.offsets`) never mistake a copy for a
   replay, nor an original on another partition for one.
 - A topic that gains partitions changes some users' canonical partition. Their
   records still on the old partition are re-routed to the new one; the state

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from streams.user_state import UserState
+from core.user_state import UserState
 
 Partition = tuple[str, int]
 

@@ -6,7 +6,7 @@ consumer loop in :mod:`streams.consumer`, which commits a batch's offsets only a
 
 - ``handle`` returns only once every message of the batch is accounted for: its
   event is folded into its user's state and that state is in the online store (one
-  ``HSET`` per user, see :mod:`streams.state_store`), or its DLQ record is delivered.
+  ``HSET`` per user, see :mod:`core.store.state_store`), or its DLQ record is delivered.
 - It never gives up on a batch for an outage: errors that retrying can fix -- the
   online store unreachable, timing out, loading, read-only, out of memory (see
   :func:`is_transient`) -- and failures of the producer are retried forever with
@@ -45,16 +45,16 @@ from typing import Any, TypeVar
 import orjson
 import redis
 
-from infra.feast_config import feature_store
+from core.events import Event, Rejection
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, load_states, save_states
+from core.user_state import source_key
 from infra.settings import Settings
-from streams.events import Event, Rejection
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_batch
 from streams.routing import Router
 from streams.state_cache import Partition, StateCache
-from streams.state_store import StateLayout, load_states, save_states
 from streams.store_reset import StoreReset
-from streams.user_state import source_key
 
 log = logging.getLogger("segscore.worker")
 T = TypeVar("T")

@@ -23,7 +23,7 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300) -> str:
     """Run ``segscore ARGS`` as a real subprocess; fail with its output if it fails."""
     env = process_env(settings)
     result = subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
+        [sys.executable, "-m", "segscore.cli", *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -40,7 +40,7 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300) -> str:
 
 def feature_repo_yaml(settings: Settings) -> Path:
     """A feature_store.yaml for the running test stack, outside the source tree."""
-    from infra.feast_config import write_feature_store_yaml
+    from core.store.feast_config import write_feature_store_yaml
 
     stack = local_stack.current(settings)
     return write_feature_store_yaml(
@@ -90,8 +90,8 @@ def save_tiny_models(
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
-    from training.registry import (
+    from core.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
+    from core.registry import (
         PropensityBundle,
         Segment,
         SegmenterBundle,

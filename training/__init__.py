@@ -1,1 +1,1 @@
-"""The offline path: event import, backfill, training sets, models, registry."""
+"""The offline path: event import, backfill, training sets, models, reports."""

@@ -1,9 +1,9 @@
 """Backfill: replay an event log through the stream worker's own state transition.
 
-Every user's events are folded into a :class:`~streams.user_state.UserState` with
-:func:`~streams.user_state.apply_event` -- the function the Faust worker calls -- and
+Every user's events are folded into a :class:`~core.user_state.UserState` with
+:func:`~core.user_state.apply_event` -- the function the Faust worker calls -- and
 at each snapshot instant the stream and history feature groups are read with
-:mod:`streams.feature_math`. The resulting snapshot tables are the offline store's
+:mod:`core.feature_math`. The resulting snapshot tables are the offline store's
 ``FileSource`` files, so point-in-time training sets see exactly what the online path
 would have served at those instants.
 """
@@ -29,10 +29,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.events import EventType
+from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
+from core.user_state import DAY, Outcome, UserState
 from infra.settings import Settings
-from streams.events import EventType
-from streams.feature_catalog import HISTORY_NAMES, STREAM_NAMES
-from streams.user_state import DAY, Outcome, UserState
 from training.replay import (
     EVENT_TYPES,
     Chunk,
@@ -451,7 +451,7 @@ def backfill(
 
     Args:
         events: Validated events with the contract columns, ``ts`` in epoch
-            seconds (what :func:`streams.simulator.events_frame` produces).
+            seconds (what :func:`segscore.simulator.events_frame` produces).
         snapshot_times: Snapshot instants, epoch seconds.
         lateness_seconds: The stream worker's allowed lateness, for the same
             dedupe horizon and state pruning.

@@ -9,7 +9,7 @@ Sources are CSV, Parquet or JSON lines (by suffix) in one of four layouts:
 * ``mapping``: anything else, described by a small YAML/JSON mapping file.
 
 Every layout reduces to a :class:`Mapping` (source columns -> contract fields), and
-one vectorised validator applies the rules of :class:`streams.events.Event` to whole
+one vectorised validator applies the rules of :class:`core.events.Event` to whole
 columns. Values the fast paths do not recognise as canonical (odd whitespace, exotic
 ISO forms, ``"1_000"``...) are decided by ``Event`` itself, one distinct value at a
 time, so the importer and ``parse_event`` cannot drift apart. Bad rows keep their
@@ -44,8 +44,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from streams.event_files import JSON_LINES
-from streams.events import (
+from core.event_files import COLUMNS, JSON_LINES
+from core.events import (
     DEFAULT_MIN_TS,
     EPOCH_MS_THRESHOLD,
     MAX_AMOUNT,
@@ -54,7 +54,6 @@ from streams.events import (
     EventType,
     parse_event,
 )
-from streams.simulator import COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -909,7 +908,7 @@ def conv_ts(raw: RawColumn | None, n: int, mapping: Mapping, kind: str) -> Col:
     """Event time as epoch seconds, by the mapping's rule or else the wire rule.
 
     The wire rule (native layout): a number is epoch seconds when its magnitude is
-    below 1e11, else epoch milliseconds (:func:`streams.events.epoch_seconds`);
+    below 1e11, else epoch milliseconds (:func:`core.events.epoch_seconds`);
     text is ISO-8601 with a zone.
     CSV has no types, so a numeric cell there counts as a number. Non-finite
     numbers are invalid.
@@ -968,7 +967,7 @@ def conv_ts(raw: RawColumn | None, n: int, mapping: Mapping, kind: str) -> Col:
 
 
 def _epoch_seconds(numbers: np.ndarray) -> np.ndarray:
-    """:func:`streams.events.epoch_seconds` over an array (the same floats)."""
+    """:func:`core.events.epoch_seconds` over an array (the same floats)."""
     with np.errstate(invalid="ignore"):
         return np.where(np.abs(numbers) < EPOCH_MS_THRESHOLD, numbers, numbers / 1000.0)
 
@@ -1134,7 +1133,7 @@ def verdict(
     The first failing field in the contract's field order decides the reason, as
     pydantic reports it; then the purchase-revenue rule (present, or price x
     quantity within ``MAX_AMOUNT``), then the floor (``too_old``), then the future
-    rule, in :func:`streams.events.parse_event`'s order.
+    rule, in :func:`core.events.parse_event`'s order.
     """
     n = len(cols["user_id"].missing)
     reasons = np.full(n, None, dtype=object)
@@ -1304,7 +1303,7 @@ def events_schema() -> pa.Schema:
 
 def events_frame_template() -> pd.DataFrame:
     """A one-row frame shaped exactly as ``events_frame`` shapes events."""
-    from streams.simulator import events_frame
+    from core.event_files import events_frame
 
     sample = Event.model_validate(
         {**_BASE, "event_type": "purchase", "price": 1.0, "quantity": 1}

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from streams.events import EventType
-from streams.user_state import DAY
+from core.events import EventType
+from core.user_state import DAY
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from bentoml.exceptions import NotFound
 from feast import FeatureStore
 from sklearn.metrics import adjusted_rand_score
 
+from core import registry
+from core.events import iso
+from core.registry import PropensityBundle, SegmenterBundle
+from core.user_state import UserState
 from infra.settings import Settings
-from streams.events import iso
-from streams.user_state import UserState
-from training import registry
 from training.backfill import (
     BackfillResult,
     backfill,
@@ -35,7 +36,6 @@ from training.backfill import (
 from training.labels import labelled_snapshots, purchase_labels
 from training.promotion import Decision, judge_propensity, judge_segmenter
 from training.propensity import fit_propensity
-from training.registry import PropensityBundle, SegmenterBundle
 from training.segmenter import fit_segmenter
 from training.training_set import (
     latest_population,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, silhouette_score
 
-from training.registry import PropensityBundle, SegmenterBundle
+from core.registry import PropensityBundle, SegmenterBundle
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streams.feature_catalog import PROPENSITY_FEATURES
-from training.registry import PropensityBundle
+from core.feature_catalog import PROPENSITY_FEATURES
+from core.registry import PropensityBundle
 from training.training_set import latest_per_user
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,13 @@ from itertools import islice
 
 import numpy as np
 
-from streams.events import EventType
-from streams.feature_catalog import HISTORY_NAMES, STREAM_NAMES
-from streams.feature_math import (
+from core.events import EventType
+from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
+from core.feature_math import (
     history_values,
     stream_values,
 )
-from streams.user_state import Outcome, UserState, apply_fields
+from core.user_state import Outcome, UserState, apply_fields
 
 # Event types travel as codes into this tuple (int8 instead of enum objects).
 EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)

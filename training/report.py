@@ -34,8 +34,8 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.decomposition import PCA
 
-from training import registry
-from training.registry import Segment, SegmenterBundle
+from core import registry
+from core.registry import Segment, SegmenterBundle
 
 if TYPE_CHECKING:
     from training.pipeline import TrainResult

@@ -22,8 +22,8 @@ from sklearn.metrics import davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from streams.feature_catalog import CATALOGUE, SEGMENTATION_FEATURES
-from training.registry import Segment, SegmenterBundle
+from core.feature_catalog import CATALOGUE, SEGMENTATION_FEATURES
+from core.registry import Segment, SegmenterBundle
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Stored features come from ``get_historical_features`` with the offline twin of a
 model's feature service (the same feature names it serves online); request-time
-ages are derived with :func:`streams.feature_math.request_features` -- the
+ages are derived with :func:`core.feature_math.request_features` -- the
 function the scoring path calls -- as of each entity's timestamp, all rows at once.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from streams.feature_catalog import (
+from core.feature_catalog import (
     PROPENSITY_FEATURES,
     REQUEST_SOURCES,
     SEGMENTATION_FEATURES,
@@ -23,7 +23,7 @@ from streams.feature_catalog import (
     offline_service,
     stored_features,
 )
-from streams.feature_math import request_features
+from core.feature_math import request_features
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from infra.feast_config import apply_repo, feature_store
+from core.event_files import read_events
+from core.store import online_seed
+from core.store.feast_config import feature_store
+from feature_repo.apply import apply_repo
 from infra.local_stack import current
 from infra.settings import Settings
-from streams.event_files import read_events
-from training import online_seed
 from training.pipeline import train
 from training.report import write_report
 

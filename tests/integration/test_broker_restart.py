@@ -38,12 +38,13 @@ import boto3
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from core.events import Event
+from core.store.feast_config import feature_store
+from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
-from streams.events import Event
+from segscore.producer import read_topic
 from streams.metrics import sample_sum
-from streams.producer import read_topic
 from tests.integration.test_stream_reliability import (
     Lane,
     Rig,

@@ -27,14 +27,14 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from core.feature_math import history_values, stream_values
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, load_states
+from core.user_state import UserState
 from infra import local_stack, processes
-from infra.feast_config import feature_store
 from infra.settings import Settings
 from infra.topics import ensure_topics
-from streams.feature_math import history_values, stream_values
-from streams.producer import read_topic
-from streams.state_store import StateLayout, load_states
-from streams.user_state import UserState
+from segscore.producer import read_topic
 from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,11 +15,11 @@ import httpx
 import orjson
 import pytest
 
+from core.store.feast_config import feature_store
 from infra import local_stack, processes
-from infra.feast_config import feature_store
 from infra.settings import PROJECT_ROOT, Settings
-from streams.producer import produce_events, produce_raw, read_topic
-from streams.simulator import live_session
+from segscore.producer import produce_events, produce_raw, read_topic
+from segscore.simulator import live_session
 from tests.support import eventually, feature_repo_yaml, run_cli
 
 

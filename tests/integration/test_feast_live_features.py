@@ -19,6 +19,19 @@ import redis.asyncio as aioredis
 from feast import FeatureStore
 from feast.transformation.udf_rehydrate import rehydrate_udf_from_source
 
+from core.events import Event, EventType
+from core.feature_catalog import (
+    PROPENSITY_FEATURES,
+    SEGMENTATION_FEATURES,
+    offline_service,
+    stored_features,
+)
+from core.feature_math import history_features, stream_features
+from core.store.feast_config import feature_store
+from core.store.online_reader import OnlineReader, resolve_views
+from core.store.state_store import StateLayout, save_states
+from core.user_state import UserState, apply_event
+from feature_repo.apply import apply_repo
 from feature_repo.live_features import (
     LIVE_FEATURES,
     LIVE_VIEW,
@@ -26,21 +39,9 @@ from feature_repo.live_features import (
     user_live_features,
 )
 from infra import local_stack, processes
-from infra.bench_serve import start_feast_server
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
-from serving.online import OnlineReader, resolve_views
+from segscore.bench.serve import start_feast_server
 from serving.scoring import ONLINE_FEATURES, online_columns, with_read_time_features
-from streams.events import Event, EventType
-from streams.feature_catalog import (
-    PROPENSITY_FEATURES,
-    SEGMENTATION_FEATURES,
-    offline_service,
-    stored_features,
-)
-from streams.feature_math import history_features, stream_features
-from streams.state_store import StateLayout, save_states
-from streams.user_state import UserState, apply_event
 
 NAMES = [spec.name for spec in LIVE_FEATURES]
 REFS = [f"{LIVE_VIEW}:{name}" for name in NAMES]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.event_files import read_events
 from infra.processes import process_env
 from infra.settings import PROJECT_ROOT, Settings
-from streams.event_files import read_events
 from tests.support import run_cli
 
 HEADER = (
@@ -83,7 +83,15 @@ def test_nothing_importable_exits_non_zero(tmp_path: Path) -> None:
     src = tmp_path / "junk.jsonl"
     src.write_text("{oops\n[1]\n")
     result = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "import", str(src), "--layout", "native"],
+        [
+            sys.executable,
+            "-m",
+            "segscore.cli",
+            "import",
+            str(src),
+            "--layout",
+            "native",
+        ],
         cwd=PROJECT_ROOT,
         env=process_env(settings),
         capture_output=True,

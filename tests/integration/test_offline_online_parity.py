@@ -11,15 +11,17 @@ import time
 
 import redis
 
+from core.event_files import events_frame
+from core.feature_catalog import STATE_FEATURE
+from core.feature_math import history_features, stream_features
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, load_states
+from core.user_state import UserState
+from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
-from streams.feature_catalog import STATE_FEATURE
-from streams.feature_math import history_features, stream_features
-from streams.producer import produce_events
-from streams.simulator import events_frame, simulate
-from streams.state_store import StateLayout, load_states
-from streams.user_state import UserState
+from segscore.producer import produce_events
+from segscore.simulator import simulate
 from tests.support import assert_features_equal, eventually
 from training.backfill import backfill
 

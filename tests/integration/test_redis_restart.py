@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.events import Event
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout
+from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.bench_stream import backlog_events, produce_backlog_async, verify_states
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings, get_settings
 from infra.topics import ensure_topics
-from streams.events import Event
-from streams.state_store import StateLayout
+from segscore.bench.stream import backlog_events, produce_backlog_async, verify_states
 from tests.support import eventually
 
 # appendfsync everysec: a write is on disk about a second after it was made.

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from core.events import Event, EventType
+from core.store.feast_config import feature_store
+from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
-from streams.events import Event, EventType
-from streams.producer import produce_events
+from segscore.producer import produce_events
 from tests.support import eventually, save_tiny_models
 
 MINUTE = 60.0

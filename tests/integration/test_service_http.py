@@ -26,17 +26,18 @@ import pandas as pd
 import pytest
 import redis
 
-from infra.feast_config import apply_repo, feature_store
-from infra.local_stack import Service, Stack, free_port, start_redis, stop_pid
-from infra.settings import PROJECT_ROOT, Settings, get_settings
-from serving.schemas import ErrorResponse, ScoreResponse, SegmentsResponse
-from streams.events import Event
-from streams.feature_catalog import (
+from core.events import Event
+from core.feature_catalog import (
     HISTORY_FEATURES,
     PROPENSITY_FEATURES,
 )
-from streams.state_store import StateLayout, save_states
-from streams.user_state import UserState, apply_event
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, save_states
+from core.user_state import UserState, apply_event
+from feature_repo.apply import apply_repo
+from infra.local_stack import Service, Stack, free_port, start_redis, stop_pid
+from infra.settings import PROJECT_ROOT, Settings, get_settings
+from serving.schemas import ErrorResponse, ScoreResponse, SegmentsResponse
 from tests.support import TINY_CALIBRATION as CALIBRATION
 from tests.support import save_tiny_models
 
@@ -421,7 +422,7 @@ def test_online_reader_returns_what_feast_returns(live: LiveService):
 
     import redis.asyncio as aioredis
 
-    from serving.online import OnlineReader, resolve_views
+    from core.store.online_reader import OnlineReader, resolve_views
     from serving.scoring import ONLINE_FEATURES, online_columns
 
     store = feature_store(live.settings, live.redis.address)
@@ -553,7 +554,7 @@ def _versions(tags: tuple[str, str]) -> dict[str, str]:
 def test_promotion_is_picked_up_without_failed_requests(
     client: httpx.Client, live: LiveService
 ):
-    from training.registry import PROPENSITY, SEGMENTER, promote
+    from core.registry import PROPENSITY, SEGMENTER, promote
 
     old = _score(client, user_ids=[KNOWN_USER]).json()["model_versions"]
     new = save_tiny_models(live.settings, seed=11, rounds=30)
@@ -578,7 +579,7 @@ def test_promotion_is_picked_up_without_failed_requests(
 def test_broken_model_is_refused_and_the_last_good_keeps_serving(
     client: httpx.Client, live: LiveService
 ):
-    from training.registry import PROPENSITY, load_propensity, promote, save_propensity
+    from core.registry import PROPENSITY, load_propensity, promote, save_propensity
 
     good = _versions(live.model_tags)
     broken = load_propensity(live.settings, live.model_tags[1])

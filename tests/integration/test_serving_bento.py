@@ -36,9 +36,9 @@ def test_bentoml_build_produces_a_bento_of_the_service(tmp_path: Path):
     source = bento / "src"
     for module in (
         "serving/service.py",
-        "serving/online.py",
-        "streams/feature_math.py",
-        "training/registry.py",
+        "core/store/online_reader.py",
+        "core/feature_math.py",
+        "core/registry.py",
         "feature_repo/live_features.py",
     ):
         assert (source / module).is_file(), module

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import redis
 
+from core.events import Event, EventType
+from core.feature_catalog import STATE_FEATURE
+from core.feature_math import stream_features
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, load_states, save_states
+from core.user_state import UserState, apply_event
+from feature_repo.apply import apply_repo
 from infra import local_stack
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
-from streams.events import Event, EventType
-from streams.feature_catalog import STATE_FEATURE
-from streams.feature_math import stream_features
-from streams.state_store import StateLayout, load_states, save_states
-from streams.user_state import UserState, apply_event
 
 T0 = 1_800_000_000.0
 

@@ -18,13 +18,13 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from infra.feast_config import feature_store
-from streams.events import Event, EventType
-from streams.feature_math import stream_features
+from core.events import Event, EventType
+from core.feature_math import stream_features
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, load_states
+from segscore.producer import produce_raw, read_topic
 from streams.metrics import sample_sum
-from streams.producer import produce_raw, read_topic
 from streams.routing import canonical_partition
-from streams.state_store import StateLayout, load_states
 from tests.integration import test_stream_reliability as reliability
 from tests.integration.test_stream_reliability import (
     Lane,

@@ -50,18 +50,20 @@ import redis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from core.event_files import events_frame
+from core.events import Event
+from core.feature_catalog import STATE_FEATURE
+from core.feature_math import stream_features
+from core.store.feast_config import feature_store
+from core.store.state_store import StateLayout, load_states
+from core.user_state import UserState
+from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.feast_config import apply_repo, feature_store
 from infra.settings import Settings
 from infra.topics import ensure_topics
-from streams.events import Event
-from streams.feature_catalog import STATE_FEATURE
-from streams.feature_math import stream_features
+from segscore.producer import produce_events, produce_raw, read_topic
+from segscore.simulator import simulate
 from streams.metrics import Samples, label_values, parse_exposition, sample_sum
-from streams.producer import produce_events, produce_raw, read_topic
-from streams.simulator import events_frame, simulate
-from streams.state_store import StateLayout, load_states
-from streams.user_state import UserState
 from tests.support import eventually
 from training.backfill import backfill
 

@@ -30,7 +30,7 @@ def _cli(
         },
     )
     done = subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
+        [sys.executable, "-m", "segscore.cli", *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -17,11 +17,13 @@ from bentoml._internal.models import ModelStore
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
-from infra.feast_config import apply_repo, feature_store, repo_config_dict
+from core import registry
+from core.event_files import events_frame
+from core.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
+from core.store.feast_config import feature_store, repo_config_dict
+from feature_repo.apply import apply_repo
 from infra.settings import Settings
-from streams.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
-from streams.simulator import events_frame, simulate
-from training import registry
+from segscore.simulator import simulate
 from training.pipeline import TrainResult, data_fingerprint, train
 from training.training_set import complete_features, matrix, training_frame
 

@@ -1,0 +1,1 @@
+"""The bottom layer: names, store layouts, event contract, feature state and math."""

@@ -1,0 +1,1 @@
+"""What the stores hold and how: Feast config, the Redis state layout, reads, writes."""

@@ -1,0 +1,32 @@
+"""Register the repository's objects in a store: what ``feast apply`` does here."""
+
+from __future__ import annotations
+
+from feast import FeatureStore
+
+
+def apply_repo(store: FeatureStore) -> None:
+    """Register every object of ``feature_repo`` (what ``feast apply`` does)."""
+    from feature_repo import (
+        data_sources,
+        entities,
+        feature_services,
+        features,
+        live_features,
+    )
+
+    store.apply(
+        [
+            entities.user,
+            data_sources.stream_features_source,
+            data_sources.user_events_push,
+            data_sources.history_features_source,
+            features.user_stream_features,
+            features.user_history_features,
+            live_features.user_live_features,
+            feature_services.segmentation,
+            feature_services.propensity,
+            feature_services.segmentation_offline,
+            feature_services.propensity_offline,
+        ]
+    )

@@ -1,0 +1,1 @@
+"""The tools on top: the ``segscore`` command, the demo, the simulator, benchmarks."""

@@ -1,0 +1,1 @@
+"""``segscore bench``: stream, serve and training benchmarks on real components."""

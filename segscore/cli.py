@@ -1,0 +1,511 @@
+"""The ``segscore`` command line: one subcommand per stage of the data flow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from infra import local_stack
+from infra.settings import get_settings
+from segscore.models_cli import app as models_app
+
+app = typer.Typer(
+    help="Real-time segments and purchase propensity, explained.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Settings come from SEGSCORE_* environment variables (see infra/settings.py)."""
+    _setup_logging(verbose)
+    if not verbose:
+        # Library deprecation chatter (pathspec via feast, pandas nanoseconds) is
+        # noise to a user of the CLI; -v shows it.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Discarding nonzero nanoseconds")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+@app.command()
+def up() -> None:
+    """Start Redis and the Kafka-protocol broker where missing; create topics."""
+    from core.store.feast_config import write_feature_store_yaml
+    from infra.topics import ensure_topics
+
+    settings = get_settings()
+    stack = local_stack.up(settings)
+    ensure_topics(stack.kafka_broker, settings)
+    yaml_path = write_feature_store_yaml(
+        settings, stack.redis_url, settings.feature_repo / "feature_store.yaml"
+    )
+    console.print(f"redis  {stack.redis_url}")
+    console.print(f"kafka  {stack.kafka_broker}")
+    console.print(f"feast  {yaml_path} (cd feature_repo && feast apply)")
+
+
+@app.command()
+def down() -> None:
+    """Stop what ``segscore up`` started (nothing else)."""
+    stopped = local_stack.down(get_settings())
+    for service in stopped:
+        console.print(f"stopped {service.name} (pid {service.pid})")
+    if not stopped:
+        console.print("nothing to stop")
+
+
+@app.command()
+def status() -> None:
+    """Show where the stack runs and whether each part answers."""
+    state = local_stack.status(get_settings())
+    if not state:
+        console.print("stack not running (segscore up)")
+        raise typer.Exit(1)
+    for name, info in state.items():
+        mark = "[green]up[/]" if info["up"] else "[red]down[/]"
+        console.print(f"{name:6} {info['address']}  {mark}")
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="How many shoppers.")] = 1000,
+    days: Annotated[float, typer.Option(help="Days of history, ending now.")] = 28,
+    seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 7,
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet/JSONL file (default: data dir).")
+    ] = None,
+    to_kafka: Annotated[
+        bool, typer.Option(help="Produce to the events topic.")
+    ] = False,
+) -> None:
+    """Generate shopping sessions for behavioural personas."""
+    from core.event_files import write_events
+    from segscore.simulator import simulate as run
+
+    settings = get_settings()
+    end = time.time()
+    sim = run(users, end - days * 86_400, end, seed=seed)
+    if to_kafka:
+        from segscore.producer import produce_events
+
+        stack = local_stack.current(settings)
+        sent = produce_events(stack.kafka_broker, settings.events_topic, sim.events)
+        console.print(f"produced {sent} events to {settings.events_topic}")
+        return
+    path = out or settings.data_dir / "events.parquet"
+    write_events(sim.events, path)
+    personas = path.with_suffix(".personas.json")
+    personas.write_text(json.dumps(sim.personas))
+    console.print(f"wrote {len(sim.events)} events of {users} users to {path}")
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON-lines log.")],
+    layout: Annotated[
+        str, typer.Option(help="auto|native|ecommerce|transactions|mapping.")
+    ] = "auto",
+    mapping: Annotated[
+        Path | None, typer.Option(help="YAML/JSON mapping file for other layouts.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Events file (default: data dir).")
+    ] = None,
+    max_bad_rows_shown: Annotated[
+        int, typer.Option(help="Bad rows to print (all go to the report).", min=0)
+    ] = 20,
+) -> None:
+    """Import an event log into the contract's event file (see docs/importing.md)."""
+    from rich.table import Table
+
+    from core.events import iso
+    from training.event_import import ImportFailed, import_events
+
+    settings = get_settings()
+    target = out or settings.data_dir / "events.parquet"
+    try:
+        with console.status(f"importing {path}") as status:
+            result = import_events(
+                path,
+                target,
+                layout=layout,
+                mapping_path=mapping,
+                max_future_seconds=settings.max_future_seconds,
+                max_bytes=settings.max_event_bytes,
+                on_phase=lambda text: status.update(text),
+                min_ts=settings.min_event_time.timestamp(),
+            )
+    except ImportFailed as exc:
+        console.print(f"[red]import failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    summary = result.summary
+    shown = result.bad.head(max_bad_rows_shown)
+    for row in shown.itertuples(index=False):
+        console.print(
+            f"line {row.line}: {row.reason} ({row.detail})",
+            markup=False,
+            highlight=False,
+        )
+    if len(result.bad) > len(shown):
+        console.print(
+            f"... and {len(result.bad) - len(shown)} more, see {summary.report}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    table = Table(
+        title=f"import {path.name} ({summary.layout} layout)", show_header=False
+    )
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("rows read", f"{summary.rows_read:,}")
+    table.add_row("accepted", f"{summary.accepted:,}")
+    table.add_row("rejected", f"{summary.rejected:,}")
+    for reason, count in summary.reasons.items():
+        table.add_row(f"  {reason}", f"{count:,}")
+    if summary.skipped:
+        table.add_row("skipped by mapping", f"{summary.skipped:,}")
+    if summary.blank_lines:
+        table.add_row("blank lines", f"{summary.blank_lines:,}")
+    table.add_row("users", f"{summary.users:,}")
+    if summary.ts_min is not None and summary.ts_max is not None:
+        table.add_row("from", iso(summary.ts_min))
+        table.add_row("to", iso(summary.ts_max))
+    table.add_row(
+        "seconds", f"{summary.seconds:.2f} ({summary.rows_per_s:,.0f} rows/s)"
+    )
+    table.add_row("events file", summary.output)
+    if summary.report:
+        table.add_row("bad-row report", summary.report)
+    console.print(table)
+    if summary.accepted == 0:
+        console.print("[red]nothing could be imported[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def apply() -> None:
+    """Register the feature repo (same as ``feast apply`` in feature_repo/)."""
+    from core.store.feast_config import feature_store
+    from feature_repo.apply import apply_repo
+
+    settings = get_settings()
+    stack = local_stack.current(settings)
+    apply_repo(feature_store(settings, stack.redis_url))
+    console.print("feature repo applied")
+
+
+@app.command()
+def train(
+    events: Annotated[
+        Path | None, typer.Option(help="Event file (default: data dir).")
+    ] = None,
+    seed_online: Annotated[
+        bool, typer.Option(help="Also seed the online store from the backfill.")
+    ] = True,
+) -> None:
+    """Backfill, build point-in-time training sets, train and register both models."""
+    from training.workflow import run_training
+
+    settings = get_settings()
+    path = events or settings.data_dir / "events.parquet"
+    summary = run_training(settings, path, seed_online=seed_online, console=console)
+    console.print_json(data=summary)
+
+
+@app.command()
+def worker() -> None:
+    """Run the Faust stream worker in the foreground."""
+    from streams.app import main as worker_main
+
+    # The worker CLI turns the web server back on unless told otherwise.
+    sys.argv = ["faust", "worker", "-l", "warn", "--without-web"]
+    worker_main()
+
+
+@app.command()
+def serve(port: Annotated[int, typer.Option()] = 3000) -> None:
+    """Run the BentoML scoring service in the foreground."""
+    from infra.processes import process_env
+
+    settings = get_settings()
+    cmd = [
+        sys.executable, "-m", "bentoml", "serve", "serving.service:ScoringService",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    os.execve(sys.executable, cmd, process_env(settings))
+
+
+@app.command()
+def score(
+    user_ids: Annotated[list[str], typer.Argument(help="Users to score.")],
+    url: Annotated[str, typer.Option()] = "http://127.0.0.1:3000",
+    top_k: Annotated[int, typer.Option()] = 5,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Sent as X-API-Key; default: SEGSCORE_API_KEY.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Score users through the running service (real HTTP)."""
+    import httpx
+    from rich.markup import escape
+
+    key = api_key if api_key is not None else get_settings().api_key
+    errors = Console(stderr=True, soft_wrap=True)
+    try:
+        response = httpx.post(
+            f"{url}/score",
+            json={"user_ids": user_ids, "explain": True, "top_k": top_k},
+            headers={"X-API-Key": key} if key else None,
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        reason = escape(str(exc))
+        errors.print(f"[red]cannot reach the scoring service at {url}:[/] {reason}")
+        raise typer.Exit(1) from None
+    if response.status_code == 401:
+        hint = (
+            "the service refused the API key given"
+            if key
+            else "the service requires an API key: pass --api-key or set "
+            "SEGSCORE_API_KEY"
+        )
+        errors.print(f"[red]401 unauthorized:[/] {hint}")
+        raise typer.Exit(1)
+    if response.status_code != 200:
+        errors.print(f"[red]{response.status_code}[/] {escape(response.text)}")
+        raise typer.Exit(1)
+    console.print_json(data=response.json())
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(help="Shoppers in the history.")] = 600,
+    days: Annotated[float, typer.Option(help="Days of history.")] = 28,
+    home: Annotated[
+        Path | None, typer.Option(help="State dir (default: a fresh temp dir).")
+    ] = None,
+) -> None:
+    """From nothing to live scores: stack, history, training, stream, before/after."""
+    from segscore.demo import run_demo
+
+    run_demo(users=users, days=days, home=home, console=console)
+
+
+@app.command()
+def catalogue() -> None:
+    """Print the feature catalogue as Markdown."""
+    from core.feature_catalog import markdown_table
+
+    typer.echo(markdown_table(), nl=False)
+
+
+bench_app = typer.Typer(help="Benchmarks on real components.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _report_bench(
+    console: Console,
+    run: Callable[[], dict[str, Any]],
+    show: Callable[[Console, dict[str, Any]], None],
+    json_out: Path | None,
+) -> None:
+    """Run a service benchmark, print it, and write its flat JSON when asked.
+
+    A failed setup or an interrupt ends the command with one line, not a
+    traceback; the benchmark has already stopped what it started.
+    """
+    from segscore.bench.stream import BenchError
+
+    try:
+        result = run()
+    except BenchError as exc:
+        console.print(f"[red]bench failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; stopped everything the bench started")
+        raise typer.Exit(130) from None
+    show(console, result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+app.add_typer(models_app, name="models")
+
+
+@bench_app.command("stream")
+def bench_stream(
+    events: Annotated[int, typer.Option(help="Backlog size.", min=1)] = 100_000,
+    rate: Annotated[
+        int, typer.Option(help="Offered events/s for freshness.", min=1)
+    ] = 5_000,
+    users: Annotated[int, typer.Option(help="Distinct users.", min=1)] = 10_000,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of paced producing.", min=0.5)
+    ] = 15.0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy the worker over the backlog (collapsed stacks)."),
+    ] = None,
+    batch_max_events: Annotated[
+        int | None, typer.Option(help="Override the worker's batch size limit.")
+    ] = None,
+    batch_max_seconds: Annotated[
+        float | None, typer.Option(help="Override the worker's batch time limit.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 7,
+    keep_home: Annotated[
+        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+    ] = False,
+) -> None:
+    """Broker -> Faust worker -> Redis: backlog throughput and freshness at a rate.
+
+    Starts its own stack in a temporary home and stops it at the end.
+    """
+    from segscore.bench.stream import (
+        BenchConfig,
+        flat,
+        print_result,
+        run_bench,
+    )
+
+    config = BenchConfig(
+        events=events,
+        rate=rate,
+        users=users,
+        duration=duration,
+        seed=seed,
+        batch_max_events=batch_max_events,
+        batch_max_seconds=batch_max_seconds,
+        profile=profile,
+        keep_home=keep_home,
+    )
+    _report_bench(
+        console, lambda: flat(run_bench(config, console)), print_result, json_out
+    )
+
+
+@bench_app.command("training")
+def bench_training(
+    events: Annotated[int, typer.Option(min=1000, help="Rows to import.")] = 1_000_000,
+    users: Annotated[int, typer.Option(min=10, help="Distinct users.")] = 100_000,
+    days: Annotated[int, typer.Option(min=10, help="Days of history.")] = 30,
+    seed: Annotated[int, typer.Option()] = 7,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    keep_home: Annotated[bool, typer.Option(help="Keep the temporary home.")] = False,
+) -> None:
+    """Import -> backfill -> training sets on a generated log: time and peak memory."""
+    from rich.table import Table
+
+    from segscore.bench.training import TrainingBenchConfig, run_training_bench
+
+    config = TrainingBenchConfig(
+        events=events, users=users, days=days, seed=seed, keep_home=keep_home
+    )
+    with console.status(f"import -> backfill -> training sets on {events:,} events"):
+        result = run_training_bench(config)
+    table = Table("metric", "value", title="segscore bench training")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if not result["meets_targets"]:
+        console.print(
+            f"[yellow]targets: <= {result['target_seconds']:.0f} s and <= "
+            f"{result['target_rss_mb']:.0f} MB; see the stage timings above[/]"
+        )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    users: Annotated[int, typer.Option(min=50, help="Simulated shoppers.")] = 1000,
+    days: Annotated[float, typer.Option(min=1, help="Days of history.")] = 28.0,
+    single_requests: Annotated[
+        int, typer.Option(min=10, help="Sequential single-user requests (each).")
+    ] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 16,
+    duration: Annotated[
+        float, typer.Option(min=0.5, help="Seconds per throughput phase.")
+    ] = 10.0,
+    batch_requests: Annotated[
+        int, typer.Option(min=10, help="Sequential explained batches.")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    batch_concurrency: Annotated[
+        int, typer.Option(min=1, help="Connections in the unexplained batch phase.")
+    ] = 8,
+    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
+    seed: Annotated[int, typer.Option()] = 7,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy a service worker over the run (collapsed stacks)."),
+    ] = None,
+    keep_home: Annotated[
+        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+    ] = False,
+) -> None:
+    """Scoring API over loopback HTTP, side by side with `feast serve`.
+
+    Starts its own Redis, simulates and trains, seeds the online store, starts the
+    BentoML service and Feast's feature server, and stops them all at the end.
+    """
+    from segscore.bench.serve import ServeBenchConfig, print_result, run_serve_bench
+
+    config = ServeBenchConfig(
+        users=users,
+        days=days,
+        seed=seed,
+        single_requests=single_requests,
+        concurrency=concurrency,
+        duration=duration,
+        batch_size=batch_size,
+        batch_requests=batch_requests,
+        batch_concurrency=batch_concurrency,
+        serve_workers=workers,
+        warmup_requests=min(200, single_requests),
+        profile=profile,
+        keep_home=keep_home,
+    )
+    _report_bench(
+        console, lambda: run_serve_bench(config, console), print_result, json_out
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Benchmarks and the soak run, small: each asserts its JSON report and targets."""

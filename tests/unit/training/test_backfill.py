@@ -1,0 +1,296 @@
+"""Backfill, labels and training-set assembly on tiny hand-made event logs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from core.event_files import COLUMNS
+from core.feature_catalog import (
+    HISTORY_FEATURES,
+    PROPENSITY_FEATURES,
+    STREAM_FEATURES,
+    stored_features,
+)
+from core.feature_math import AGE_CAP_SECONDS
+from infra.settings import Settings
+from training.backfill import backfill, snapshot_grid, write_offline
+from training.labels import labelled_snapshots, purchase_labels
+from training.training_set import complete_features
+
+DAY = 86_400
+T0 = 1_704_067_200.0  # 2024-01-01 00:00:00 UTC
+S1 = T0 + DAY
+S2 = T0 + 2 * DAY
+S3 = T0 + 3 * DAY
+
+
+def _events(rows: list[tuple]) -> pd.DataFrame:
+    """A contract-shaped frame from (event_id, user_id, type, ts[, revenue])."""
+    records = []
+    for row in rows:
+        event_id, user, etype, ts, *rest = row
+        record = dict.fromkeys(COLUMNS)
+        record.update(event_id=event_id, user_id=user, event_type=etype, ts=ts)
+        record["revenue"] = rest[0] if rest else None
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    frame["price"] = frame["price"].astype("float64")
+    frame["revenue"] = frame["revenue"].astype("float64")
+    frame["quantity"] = frame["quantity"].astype("Int64")
+    return frame
+
+
+# u1 browses on day 0, buys one minute after the first snapshot; u2 appears on
+# day 1 and buys exactly at the second snapshot instant. e2 is delivered twice.
+LOG = [
+    ("e1", "u1", "page_view", T0 + 3600),
+    ("e2", "u1", "product_view", T0 + 7200),
+    ("e3", "u1", "add_to_cart", T0 + 10800),
+    ("e2", "u1", "product_view", T0 + 7200),
+    ("e4", "u1", "purchase", S1 + 60, 50.0),
+    ("e5", "u2", "product_view", S1 + 3600),
+    ("e6", "u2", "purchase", S2, 20.0),
+]
+
+
+def _row(frame: pd.DataFrame, user: str, instant: float) -> pd.Series:
+    stamp = pd.Timestamp(instant, unit="s", tz="UTC")
+    hit = frame[(frame["user_id"] == user) & (frame["event_timestamp"] == stamp)]
+    assert len(hit) == 1, f"expected one row for {user} at {stamp}"
+    return hit.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def result():
+    # Shuffled file order: the backfill must order each user's events by time.
+    frame = _events(LOG).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    return backfill(frame, [T0, S1, S2], lateness_seconds=600)
+
+
+def test_snapshot_features_match_hand_computed_values(result) -> None:
+    stream = _row(result.stream, "u1", S1)
+    assert stream["events_1h"] == 0
+    assert stream["events_24h"] == 3
+    assert stream["events_7d"] == 3
+    assert stream["product_views_24h"] == 1  # the duplicate e2 counts once
+    assert stream["cart_adds_24h"] == 1
+    assert stream["last_event_ts"] == T0 + 10800
+
+    later = _row(result.stream, "u1", S2)
+    assert later["events_24h"] == 1  # only the purchase is inside (S2-24h, S2]
+    assert later["events_7d"] == 4
+    assert later["purchases_7d"] == 1
+    assert later["revenue_7d"] == 50.0
+    assert later["last_purchase_ts"] == S1 + 60
+
+    history = _row(result.history, "u1", S2)
+    assert history["orders_90d"] == 1
+    assert history["revenue_90d"] == 50.0
+    assert history["avg_order_value_90d"] == 50.0
+    assert history["purchase_days_90d"] == 1
+    assert history["first_seen_ts"] == T0 + 3600
+    assert result.outcomes == {"applied": 6, "duplicate": 1, "late": 0}
+
+
+def test_events_after_a_snapshot_are_not_seen_by_it(result) -> None:
+    stream = _row(result.stream, "u1", S1)
+    history = _row(result.history, "u1", S1)
+    assert stream["purchases_7d"] == 0
+    assert stream["revenue_7d"] == 0
+    assert math.isnan(stream["last_purchase_ts"])
+    assert history["orders_90d"] == 0
+    # Nobody has an event at or before T0, and u2 is unknown until after S1.
+    stamps = set(result.stream["event_timestamp"])
+    assert pd.Timestamp(T0, unit="s", tz="UTC") not in stamps
+    s1_users = result.stream.loc[
+        result.stream["event_timestamp"] == pd.Timestamp(S1, unit="s", tz="UTC"),
+        "user_id",
+    ]
+    assert list(s1_users) == ["u1"]
+    # An event exactly at the snapshot instant is part of it.
+    assert _row(result.stream, "u2", S2)["purchases_7d"] == 1
+
+
+def test_states_are_the_final_replay_states(result) -> None:
+    assert set(result.states) == {"u1", "u2"}
+    assert result.states["u1"].last_purchase_ts == S1 + 60
+    assert result.states["u2"].first_seen_ts == S1 + 3600
+
+
+def test_labels_look_only_at_the_future(result) -> None:
+    labels = purchase_labels(_events(LOG), [T0, S1, S2, S3], 1, data_end=S3)
+    by_key = {
+        (row.user_id, row.event_timestamp.timestamp()): row.label
+        for row in labels.itertuples()
+    }
+    # The purchase one minute after S1 is u1's label at S1 ...
+    assert by_key[("u1", S1)] == 1
+    # ... while the S1 features do not contain it (see the test above).
+    assert _row(result.stream, "u1", S1)["purchases_7d"] == 0
+    assert by_key[("u1", S2)] == 0
+    # A purchase at S2 itself is in S2's features, not in S2's label.
+    assert by_key[("u2", S2)] == 0
+    # Not seen yet at S1, no full horizon after S3, nobody seen at T0.
+    assert set(by_key) == {("u1", S1), ("u1", S2), ("u2", S2)}
+    assert str(labels["event_timestamp"].dt.tz) == "UTC"
+
+
+def test_labelled_snapshots_need_a_full_horizon() -> None:
+    assert labelled_snapshots([S1, S2, S3], 1, data_end=S3 - 1) == [S1]
+    assert labelled_snapshots([S1, S2, S3], 7, data_end=S3) == []
+
+
+def test_snapshot_grid_is_daily_at_midnight_utc() -> None:
+    assert snapshot_grid(T0 + 5, S3) == [S1, S2, S3]
+    assert snapshot_grid(T0, S3, every_days=2) == [T0, S2]
+    assert snapshot_grid(T0 + 5, T0 + 10) == []
+
+
+def test_write_offline_schema(result, tmp_path) -> None:
+    settings = Settings(home=tmp_path)
+    stream_path, history_path = write_offline(result, settings)
+    assert stream_path == tmp_path / "data/offline/user_stream_features.parquet"
+    for path, specs in (
+        (stream_path, STREAM_FEATURES),
+        (history_path, HISTORY_FEATURES),
+    ):
+        schema = pq.read_schema(path)
+        assert schema.names == ["user_id", "event_timestamp", *(s.name for s in specs)]
+        assert str(schema.field("user_id").type) == "string"
+        assert str(schema.field("event_timestamp").type) == "timestamp[us, tz=UTC]"
+        assert {str(schema.field(s.name).type) for s in specs} == {"double"}
+    assert pq.read_table(stream_path).num_rows == len(result.stream)
+
+
+def test_missing_stored_values_read_as_no_activity() -> None:
+    stored = pd.DataFrame(
+        {name: [np.nan, 4.0] for name in stored_features(PROPENSITY_FEATURES)}
+    )
+    stored["last_event_ts"] = [np.nan, S1 - 7200]
+    stored["last_purchase_ts"] = [np.nan, np.nan]
+    stored["first_seen_ts"] = [np.nan, T0]
+    out = complete_features(stored, PROPENSITY_FEATURES, np.array([S1, S1]))
+    assert list(out.columns) == list(PROPENSITY_FEATURES)
+    assert out.loc[0, "events_7d"] == 0 and out.loc[0, "orders_90d"] == 0
+    assert out.loc[1, "events_7d"] == 4
+    assert out.loc[0, "hours_since_last_event"] == AGE_CAP_SECONDS / 3600
+    assert out.loc[1, "hours_since_last_event"] == pytest.approx(2.0)
+    assert out.loc[1, "tenure_days"] == pytest.approx(1.0)
+    assert out.loc[1, "days_since_last_purchase"] == AGE_CAP_SECONDS / DAY
+
+
+def test_missing_stored_columns_are_an_error() -> None:
+    with pytest.raises(KeyError, match="orders_90d"):
+        complete_features(
+            pd.DataFrame({"events_7d": [1.0]}), PROPENSITY_FEATURES, np.array([S1])
+        )
+
+
+def test_progress_reports_every_user_by_the_end() -> None:
+    calls: list[tuple[int, int]] = []
+    backfill(_events(LOG), [T0, S1], 600, on_progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1] == (2, 2)
+    assert all(done <= total for done, total in calls)
+
+
+def _messy(events: pd.DataFrame) -> pd.DataFrame:
+    """Redelivered events, equal times, fields left out, rows shuffled."""
+    rng = np.random.default_rng(11)
+    messy = pd.concat(
+        [events, events.sample(frac=0.05, random_state=1)], ignore_index=True
+    )
+    ties = rng.random(len(messy)) < 0.1
+    messy.loc[ties, "ts"] = messy.loc[ties, "ts"].round(-2)
+    purchase = (messy["event_type"] == "purchase").to_numpy()
+    # Purchases stating only price and quantity, and views without a price.
+    messy.loc[purchase & (rng.random(len(messy)) < 0.5), "revenue"] = np.nan
+    messy.loc[~purchase & (rng.random(len(messy)) < 0.1), "price"] = np.nan
+    messy.loc[rng.random(len(messy)) < 0.05, "session_id"] = None
+    messy.loc[rng.random(len(messy)) < 0.05, "category"] = None
+    return messy.sample(frac=1.0, random_state=5).reset_index(drop=True)
+
+
+def _simulated(n_users: int, days: int) -> pd.DataFrame:
+    from core.event_files import events_frame
+    from segscore.simulator import simulate
+
+    return _messy(events_frame(simulate(n_users, T0, T0 + days * DAY, seed=4).events))
+
+
+def test_rows_follow_users_in_order_of_first_appearance() -> None:
+    events = _simulated(30, 6)
+    snaps = snapshot_grid(T0, T0 + 5 * DAY)  # some users start after the last one
+    result = backfill(events, snaps, 600)
+    order = list(pd.unique(events["user_id"]))
+    assert list(result.states) == order
+    first_seen = events.groupby("user_id")["ts"].min()
+    expected = [(u, s) for u in order for s in snaps if s >= first_seen[u]]
+    for table in (result.stream, result.history):
+        instants = (table["event_timestamp"].astype("int64") / 1e9).tolist()
+        assert list(zip(table["user_id"], instants, strict=True)) == expected
+    assert result.outcomes["duplicate"] > 0
+
+
+def test_parallel_backfill_equals_the_serial_one() -> None:
+    # The same rows in the same order (users by first appearance, instants
+    # ascending), the same states in the same order, bit for bit, whichever
+    # process replayed which users.
+    events = _simulated(60, 10)
+    snaps = snapshot_grid(T0, T0 + 8 * DAY)
+    serial = backfill(events, snaps, 600, workers=1)
+    for workers in (2, 3):
+        calls: list[tuple[int, int]] = []
+        parallel = backfill(
+            events,
+            snaps,
+            600,
+            on_progress=lambda d, t: calls.append((d, t)),  # noqa: B023
+            workers=workers,
+            parallel_from_events=0,
+        )
+        assert calls[-1] == (len(serial.states), len(serial.states))
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+        pd.testing.assert_frame_equal(parallel.stream, serial.stream, check_exact=True)
+        pd.testing.assert_frame_equal(
+            parallel.history, serial.history, check_exact=True
+        )
+        assert list(parallel.states) == list(serial.states)
+        assert parallel.states == serial.states
+        assert parallel.outcomes == serial.outcomes
+
+
+def test_no_events_give_empty_tables() -> None:
+    result = backfill(_events([]), [T0, S1], 600, workers=2, parallel_from_events=0)
+    assert len(result.stream) == len(result.history) == 0
+    assert list(result.stream.columns[:2]) == ["user_id", "event_timestamp"]
+    assert result.states == {}
+    assert result.outcomes == {"applied": 0, "duplicate": 0, "late": 0}
+
+
+def test_worker_tasks_write_their_rows_in_place(tmp_path) -> None:
+    # What a worker process does with a chunk (rows into the shared table file at
+    # the chunk's offset), done here in any order, gives the in-process tables.
+    from training.backfill import _chunks, _replay_here, _sorted_events, _tables
+    from training.replay import replay_to_file, table_bytes
+
+    events = _simulated(40, 6)
+    snaps = snapshot_grid(T0, T0 + 5 * DAY)
+    users, columns = _sorted_events(events, snaps)
+    chunks = _chunks(users, columns, 5)
+    assert len(chunks) == 5
+    stream, history, here = _replay_here(chunks, snaps, 600, users.total_rows, None)
+    path = tmp_path / "tables"
+    path.write_bytes(bytes(sum(table_bytes(users.total_rows))))
+    there = {
+        i: replay_to_file(chunk, snaps, 600, str(path), users.total_rows)
+        for i, chunk in reversed(list(enumerate(chunks)))
+    }
+    stream_file, history_file = _tables(path.read_bytes(), users.total_rows)
+    assert stream_file.tobytes() == stream.tobytes()
+    assert history_file.tobytes() == history.tobytes()
+    assert [there[i].states for i in range(len(chunks))] == [r.states for r in here]
