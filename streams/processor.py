@@ -1,6 +1,8 @@
 """One micro-batch of the stream: validate, dedupe, fold into per-user state.
 
-Pure apart from the state it is handed: the Faust agent does the I/O around it.
+Pure apart from the state it is handed: :mod:`streams.worker_engine` does the I/O
+around it (reads and writes of states, the DLQ), so batches can be tested without a
+broker or a store.
 """
 
 from __future__ import annotations

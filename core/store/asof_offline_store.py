@@ -11,8 +11,9 @@ keys and clocks only, and the feature columns are gathered by row number after.
 Everything else (materialisation, pulls, writes, saved datasets, SQL entity frames,
 sources that are not local Parquet files) is inherited from
 :class:`~feast.infra.offline_stores.duckdb.DuckDBOfflineStore`.
-``tests/integration/test_asof_offline_store.py`` holds both stores to the same
-results on the edge cases (TTL expiry, ties, rows before any feature, duplicates).
+``tests/integration/test_training_pipeline.py`` holds both stores to the same
+training sets, entity rows between snapshots, before a user's first snapshot, past
+the views' TTLs and repeated included.
 
 Select it with the offline store type
 ``core.store.asof_offline_store.AsofDuckDBOfflineStore``.

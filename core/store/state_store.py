@@ -32,9 +32,9 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.feature_catalog import STATE_FEATURE
+from core.names import STREAM_VIEW
 from core.user_state import UserState
 
-STREAM_VIEW = "user_stream_features"
 DEDUPE_FIELD = b"segscore:dedupe"
 
 
@@ -134,7 +134,7 @@ def _field_values(state: UserState) -> tuple[bytes, bytes, bytes]:
     )
 
 
-# The two protobuf messages of a write, encoded by hand (tests/unit/
+# The two protobuf messages of a write, encoded by hand (tests/unit/core/
 # test_state_store_encoding.py proves the bytes equal the library's): building a
 # message per field cost twice as much, and this runs once per user written.
 def _varint(n: int) -> bytes:
