@@ -22,7 +22,8 @@ from training.backfill import BackfillResult
 from training.pipeline import TrainResult
 from training.promotion import Decision
 from training.propensity import fit_propensity, lift_at
-from training.report import (
+from training.report import write_report
+from training.report.measures import (
     calibration_bins,
     k_selection,
     lift_by_decile,
@@ -31,7 +32,6 @@ from training.report import (
     roc_points,
     shap_summary,
     thin,
-    write_report,
 )
 from training.segmenter import fit_segmenter
 
