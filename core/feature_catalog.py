@@ -213,16 +213,6 @@ PROPENSITY_FEATURES: tuple[str, ...] = (
 )
 
 
-def offline_service(service: str) -> str:
-    """The Feast feature service training reads for the model service ``service``.
-
-    ``service`` itself derives its features from the online ``state`` blob, which
-    the offline snapshots do not hold; its ``_offline`` twin names the same
-    features in the batch views (see ``feature_repo/feature_services.py``).
-    """
-    return f"{service}_offline"
-
-
 def stored_features(model_features: tuple[str, ...]) -> list[str]:
     """The stored (stream/history) features a model's inputs are derived from."""
     needed: list[str] = []

@@ -10,7 +10,7 @@ feature from it as of the read, as ``/score`` does. A Feast consumer
 Offline, that view cannot run: it would need ``state`` in the snapshot files,
 which hold the materialised stream and history columns (written by the backfill
 with the same functions). So each model also has ``<name>_offline``
-(:func:`core.feature_catalog.offline_service`), the same feature names
+(:func:`core.names.offline_service`), the same feature names
 resolved from the batch views, which training's ``get_historical_features``
 reads. Both are built from the model's feature list in the catalogue, so they
 cannot name different features.
@@ -22,8 +22,14 @@ from core.feature_catalog import (
     HISTORY_FEATURES,
     PROPENSITY_FEATURES,
     SEGMENTATION_FEATURES,
-    offline_service,
     stored_features,
+)
+from core.names import (
+    PROPENSITY_MODEL,
+    PROPENSITY_SERVICE,
+    SEGMENTATION_SERVICE,
+    SEGMENTER_MODEL,
+    offline_service,
 )
 from feature_repo.features import user_history_features, user_stream_features
 from feature_repo.live_features import user_live_features
@@ -66,15 +72,15 @@ def _services(
 
 
 segmentation, segmentation_offline = _services(
-    "segmentation",
+    SEGMENTATION_SERVICE,
     SEGMENTATION_FEATURES,
     "Inputs of the KMeans segmenter.",
-    "segmenter",
+    SEGMENTER_MODEL,
 )
 
 propensity, propensity_offline = _services(
-    "propensity",
+    PROPENSITY_SERVICE,
     PROPENSITY_FEATURES,
     "Inputs of the LightGBM purchase propensity model.",
-    "propensity",
+    PROPENSITY_MODEL,
 )

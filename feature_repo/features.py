@@ -11,6 +11,7 @@ from core.feature_catalog import (
     STREAM_FEATURES,
     FeatureSpec,
 )
+from core.names import HISTORY_VIEW, OWNER, STREAM_VIEW
 from feature_repo.data_sources import history_features_source, user_events_push
 from feature_repo.entities import user
 
@@ -27,7 +28,7 @@ def _fields(specs: tuple[FeatureSpec, ...]) -> list[Field]:
 
 
 user_stream_features = FeatureView(
-    name="user_stream_features",
+    name=STREAM_VIEW,
     entities=[user],
     ttl=timedelta(days=8),
     schema=[
@@ -42,18 +43,18 @@ user_stream_features = FeatureView(
     source=user_events_push,
     online=True,
     description="Sliding-window behaviour, kept fresh by the stream worker.",
-    owner="segscore",
+    owner=OWNER,
     tags={"group": "stream"},
 )
 
 user_history_features = FeatureView(
-    name="user_history_features",
+    name=HISTORY_VIEW,
     entities=[user],
     ttl=timedelta(days=3),
     schema=_fields(HISTORY_FEATURES),
     source=history_features_source,
     online=True,
     description="90-day purchase history, computed daily by the backfill.",
-    owner="segscore",
+    owner=OWNER,
     tags={"group": "history"},
 )

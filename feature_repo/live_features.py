@@ -36,10 +36,10 @@ from feast.types import Float64
 
 from core.events import Event, EventType
 from core.feature_catalog import HISTORY_FEATURES, STATE_FEATURE, STREAM_FEATURES
+from core.names import LIVE_VIEW, OWNER
 from core.user_state import UserState, apply_event
 from feature_repo.features import user_stream_features
 
-LIVE_VIEW = "user_live_features"
 # Everything the view derives: the stream group, then the history group.
 LIVE_FEATURES = STREAM_FEATURES + HISTORY_FEATURES
 
@@ -58,6 +58,7 @@ def live_state_features(inputs: dict[str, list]) -> dict[str, list]:
 
     from core.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
     from core.feature_math import history_features, stream_features
+    from core.names import LIVE_VIEW
     from core.user_state import UserState
 
     # One instant for the whole request, so rows of one batch are comparable.
@@ -71,9 +72,8 @@ def live_state_features(inputs: dict[str, list]) -> dict[str, list]:
     out = {spec.name: [row[spec.name] for row in rows] for spec in specs}
     # Feast (0.67) picks python-mode outputs by the name the caller asked for, which
     # is "<view>__<feature>" under full_feature_names=True, and renames nothing:
-    # without these aliases such requests silently lose every feature. The literal
-    # must equal LIVE_VIEW (this source runs without module globals).
-    out.update({f"user_live_features__{name}": out[name] for name in list(out)})
+    # without these aliases such requests silently lose every feature.
+    out.update({f"{LIVE_VIEW}__{name}": out[name] for name in list(out)})
     return out
 
 
@@ -129,6 +129,6 @@ user_live_features = StateDerivedView(
     write_to_online_store=False,
     description="The stream and history features derived from the state blob as "
     "of the read (wall clock), for online consumers; see core/feature_catalog.py.",
-    owner="segscore",
+    owner=OWNER,
     tags={"group": "stream+history", "computed": "read-time"},
 )

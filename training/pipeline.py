@@ -23,16 +23,17 @@ from sklearn.metrics import adjusted_rand_score
 
 from core import registry
 from core.events import iso
+from core.names import (
+    HISTORY_VIEW,
+    PROPENSITY_SERVICE,
+    SEGMENTATION_SERVICE,
+    STREAM_VIEW,
+    offline_paths,
+)
 from core.registry import PropensityBundle, SegmenterBundle
 from core.user_state import UserState
 from infra.settings import Settings
-from training.backfill import (
-    BackfillResult,
-    backfill,
-    offline_paths,
-    snapshot_grid,
-    write_offline,
-)
+from training.backfill import BackfillResult, backfill, snapshot_grid, write_offline
 from training.labels import labelled_snapshots, purchase_labels
 from training.promotion import Decision, judge_propensity, judge_segmenter
 from training.propensity import fit_propensity
@@ -46,11 +47,8 @@ from training.training_set import (
 
 log = logging.getLogger(__name__)
 
-SEGMENTATION_SERVICE = "segmentation"
-PROPENSITY_SERVICE = "propensity"
-
 # Feature views whose offline source the backfill writes.
-_OFFLINE_VIEWS = ("user_stream_features", "user_history_features")
+_OFFLINE_VIEWS = (STREAM_VIEW, HISTORY_VIEW)
 
 
 @dataclass
@@ -99,7 +97,7 @@ def check_offline_sources(store: FeatureStore, settings: Settings) -> None:
     ``feature_repo`` resolves its paths from the settings at import time; a repo
     applied under another ``SEGSCORE_HOME`` would silently train on stale files.
     """
-    expected = {p.resolve() for p in offline_paths(settings)}
+    expected = {p.resolve() for p in offline_paths(settings.data_dir)}
     for name in _OFFLINE_VIEWS:
         source = store.get_feature_view(name).batch_source
         path = Path(getattr(source, "path", "")).resolve()

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, silhouette_score
 
+from core.names import PROPENSITY_MODEL, SEGMENTER_MODEL
 from core.registry import PropensityBundle, SegmenterBundle
 
 
@@ -53,7 +54,7 @@ def judge_propensity(
     challenger: PropensityBundle, champion: PropensityBundle | None
 ) -> Decision:
     """ROC-AUC of both on the challenger's holdout; the challenger must be higher."""
-    name, metric = "propensity", "holdout_roc_auc"
+    name, metric = PROPENSITY_MODEL, "holdout_roc_auc"
     walkover = _walkover(name, metric, challenger, champion)
     if walkover is not None:
         return walkover
@@ -78,7 +79,7 @@ def judge_segmenter(
     seed: int = 0,
 ) -> Decision:
     """Silhouette of both assignments of the same users, in the challenger's space."""
-    name, metric = "segmenter", "silhouette"
+    name, metric = SEGMENTER_MODEL, "silhouette"
     walkover = _walkover(name, metric, challenger, champion)
     if walkover is not None:
         return walkover

@@ -20,18 +20,23 @@ from core.feature_catalog import (
     REQUEST_SOURCES,
     SEGMENTATION_FEATURES,
     TIMESTAMP_FEATURES,
-    offline_service,
     stored_features,
 )
 from core.feature_math import request_features
+from core.names import (
+    JOIN_KEY,
+    PROPENSITY_SERVICE,
+    SEGMENTATION_SERVICE,
+    offline_service,
+)
 
 log = logging.getLogger(__name__)
 
-ENTITY_KEYS = ("user_id", "event_timestamp")
+ENTITY_KEYS = (JOIN_KEY, "event_timestamp")
 
 MODEL_FEATURES: dict[str, tuple[str, ...]] = {
-    "segmentation": SEGMENTATION_FEATURES,
-    "propensity": PROPENSITY_FEATURES,
+    SEGMENTATION_SERVICE: SEGMENTATION_FEATURES,
+    PROPENSITY_SERVICE: PROPENSITY_FEATURES,
 }
 
 
@@ -106,7 +111,8 @@ def training_frame(
             hold the backfilled snapshots.
         entity_df: ``user_id`` and ``event_timestamp`` (UTC) plus any extra
             columns (e.g. ``label``), which are carried through.
-        service: Feature service name: ``"segmentation"`` or ``"propensity"``.
+        service: A model's feature service: ``SEGMENTATION_SERVICE`` or
+            ``PROPENSITY_SERVICE`` (:mod:`core.names`).
 
     Returns:
         The entity columns followed by the model features in the model's order,
@@ -160,8 +166,8 @@ def latest_population(snapshots: pd.DataFrame) -> pd.DataFrame:
 
 def latest_per_user(frame: pd.DataFrame) -> pd.DataFrame:
     """Each user's row with the latest ``event_timestamp``."""
-    ordered = frame.sort_values(["user_id", "event_timestamp"], kind="stable")
-    return ordered.drop_duplicates("user_id", keep="last").reset_index(drop=True)
+    ordered = frame.sort_values(list(ENTITY_KEYS), kind="stable")
+    return ordered.drop_duplicates(JOIN_KEY, keep="last").reset_index(drop=True)
 
 
 def matrix(frame: pd.DataFrame, features: tuple[str, ...]) -> np.ndarray:

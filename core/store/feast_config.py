@@ -14,10 +14,9 @@ import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
+from core.names import PROJECT
 from core.store.asof_offline_store import STORE_TYPE
 from infra.settings import Settings
-
-PROJECT = "segscore"
 
 
 def redis_connection_string(

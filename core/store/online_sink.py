@@ -11,8 +11,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from core.feature_catalog import HISTORY_NAMES
-
-HISTORY_VIEW = "user_history_features"
+from core.names import HISTORY_VIEW
 
 
 def history_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:

@@ -23,10 +23,10 @@ from core.events import Event, EventType
 from core.feature_catalog import (
     PROPENSITY_FEATURES,
     SEGMENTATION_FEATURES,
-    offline_service,
     stored_features,
 )
 from core.feature_math import history_features, stream_features
+from core.names import LIVE_VIEW, offline_service
 from core.store.feast_config import feature_store
 from core.store.online_reader import OnlineReader, resolve_views
 from core.store.state_store import StateLayout, save_states
@@ -34,13 +34,12 @@ from core.user_state import UserState, apply_event
 from feature_repo.apply import apply_repo
 from feature_repo.live_features import (
     LIVE_FEATURES,
-    LIVE_VIEW,
     live_state_features,
     user_live_features,
 )
 from infra import local_stack, processes
 from infra.settings import Settings
-from segscore.bench.serve import start_feast_server
+from segscore.bench.serve_stack import start_feast_server
 from serving.scoring import ONLINE_FEATURES, online_columns, with_read_time_features
 
 NAMES = [spec.name for spec in LIVE_FEATURES]

@@ -14,6 +14,7 @@ import redis
 from core.event_files import events_frame
 from core.feature_catalog import STATE_FEATURE
 from core.feature_math import history_features, stream_features
+from core.names import STREAM_VIEW
 from core.store.feast_config import feature_store
 from core.store.state_store import StateLayout, load_states
 from core.user_state import UserState
@@ -22,7 +23,8 @@ from infra import local_stack, processes
 from infra.settings import Settings
 from segscore.producer import produce_events
 from segscore.simulator import simulate
-from tests.support import assert_features_equal, eventually
+from tests.support.feature_checks import assert_features_equal
+from tests.support.processes import eventually
 from training.backfill import backfill
 
 
@@ -69,7 +71,7 @@ def test_stream_and_backfill_agree_on_every_feature(stack_settings: Settings) ->
     instant = end + 30
     users = sorted(expected)
     online = store.get_online_features(
-        features=[f"user_stream_features:{STATE_FEATURE}"],
+        features=[f"{STREAM_VIEW}:{STATE_FEATURE}"],
         entity_rows=[{"user_id": u} for u in users],
     ).to_dict()
     for i, uid in enumerate(users):

@@ -20,6 +20,7 @@ from feast.repo_config import RepoConfig
 from core import registry
 from core.event_files import events_frame
 from core.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
+from core.names import PROPENSITY_SERVICE, SEGMENTATION_SERVICE, offline_service
 from core.store.feast_config import feature_store, repo_config_dict
 from feature_repo.apply import apply_repo
 from infra.settings import Settings
@@ -140,7 +141,7 @@ def test_feast_training_set_is_point_in_time_correct(trained) -> None:
     later = rows[["user_id"]].assign(
         event_timestamp=pd.Timestamp(snapshot) + pd.Timedelta(hours=12)
     )
-    got = training_frame(store, later, "propensity").set_index("user_id")
+    got = training_frame(store, later, PROPENSITY_SERVICE).set_index("user_id")
     history = result.backfill.history
     expected_stored = rows.merge(
         history[history["event_timestamp"] == snapshot],
@@ -181,7 +182,7 @@ def test_retraining_keeps_segment_ids(trained) -> None:
                     ),
                 }
             ),
-            "segmentation",
+            SEGMENTATION_SERVICE,
         ),
         SEGMENTATION_FEATURES,
     )
@@ -254,13 +255,13 @@ def test_the_asof_store_builds_the_same_set_as_feasts_own_duckdb_store(
         repo_path=str(settings.feature_repo),
         config=RepoConfig(repo_path=settings.feature_repo, **config),
     )
-    for service in ("propensity", "segmentation"):
+    for service in (PROPENSITY_SERVICE, SEGMENTATION_SERVICE):
         ours = training_frame(store, entities, service)
         theirs = training_frame(stock, entities, service)
         assert len(ours) == len(entities)
         pd.testing.assert_frame_equal(ours, theirs)
-    # The offline twin: "propensity" itself derives from the online state blob.
-    features = store.get_feature_service("propensity_offline")
+    # The offline twin: the service itself derives from the online state blob.
+    features = store.get_feature_service(offline_service(PROPENSITY_SERVICE))
     stored = store.get_historical_features(entities, features).to_df()
     # Rows with nothing to join stay, with missing features.
     early = stored["event_timestamp"] < snaps[0]

@@ -275,22 +275,23 @@ def test_no_events_give_empty_tables() -> None:
 def test_worker_tasks_write_their_rows_in_place(tmp_path) -> None:
     # What a worker process does with a chunk (rows into the shared table file at
     # the chunk's offset), done here in any order, gives the in-process tables.
-    from training.backfill import _chunks, _replay_here, _sorted_events, _tables
+    from training.backfill_chunks import cut_chunks, sorted_events
+    from training.backfill_parallel import replay_here, table_views
     from training.replay import replay_to_file, table_bytes
 
     events = _simulated(40, 6)
     snaps = snapshot_grid(T0, T0 + 5 * DAY)
-    users, columns = _sorted_events(events, snaps)
-    chunks = _chunks(users, columns, 5)
+    users, columns = sorted_events(events, snaps)
+    chunks = cut_chunks(users, columns, 5)
     assert len(chunks) == 5
-    stream, history, here = _replay_here(chunks, snaps, 600, users.total_rows, None)
+    stream, history, here = replay_here(chunks, snaps, 600, users.total_rows, None)
     path = tmp_path / "tables"
     path.write_bytes(bytes(sum(table_bytes(users.total_rows))))
     there = {
         i: replay_to_file(chunk, snaps, 600, str(path), users.total_rows)
         for i, chunk in reversed(list(enumerate(chunks)))
     }
-    stream_file, history_file = _tables(path.read_bytes(), users.total_rows)
+    stream_file, history_file = table_views(path.read_bytes(), users.total_rows)
     assert stream_file.tobytes() == stream.tobytes()
     assert history_file.tobytes() == history.tobytes()
     assert [there[i].states for i in range(len(chunks))] == [r.states for r in here]
