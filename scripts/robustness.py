@@ -1,8 +1,8 @@
 """Robustness runs of the scoring API (not part of the CI suite; see docs/serving.md).
 
 Both start their own private stack in a temporary home, like ``segscore bench
-serve`` (:func:`segscore.bench.serve.scoring_stack`: Redis, simulated shoppers, the
-training run, the BentoML service), and stop it at the end.
+serve`` (:func:`segscore.bench.serve_stack.scoring_stack`: Redis, simulated
+shoppers, the training run, the BentoML service), and stop it at the end.
 
 ``schemathesis``
     Property-based requests generated from the service's own OpenAPI document
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import subprocess
@@ -43,13 +42,19 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from segscore.bench.serve import (  # noqa: E402
-    HOST,
+from segscore.bench.harness import rss_mb, write_json_report  # noqa: E402
+from segscore.bench.serve_stack import (  # noqa: E402
     LiveStack,
-    _service_workers,
-    build_request,
     scoring_stack,
     serve_bench_environment,
+    service_workers,
+)
+from segscore.http_client import (  # noqa: E402
+    SCORE_PATH,
+    async_request,
+    build_request,
+    open_async,
+    server_error_count,
 )
 
 SCHEMATHESIS_VENV = ROOT / "build" / "schemathesis-venv"
@@ -72,20 +77,6 @@ def _schemathesis_binary() -> Path:
     return binary
 
 
-def _server_errors(url: str) -> float:
-    """5xx answers the service has counted (BentoML's per-status series)."""
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("bentoml_service_request_total") and (
-            'http_response_code="5' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def run_schemathesis(stack: LiveStack, max_examples: int, workers: str) -> int:
     """Run schemathesis against the live service; 0 when nothing failed."""
     binary = _schemathesis_binary()
@@ -104,7 +95,7 @@ def run_schemathesis(stack: LiveStack, max_examples: int, workers: str) -> int:
     workdir = ROOT / "build"
     workdir.mkdir(exist_ok=True)
     code = subprocess.run(cmd, cwd=workdir).returncode
-    errors = _server_errors(stack.url)
+    errors = server_error_count(stack.url)
     console.print(
         f"schemathesis exit code {code}; 5xx answers counted by the service: "
         f"{errors:.0f}"
@@ -112,38 +103,24 @@ def run_schemathesis(stack: LiveStack, max_examples: int, workers: str) -> int:
     return 0 if code == 0 and errors == 0 else 1
 
 
-def _rss_mb(pids: list[int]) -> list[float]:
-    import psutil
-
-    out = []
-    for pid in pids:
-        try:
-            out.append(round(psutil.Process(pid).memory_info().rss / 2**20, 1))
-        except psutil.Error:
-            out.append(float("nan"))
-    return out
-
-
 async def _paced(
     port: int, requests: list[bytes], rate: float, seconds: float, connections: int
 ) -> dict[str, Any]:
     """Send ``rate`` requests/s for ``seconds`` over a few keep-alive connections."""
-    from segscore.bench.serve import _async_request
-
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     statuses: dict[int, int] = {}
     late = 0
 
     async def sender() -> None:
-        reader, writer = await asyncio.open_connection(HOST, port)
+        reader, writer = await open_async(port)
         try:
             while (raw := await queue.get()) is not None:
                 try:
-                    status = await _async_request(reader, writer, raw)
+                    status = await async_request(reader, writer, raw)
                 except (OSError, asyncio.IncompleteReadError):
                     status = -1  # connection failure: counted, then reconnect
                     writer.close()
-                    reader, writer = await asyncio.open_connection(HOST, port)
+                    reader, writer = await open_async(port)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()
@@ -178,7 +155,7 @@ def _soak_client(
             body = {"user_ids": [f"unknown-{i}"], "top_k": 3}
         else:
             body = {"user_ids": [rng.choice(users)], "top_k": 5}
-        requests.append(build_request(port, "/score", body))
+        requests.append(build_request(port, SCORE_PATH, body))
     out.put(asyncio.run(_paced(port, requests, rate, seconds, connections=8)))
 
 
@@ -189,7 +166,7 @@ def run_soak(
     import multiprocessing as mp
 
     seconds = minutes * 60
-    pids = _service_workers(stack.server.pid)
+    pids = service_workers(stack.server.pid)
     ctx = mp.get_context("spawn")
     box = ctx.Queue()
     client = ctx.Process(
@@ -200,12 +177,12 @@ def run_soak(
     started = time.monotonic()
     interval = min(10.0, max(1.0, seconds / 20))
     while client.is_alive() and time.monotonic() - started < seconds + 60:
-        samples.append((round(time.monotonic() - started, 1), _rss_mb(pids)))
+        samples.append((round(time.monotonic() - started, 1), rss_mb(pids)))
         console.print(f"t={samples[-1][0]:7.1f}s  worker RSS MB {samples[-1][1]}")
         client.join(timeout=interval)
     result = box.get(timeout=30)
     client.join(timeout=10)
-    samples.append((round(time.monotonic() - started, 1), _rss_mb(pids)))
+    samples.append((round(time.monotonic() - started, 1), rss_mb(pids)))
 
     totals = [sum(rss) for _, rss in samples]
     third = max(1, len(totals) // 3)
@@ -226,8 +203,7 @@ def run_soak(
         "rss_samples": samples,
     }
     console.print_json(data={k: v for k, v in report.items() if k != "rss_samples"})
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2))
+    write_json_report(report_path, report)
     console.print(f"report with every RSS sample: {report_path}")
     flat = relative <= growth
     if errors or not flat:

@@ -24,11 +24,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
-import queue
 import resource
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -36,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
+from segscore.bench.harness import TreeMemory, wait_for_reply
 
 TARGET_SECONDS = 60.0
 TARGET_RSS_MB = 4096.0
@@ -205,40 +204,6 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     )
 
 
-class TreeMemory:
-    """Samples the total resident memory of a process and its descendants."""
-
-    def __init__(self, pid: int, every_seconds: float = 0.05) -> None:
-        self.peak_mb = 0.0
-        self._root = psutil.Process(pid)
-        self._every = every_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            try:
-                processes = [self._root, *self._root.children(recursive=True)]
-            except psutil.Error:
-                return
-            for process in processes:
-                try:
-                    total += process.memory_info().rss
-                except psutil.Error:
-                    continue  # exited between listing and reading
-            self.peak_mb = max(self.peak_mb, total / 2**20)
-            self._stop.wait(self._every)
-
-
 def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
     """Generate the input, run the pipeline in a child process, return one flat dict."""
     home = Path(tempfile.mkdtemp(prefix="segscore-bench-training-"))
@@ -255,15 +220,12 @@ def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
         child.start()
         assert child.pid is not None
         with TreeMemory(child.pid) as tree:
-            while True:
-                try:
-                    result = box.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    if not child.is_alive():
-                        raise RuntimeError(
-                            f"benchmark child exited with {child.exitcode} (see above)"
-                        ) from None
+            result = wait_for_reply(
+                box,
+                child,
+                None,
+                died="benchmark child exited with {exitcode} (see above)",
+            )
         child.join()
         peak = round(max(result["peak_rss_mb"], tree.peak_mb), 1)
         timed = (

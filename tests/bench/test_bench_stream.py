@@ -7,14 +7,12 @@ stack, apply every event, see sampled events through Feast and write its JSON.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
-
-from infra.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.bench
 
@@ -36,27 +34,17 @@ KEYS = (
 )
 
 
-def test_bench_stream_smoke(tmp_path: Path) -> None:
+def test_bench_stream_smoke(
+    tmp_path: Path, run_command: Callable[..., CompletedProcess[str]]
+) -> None:
     out = tmp_path / "bench.json"
-    env = dict(os.environ)
-    # The bench makes its own home and stack; nothing may point it elsewhere.
-    for name in ("SEGSCORE_REDIS_URL", "SEGSCORE_KAFKA_BROKER"):
-        env.pop(name, None)
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
     # Several small batches, so throughput is measured between two worker writes.
     args = [
         *("--events", "3000", "--users", "200", "--batch-max-events", "250"),
         *("--rate", "300", "--duration", "2"),
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "segscore.cli", "bench", "stream", *args, "--json", out],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    cmd = [sys.executable, "-m", "segscore.cli", "bench", "stream", *args]
+    result = run_command([*cmd, "--json", str(out)], 180)
     data = json.loads(out.read_text())
     missing = [k for k in KEYS if k not in data]
     assert not missing, missing

@@ -4,31 +4,23 @@ backfill and build both training sets through Feast, and write its JSON."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
-
-from infra.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.bench
 
 
-def test_bench_training_smoke(tmp_path: Path) -> None:
+def test_bench_training_smoke(
+    tmp_path: Path, run_command: Callable[..., CompletedProcess[str]]
+) -> None:
     out = tmp_path / "bench-training.json"
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     args = ["--events", "5000", "--users", "500", "--days", "12", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "segscore.cli", "bench", "training", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    cmd = [sys.executable, "-m", "segscore.cli", "bench", "training", *args]
+    done = run_command(cmd, 300)
     result = json.loads(out.read_text())
     assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
     # The headline peak covers the whole process tree, never less than one process.

@@ -7,10 +7,10 @@ report and pass (0 errors, flat RSS); the ten-minute run is not part of CI.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -19,23 +19,17 @@ from infra.settings import PROJECT_ROOT
 pytestmark = pytest.mark.bench
 
 
-def test_short_soak_has_no_errors_and_reports_memory(tmp_path: Path):
+def test_short_soak_has_no_errors_and_reports_memory(
+    tmp_path: Path, run_command: Callable[..., CompletedProcess[str]]
+):
     report = tmp_path / "soak.json"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SEGSCORE_") and k != "BENTOML_HOME"
-    }
     cmd = [
         sys.executable, str(PROJECT_ROOT / "scripts" / "robustness.py"), "soak",
         "--minutes", "0.15", "--rate", "40", "--users", "200", "--days", "24",
         # A few seconds are all warm-up: memory is not expected to be flat yet.
         "--rss-growth", "0.5", "--report", str(report),
     ]  # fmt: skip
-    done = subprocess.run(
-        cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_command(cmd, 300)
 
     result = json.loads(report.read_text())
     assert result["sent"] == int(0.15 * 60 * 40)

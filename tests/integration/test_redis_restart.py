@@ -25,8 +25,9 @@ from feature_repo.apply import apply_repo
 from infra import local_stack, processes
 from infra.settings import Settings, get_settings
 from infra.topics import ensure_topics
-from segscore.bench.stream import backlog_events, produce_backlog_async, verify_states
-from tests.support import eventually
+from segscore.bench.stream_events import backlog_events, produce_backlog_async
+from segscore.bench.stream_progress import verify_states
+from tests.support.processes import eventually
 
 # appendfsync everysec: a write is on disk about a second after it was made.
 FSYNC_GRACE_SECONDS = 2.5
