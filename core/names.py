@@ -34,10 +34,12 @@ PUSH_SOURCE = "user_events_push"
 SEGMENTATION_SERVICE = "segmentation"
 PROPENSITY_SERVICE = "propensity"
 
-# The models by short name: the services' tags and the promotion verdicts. Their
-# names in the model store are core.registry's.
+# The models by short name: the services' tags and the promotion verdicts.
 SEGMENTER_MODEL = "segmenter"
 PROPENSITY_MODEL = "propensity"
+# The models' names in the BentoML model store.
+SEGMENTER_STORE_NAME = "segscore-segmenter"
+PROPENSITY_STORE_NAME = "segscore-propensity"
 
 # The offline store's snapshot files, under the data directory.
 OFFLINE_DIR = "offline"

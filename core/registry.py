@@ -21,10 +21,9 @@ import numpy as np
 from bentoml._internal.models.model import ModelStore
 from sklearn.pipeline import Pipeline
 
+from core.names import PROPENSITY_STORE_NAME as PROPENSITY
+from core.names import SEGMENTER_STORE_NAME as SEGMENTER
 from infra.settings import PROJECT_ROOT, Settings
-
-SEGMENTER = "segscore-segmenter"
-PROPENSITY = "segscore-propensity"
 
 
 @dataclass

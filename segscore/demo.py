@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
 from infra import local_stack, processes
 from infra.settings import get_settings
+from segscore.http_client import post_score
 
 # Users whose behaviour a live session changes visibly: browsers who now buy.
 LIVE_PLAN = (("window_shopper", True), ("cart_abandoner", True), ("loyal_buyer", True))
@@ -37,11 +37,7 @@ def _demo_home(home: Path | None) -> Iterator[Path]:
 
 
 def _score(url: str, user_ids: list[str]) -> dict[str, dict]:
-    response = httpx.post(
-        f"{url}/score",
-        json={"user_ids": user_ids, "explain": True, "top_k": 50},
-        timeout=10,
-    )
+    response = post_score(url, user_ids, top_k=50)
     response.raise_for_status()
     return {s["user_id"]: s for s in response.json()["scores"]}
 

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.names import PROPENSITY_STORE_NAME, SEGMENTER_STORE_NAME
 from infra.settings import get_settings
 
 app = typer.Typer(
@@ -17,8 +18,8 @@ console = Console()
 
 # Shown per model: the metric that decides promotion, then the rest worth a glance.
 _COLUMNS = {
-    "segscore-segmenter": ("silhouette", "davies_bouldin", "k", "ari_vs_personas"),
-    "segscore-propensity": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
+    SEGMENTER_STORE_NAME: ("silhouette", "davies_bouldin", "k", "ari_vs_personas"),
+    PROPENSITY_STORE_NAME: ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
 }
 
 
@@ -71,7 +72,7 @@ def promote(
 @app.command()
 def rollback(
     name: Annotated[
-        str, typer.Argument(help="segscore-segmenter or segscore-propensity")
+        str, typer.Argument(help=f"{SEGMENTER_STORE_NAME} or {PROPENSITY_STORE_NAME}")
     ],
 ) -> None:
     """Make the previous champion of a model the champion again."""

@@ -32,7 +32,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.feature_catalog import STATE_FEATURE
-from core.names import STREAM_VIEW
+from core.names import JOIN_KEY, STREAM_VIEW
 from core.user_state import UserState
 
 DEDUPE_FIELD = b"segscore:dedupe"
@@ -74,7 +74,7 @@ class StateLayout:
     def feast_key(self, user_id: str) -> bytes:
         """The key as Feast's own function builds it (an ``EntityKey`` proto)."""
         entity = EntityKey(
-            join_keys=["user_id"], entity_values=[Value(string_val=user_id)]
+            join_keys=[JOIN_KEY], entity_values=[Value(string_val=user_id)]
         )
         return _redis_key(self.project, entity, self.serialization_version)
 
@@ -91,7 +91,7 @@ class StateLayout:
         if self.serialization_version != 3:
             return self.feast_key
         string_type = 2  # feast.protos ValueType.STRING
-        join_key = b"user_id"
+        join_key = JOIN_KEY.encode()
         prefix = struct.pack("<III", 1, string_type, len(join_key)) + join_key
         project = self.project.encode()
         head = struct.Struct("<II")

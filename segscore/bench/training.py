@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from core.names import PROPENSITY_SERVICE, SEGMENTATION_SERVICE
 from segscore.bench.harness import TreeMemory, wait_for_reply
 
 TARGET_SECONDS = 60.0
@@ -172,13 +173,13 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     # From here on the offline files are the features; holding the tables too
     # would only add to the peak.
     del result
-    segmentation = training_frame(store, population, "segmentation")
+    segmentation = training_frame(store, population, SEGMENTATION_SERVICE)
     lap("segmentation_set_s")
     entities = purchase_labels(
         events, snaps, settings.label_horizon_days, data_end=float(ts.max())
     )
     del events
-    propensity = training_frame(store, entities, "propensity")
+    propensity = training_frame(store, entities, PROPENSITY_SERVICE)
     lap("propensity_set_s")
     box.put(
         {
