@@ -256,14 +256,59 @@ def up(settings: Settings) -> Stack:
     return stack
 
 
-def current(settings: Settings) -> Stack:
-    """The stack to talk to: settings first, else what ``up`` recorded."""
+def current_redis_url(settings: Settings) -> str:
+    """The online store's URL: ``SEGSCORE_REDIS_URL``, else what ``up`` recorded.
+
+    Raises:
+        StackError: Neither is there.
+    """
+    if settings.redis_url:
+        return settings.redis_url
     recorded = Stack.load(settings.stack_file)
-    redis_url = settings.redis_url or (recorded.redis_url if recorded else None)
-    kafka = settings.kafka_broker or (recorded.kafka_broker if recorded else None)
-    if not redis_url or not kafka:
-        raise StackError("the stack is not running: run `segscore up` first")
-    return Stack(redis_url, kafka, recorded.started if recorded else [])
+    if recorded is None:
+        raise StackError(_unknown_address("Redis", "SEGSCORE_REDIS_URL", settings))
+    return recorded.redis_url
+
+
+def current_broker(settings: Settings) -> str:
+    """The broker's host:port: ``SEGSCORE_KAFKA_BROKER``, else what ``up`` recorded.
+
+    Raises:
+        StackError: Neither is there.
+    """
+    if settings.kafka_broker:
+        return settings.kafka_broker
+    recorded = Stack.load(settings.stack_file)
+    if recorded is None:
+        raise StackError(
+            _unknown_address("Kafka broker", "SEGSCORE_KAFKA_BROKER", settings)
+        )
+    return recorded.kafka_broker
+
+
+def current(settings: Settings) -> Stack:
+    """The whole stack to talk to: settings first, else what ``up`` recorded.
+
+    For a component that needs both addresses (the stream worker) or what ``up``
+    started; one that needs a single address asks for just that
+    (:func:`current_redis_url`, :func:`current_broker`).
+
+    Raises:
+        StackError: An address is neither in settings nor recorded.
+    """
+    recorded = Stack.load(settings.stack_file)
+    return Stack(
+        current_redis_url(settings),
+        current_broker(settings),
+        recorded.started if recorded else [],
+    )
+
+
+def _unknown_address(what: str, variable: str, settings: Settings) -> str:
+    return (
+        f"no {what} address: {variable} is unset and no stack is recorded in "
+        f"{settings.stack_file} (run `segscore up` first)"
+    )
 
 
 def bundled_broker(stack: Stack) -> bool:

@@ -1,27 +1,46 @@
 """The one settings object, read from the environment (prefix ``SEGSCORE_``).
 
 Every component reads its hosts, paths and tunables from here; nothing else in the
-code base names a host or a port.
+code base names a host or a port. A ``SEGSCORE_`` variable that names no setting
+is an error (:class:`SettingsError`, with the likely intended name), not silently
+ignored: a mistyped limit would otherwise leave the default in force unnoticed.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "SEGSCORE_"
+
+
+class SettingsError(ValueError):
+    """The environment's ``SEGSCORE_`` variables are not valid settings."""
 
 
 class Settings(BaseSettings):
     """Runtime configuration for every segscore process."""
 
-    model_config = SettingsConfigDict(env_prefix="SEGSCORE_", extra="ignore")
+    # pydantic-settings reads only the fields' own variables from the environment
+    # (extra="forbid" refuses unknown ones from a dotenv file and keyword
+    # arguments alone); _RefuseUnknownVariables covers the environment.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
+    # Where state lives and how to reach the stack (infra/local_stack.py).
     home: Path = Field(
         default_factory=lambda: Path.home() / ".segscore",
         description="State directory: stack record, offline store, registry, models.",
@@ -33,11 +52,15 @@ class Settings(BaseSettings):
         default=None,
         description="host:port of a Kafka broker; unset means start a local tansu.",
     )
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+
+    # Topics and the worker's consumer group (infra/topics.py).
     events_topic: str = "events"
     dlq_topic: str = "events-dlq"
     topic_partitions: int = 2
     consumer_group: str = "segscore-features"
 
+    # Stream worker (streams/).
     batch_max_events: int = Field(
         default=2000, description="Micro-batch size limit of the stream worker."
     )
@@ -70,14 +93,6 @@ class Settings(BaseSettings):
         description="User states the worker keeps in memory (least recently used "
         "beyond this are re-read from Redis).",
     )
-    allowed_lateness_seconds: int = 600
-    max_future_seconds: int = 300
-    max_event_bytes: int = 16_384
-    min_event_time: datetime = Field(
-        default=datetime(2000, 1, 1, tzinfo=UTC),
-        description="Events timed before this are rejected with reason too_old.",
-    )
-
     worker_id: str | None = Field(
         default=None,
         description="Names this worker's metrics file and series; unset: host-pid.",
@@ -91,6 +106,16 @@ class Settings(BaseSettings):
         description="How often the worker rewrites home/metrics/<worker-id>.prom.",
     )
 
+    # The event contract: what the worker and the importer accept (core/events.py).
+    allowed_lateness_seconds: int = 600
+    max_future_seconds: int = 300
+    max_event_bytes: int = 16_384
+    min_event_time: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Events timed before this are rejected with reason too_old.",
+    )
+
+    # Training (training/).
     backfill_workers: int = Field(
         default=0,
         description="Processes for large backfills; 0 = one per core (at most 4).",
@@ -98,14 +123,117 @@ class Settings(BaseSettings):
     label_horizon_days: int = 7
     snapshot_every_days: int = 1
 
-    api_key: str | None = None
-    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    # Scoring service (serving/).
+    api_key: str | None = Field(
+        default=None,
+        description="Required as X-API-Key on every request but the probes and "
+        "/metrics; unset = open.",
+    )
+    segmenter_version: str | None = Field(
+        default=None,
+        description="Pin the segmenter to this model store tag (name:version or "
+        "just the version); unset = follow the champion.",
+    )
+    propensity_version: str | None = Field(
+        default=None,
+        description="Pin the propensity model to this tag; unset = the champion.",
+    )
+    model_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a worker checks champions.json for a promotion.",
+    )
+    online_connect_timeout_seconds: float = Field(
+        default=0.05,
+        gt=0,
+        description="Connecting to Redis; a store that is down answers 503 "
+        "within this (a refused connection: at once).",
+    )
+    online_read_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Waiting for Redis replies; a stalled store answers 503 "
+        "after this. Not shorter: it also counts the time a busy worker takes "
+        "to get back to the reply (other requests' scoring), and a tight bound "
+        "turned CPU contention into spurious 503s.",
+    )
+    max_body_bytes: int = Field(
+        default=256 * 1024,
+        gt=0,
+        description="Largest accepted request body (1000 ids of 128 characters "
+        "fit in ~135 KB).",
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A /score body must arrive within this after its headers, "
+        "or the request gets a 408 naming body (and the connection is closed).",
+    )
+    request_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="BentoML's whole-request timeout (a 504). Longer than the "
+        "body deadline, so that a slow body is answered 408, not 504.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=30,
+        description="A request's headers must arrive within this after the "
+        "connection opens (or the next request starts on a kept-alive one), or "
+        "the connection gets a 408 naming headers and is closed.",
+    )
+    max_connections_per_worker: int = Field(
+        default=512,
+        ge=1,
+        description="Open connections per worker process; a connection beyond "
+        "it gets a 503 and is closed before anything is read, so slow or idle "
+        "clients cannot exhaust the worker's file descriptors.",
+    )
+    trace_requests: bool = Field(
+        default=False,
+        description="Trace /score and /segments with OpenTelemetry. Off by "
+        "default: without an exporter configured in BentoML's tracing settings "
+        "the spans go nowhere, and creating them cost ~10 % of a one-user request.",
+    )
+    serve_workers: int = Field(
+        default=1,
+        ge=1,
+        description="BentoML worker processes (each loads the models).",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources, then the check for unknown variables."""
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _RefuseUnknownVariables(settings_cls),
+        )
 
     @field_validator("min_event_time")
     @classmethod
     def _zoned(cls, value: datetime) -> datetime:
         """A floor given without a zone means UTC, not this machine's local time."""
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _slow_body_is_a_408(self) -> Settings:
+        if self.request_timeout_seconds <= self.body_timeout_seconds:
+            raise ValueError(
+                "request_timeout_seconds must exceed body_timeout_seconds "
+                f"({self.request_timeout_seconds} <= {self.body_timeout_seconds})"
+            )
+        return self
 
     @cached_property
     def data_dir(self) -> Path:
@@ -123,6 +251,85 @@ class Settings(BaseSettings):
         return Path(os.environ.get("BENTOML_HOME", self.home / "bentoml"))
 
 
+# --- unknown variables ---
+
+
+def variable_names() -> list[str]:
+    """The environment variable of every setting (``SEGSCORE_HOME``, ...)."""
+    return [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Variables of ``environ`` with the settings' prefix that name no setting.
+
+    Matched without regard to case, as pydantic-settings reads them; returned as
+    spelled in ``environ``, sorted.
+    """
+    known = {name.lower() for name in variable_names()}
+    prefix = ENV_PREFIX.lower()
+    return sorted(
+        name
+        for name in environ
+        if name.lower().startswith(prefix) and name.lower() not in known
+    )
+
+
+def describe_unknown(names: Iterable[str]) -> str:
+    """One line naming each unknown variable, with the closest setting if any."""
+    fields = list(Settings.model_fields)
+    parts = []
+    for name in names:
+        # Compared without the shared prefix, which would make anything look close.
+        close = difflib.get_close_matches(name[len(ENV_PREFIX) :].lower(), fields, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+        parts.append(name + hint)
+    return (
+        f"unknown {ENV_PREFIX} variable(s): {', '.join(parts)}; "
+        "the settings are the fields of infra/settings.py"
+    )
+
+
+class _RefuseUnknownVariables(PydanticBaseSettingsSource):
+    """A settings source that contributes nothing and refuses unknown variables.
+
+    A source, not a validator: an exception raised here reaches the caller as it
+    is (a :class:`SettingsError` with one clear line), not wrapped in pydantic's
+    validation report.
+    """
+
+    def get_field_value(
+        self, field: FieldInfo, field_name: str
+    ) -> tuple[Any, str, bool]:
+        """No value for any field."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """Raise :class:`SettingsError` if the environment holds unknown names."""
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            raise SettingsError(describe_unknown(unknown))
+        return {}
+
+
+def _one_line(exc: ValidationError) -> str:
+    """A validation report as one line, each error named by its variable."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        where = f"{ENV_PREFIX}{field.upper()}: " if field else ""
+        given = f" (got {error['input']!r})" if field else ""
+        parts.append(f"{where}{error['msg']}{given}")
+    return "invalid settings: " + "; ".join(parts)
+
+
 def get_settings() -> Settings:
-    """Read settings from the environment now (not cached: tests change it)."""
-    return Settings()
+    """Read settings from the environment now (not cached: tests change it).
+
+    Raises:
+        SettingsError: An unknown ``SEGSCORE_`` variable, or a value that is not
+            valid; the message is one line naming the variables.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from exc

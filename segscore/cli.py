@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from infra import local_stack
-from infra.settings import get_settings
+from infra.settings import SettingsError, get_settings
 from segscore.models_cli import app as models_app
 
 app = typer.Typer(
@@ -46,6 +46,12 @@ def main(
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="Discarding nonzero nanoseconds")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    try:
+        get_settings()
+    except SettingsError as exc:
+        # One line naming the variables; a traceback would bury it.
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -273,15 +279,12 @@ def score(
     import httpx
     from rich.markup import escape
 
+    from segscore.http_client import post_score
+
     key = api_key if api_key is not None else get_settings().api_key
     errors = Console(stderr=True, soft_wrap=True)
     try:
-        response = httpx.post(
-            f"{url}/score",
-            json={"user_ids": user_ids, "explain": True, "top_k": top_k},
-            headers={"X-API-Key": key} if key else None,
-            timeout=10,
-        )
+        response = post_score(url, user_ids, top_k=top_k, api_key=key)
     except httpx.HTTPError as exc:
         reason = escape(str(exc))
         errors.print(f"[red]cannot reach the scoring service at {url}:[/] {reason}")
@@ -338,7 +341,7 @@ def _report_bench(
     A failed setup or an interrupt ends the command with one line, not a
     traceback; the benchmark has already stopped what it started.
     """
-    from segscore.bench.stream import BenchError
+    from segscore.bench.harness import BenchError, write_json_report
 
     try:
         result = run()
@@ -350,8 +353,7 @@ def _report_bench(
         raise typer.Exit(130) from None
     show(console, result)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json_report(json_out, result)
         console.print(f"wrote {json_out}")
 
 
@@ -427,6 +429,7 @@ def bench_training(
     """Import -> backfill -> training sets on a generated log: time and peak memory."""
     from rich.table import Table
 
+    from segscore.bench.harness import write_json_report
     from segscore.bench.training import TrainingBenchConfig, run_training_bench
 
     config = TrainingBenchConfig(
@@ -444,8 +447,7 @@ def bench_training(
             f"{result['target_rss_mb']:.0f} MB; see the stage timings above[/]"
         )
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json_report(json_out, result)
         console.print(f"wrote {json_out}")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from serving.config import get_serving_settings
+from infra.settings import get_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -105,7 +105,7 @@ class LimitsMiddleware:
         body_timeout: float | None = None,
     ) -> None:
         self.app = app
-        settings = get_serving_settings()
+        settings = get_settings()
         self.max_body_bytes = (
             max_body_bytes if max_body_bytes is not None else settings.max_body_bytes
         )

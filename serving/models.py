@@ -32,7 +32,6 @@ from core.registry import (
 )
 from infra.settings import Settings
 from serving import scoring
-from serving.config import ServingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +54,12 @@ def _pinned(name: str, version: str | None) -> str | None:
     return version if ":" in version else f"{name}:{version}"
 
 
-def wanted_tags(settings: Settings, serving: ServingSettings) -> WantedTags:
+def wanted_tags(settings: Settings) -> WantedTags:
     """Pinned versions where set, else the champions (else ``name:latest``)."""
     return WantedTags(
-        segmenter=_pinned(SEGMENTER, serving.segmenter_version)
+        segmenter=_pinned(SEGMENTER, settings.segmenter_version)
         or champion_tag(SEGMENTER, settings),
-        propensity=_pinned(PROPENSITY, serving.propensity_version)
+        propensity=_pinned(PROPENSITY, settings.propensity_version)
         or champion_tag(PROPENSITY, settings),
     )
 
@@ -134,16 +133,14 @@ class ModelManager:
     def __init__(
         self,
         settings: Settings,
-        serving: ServingSettings,
         allowed: Sequence[str],
         on_reload: Callable[[str, str], None] | None = None,
     ) -> None:
         """Load the wanted pair now (a service that cannot do so must not start)."""
         self.settings = settings
-        self.serving = serving
         self.allowed = tuple(allowed)
         self.on_reload = on_reload or (lambda outcome, detail: None)
-        self.tags = wanted_tags(settings, serving)
+        self.tags = wanted_tags(settings)
         self.current = load_models(settings, self.tags, self.allowed)
         self._mtime = self._champions_mtime()
         self._refused: WantedTags | None = None
@@ -169,7 +166,7 @@ class ModelManager:
         if mtime == self._mtime:
             return False
         self._mtime = mtime
-        tags = wanted_tags(self.settings, self.serving)
+        tags = wanted_tags(self.settings)
         if tags == self.tags or tags == self._refused:
             return False
         try:
@@ -189,7 +186,7 @@ class ModelManager:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.serving.model_poll_seconds)
+            await asyncio.sleep(self.settings.model_poll_seconds)
             try:
                 await asyncio.to_thread(self.check)
             except Exception:  # the poller must outlive any surprise

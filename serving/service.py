@@ -37,11 +37,10 @@ from starlette.routing import Route
 from core.store.feast_config import feature_store
 from core.store.online_reader import OnlineReader, resolve_views
 from core.store.state_store import StateLayout
-from infra.local_stack import current
+from infra.local_stack import current_redis_url
 from infra.settings import get_settings
 from serving import connections, scoring
 from serving.auth import ApiKeyMiddleware
-from serving.config import get_serving_settings
 from serving.limits import LimitsMiddleware
 from serving.metrics import LATENCY_BUCKETS, Metrics
 from serving.models import ModelManager
@@ -50,11 +49,13 @@ from serving.schemas import ScoreRequest, ScoreResponse
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-SERVING = get_serving_settings()
+# Read at import: the decorator and the connection guards below need them before
+# BentoML creates the service.
+SETTINGS = get_settings()
 # Without an exporter configured, spans go nowhere; creating them was ~10 % of a
 # one-user request. SEGSCORE_TRACE_REQUESTS=true traces the endpoints again.
 _TRACING: dict[str, Any] = (
-    {} if SERVING.trace_requests else {"excluded_urls": ["/score", "/segments"]}
+    {} if SETTINGS.trace_requests else {"excluded_urls": ["/score", "/segments"]}
 )
 _UNAVAILABLE = orjson.dumps(
     {"error": "online feature store unavailable", "detail": "retry shortly"}
@@ -109,17 +110,17 @@ def _count_closed_connection(reason: str) -> None:
 
 # Before BentoML builds this worker's uvicorn server (it imports this module first).
 connections.install(
-    header_timeout=SERVING.header_timeout_seconds,
-    max_connections=SERVING.max_connections_per_worker,
+    header_timeout=SETTINGS.header_timeout_seconds,
+    max_connections=SETTINGS.max_connections_per_worker,
     on_close=_count_closed_connection,
 )
 
 
 @bentoml.service(
     name="segscore-scoring",
-    workers=SERVING.serve_workers,
+    workers=SETTINGS.serve_workers,
     # The whole request (a 504); longer than the body deadline, whose 408 must win.
-    traffic={"timeout": SERVING.request_timeout_seconds},
+    traffic={"timeout": SETTINGS.request_timeout_seconds},
     # A log line per request cost ~0.1 ms of a ~1 ms request; errors still log.
     logging={"access": {"enabled": False}},
     tracing=_TRACING,
@@ -143,19 +144,19 @@ class ScoringService:
             _QuietValidationErrors()
         )
         settings = get_settings()
-        redis_url = current(settings).redis_url
+        # Only the online store: the service never talks to the broker.
+        redis_url = current_redis_url(settings)
         store = feature_store(settings, redis_url)
         # Short timeouts and no retries: with Redis down or stalled a caller gets
         # a 503 at once rather than waiting; the next request reconnects.
         self._redis = aioredis.Redis.from_url(
             redis_url,
-            socket_timeout=SERVING.online_read_timeout_seconds,
-            socket_connect_timeout=SERVING.online_connect_timeout_seconds,
+            socket_timeout=settings.online_read_timeout_seconds,
+            socket_connect_timeout=settings.online_connect_timeout_seconds,
             retry=None,
         )
         self.models = ModelManager(
             settings,
-            SERVING,
             allowed=scoring.ONLINE_FEATURES,
             on_reload=self._on_reload,
         )

@@ -29,7 +29,7 @@ from core.event_files import read_events
 from core.store import online_seed
 from core.store.feast_config import feature_store
 from feature_repo.apply import apply_repo
-from infra.local_stack import current
+from infra.local_stack import current_redis_url
 from infra.settings import Settings
 from training.pipeline import train
 from training.report import write_report
@@ -53,8 +53,9 @@ def run_training(
 def _run_training(
     settings: Settings, events_path: Path, seed_online: bool, console: Console
 ) -> dict[str, Any]:
-    stack = current(settings)
-    store = feature_store(settings, stack.redis_url)
+    # The online store only: training never talks to the broker.
+    redis_url = current_redis_url(settings)
+    store = feature_store(settings, redis_url)
     apply_repo(store)
     with console.status(f"reading {events_path}"):
         events = read_events(events_path)
@@ -100,7 +101,7 @@ def _run_training(
         "report": str(report),
     }
     if seed_online:
-        client = redis.Redis.from_url(stack.redis_url)
+        client = redis.Redis.from_url(redis_url)
         with console.status("seeding the online store from the backfill"):
             summary["seeded_users"] = online_seed.seed_online(
                 store, client, result.states, as_of=time.time()
