@@ -115,8 +115,8 @@ def simulate(
     if to_kafka:
         from segscore.producer import produce_events
 
-        stack = local_stack.current(settings)
-        sent = produce_events(stack.kafka_broker, settings.events_topic, sim.events)
+        broker = local_stack.current_broker(settings)
+        sent = produce_events(broker, settings.events_topic, sim.events)
         console.print(f"produced {sent} events to {settings.events_topic}")
         return
     path = out or settings.data_dir / "events.parquet"
@@ -217,8 +217,7 @@ def apply() -> None:
     from feature_repo.apply import apply_repo
 
     settings = get_settings()
-    stack = local_stack.current(settings)
-    apply_repo(feature_store(settings, stack.redis_url))
+    apply_repo(feature_store(settings, local_stack.current_redis_url(settings)))
     console.print("feature repo applied")
 
 
@@ -509,5 +508,14 @@ def bench_serve(
     )
 
 
+def run() -> None:
+    """The ``segscore`` console script: a stack that is not running is one line."""
+    try:
+        app()
+    except local_stack.StackError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    run()
