@@ -39,20 +39,17 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from core.events import Event
-from core.store.feast_config import feature_store
-from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.settings import Settings
 from segscore.producer import read_topic
 from streams.metrics import sample_sum
-from tests.integration.test_stream_reliability import (
+from tests.support.processes import eventually
+from tests.support.stream_stack import (
     Lane,
     Rig,
     assert_matches_batch,
     log_tail,
     simulated,
 )
-from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -194,26 +191,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[Rig]:
+def stream_stack(
+    tmp_path_factory: pytest.TempPathFactory, s3: S3Server
+) -> Iterator[Rig]:
+    """The stream stack of tests/integration/conftest.py, its tansu storing in S3."""
     home = tmp_path_factory.mktemp("restart-home")
     tansu = start_broker(home, s3)
     rig = Rig(home, tansu.address, tansu.pid, local_stack.free_port())
     try:
-        rig.start_redis()
-        base = Settings(home=home, redis_url=f"redis://127.0.0.1:{rig.redis_port}/0")
-        apply_repo(feature_store(base, base.redis_url or ""))
+        rig.start()
         yield rig
     finally:
-        for proc in rig.workers:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)
-            processes.stop(proc)
-        # The current tansu, whichever incarnation the test left running.
-        local_stack.stop_pid(rig.tansu_pid)
-        if rig.redis is not None and rig.redis.poll() is None:
-            rig.redis.terminate()
-            rig.redis.wait(10)
+        # Stops the current tansu, whichever incarnation the test left running.
+        rig.stop()
 
 
 def test_broker_restart_mid_stream_keeps_data_and_equals_batch(

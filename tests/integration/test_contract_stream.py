@@ -35,7 +35,7 @@ from infra import local_stack, processes
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from segscore.producer import read_topic
-from tests.support import eventually
+from tests.support.processes import eventually
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -20,7 +20,7 @@ from infra import local_stack, processes
 from infra.settings import PROJECT_ROOT, Settings
 from segscore.producer import produce_events, produce_raw, read_topic
 from segscore.simulator import live_session
-from tests.support import eventually, feature_repo_yaml, run_cli
+from tests.support.processes import eventually, feature_repo_yaml, run_cli
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Slow, idle and loosely typed clients against the real service, over raw sockets.
 
-The service is started as in ``test_service_http.py`` (real ``bentoml serve``, real
-Redis, API key on), with short deadlines and a small connection cap so that each
-test takes seconds: a body must arrive within 1 s of its headers, headers within
-3 s of the connection opening, and a worker holds at most 16 connections.
+The service is started by :func:`tests.support.live_service.running_service`
+(real ``bentoml serve``, real Redis, API key on), with short deadlines and a small
+connection cap so that each test takes seconds: a body must arrive within 1 s of
+its headers, headers within 3 s of the connection opening, and a worker holds at
+most 16 connections.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import psutil
 import pytest
 
 from serving.schemas import ErrorResponse
-from tests.integration.test_service_http import (
+from tests.support.live_service import (
     API_KEY,
     KNOWN_USER,
     LiveService,
     running_service,
 )
-from tests.support import eventually, run_cli
+from tests.support.processes import eventually, run_cli
 
 BODY_TIMEOUT = 1.0
 HEADER_TIMEOUT = 3.0

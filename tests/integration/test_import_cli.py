@@ -12,7 +12,7 @@ import pandas as pd
 from core.event_files import read_events
 from infra.processes import process_env
 from infra.settings import PROJECT_ROOT, Settings
-from tests.support import run_cli
+from tests.support.processes import run_cli
 
 HEADER = (
     "event_time,event_type,product_id,category_id,category_code,brand,price,"

@@ -22,7 +22,8 @@ from feature_repo.apply import apply_repo
 from infra import local_stack, processes
 from infra.settings import Settings
 from segscore.producer import produce_events
-from tests.support import eventually, save_tiny_models
+from tests.support.model_bundles import save_tiny_models
+from tests.support.processes import eventually
 
 MINUTE = 60.0
 DAY = 86_400.0

@@ -1,206 +1,46 @@
 """The scoring service over real HTTP: real Redis, real Feast, ``bentoml serve``.
 
-One module-scoped stack: a private redis-server, a Feast registry with the repo
-applied, tiny models trained on synthetic data in the BentoML store of a temporary
-home, one known user's features pushed online, and the service started with
-``bentoml serve`` as a subprocess.
+One module-scoped stack (:func:`tests.support.live_service.running_service`): a
+private redis-server, a Feast registry with the repo applied, tiny models trained
+on synthetic data in the BentoML store of a temporary home, one known user's
+features pushed online, and the service started with ``bentoml serve`` as a
+subprocess.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
-import pandas as pd
 import pytest
-import redis
 
-from core.events import Event
-from core.feature_catalog import (
-    HISTORY_FEATURES,
-    PROPENSITY_FEATURES,
-)
+from core.feature_catalog import PROPENSITY_FEATURES
 from core.store.feast_config import feature_store
-from core.store.state_store import StateLayout, save_states
-from core.user_state import UserState, apply_event
-from feature_repo.apply import apply_repo
-from infra.local_stack import Service, Stack, free_port, start_redis, stop_pid
-from infra.settings import PROJECT_ROOT, Settings, get_settings
+from core.store.state_store import StateLayout
+from infra.local_stack import start_redis, stop_pid
 from serving.schemas import ErrorResponse, ScoreResponse, SegmentsResponse
-from tests.support import TINY_CALIBRATION as CALIBRATION
-from tests.support import save_tiny_models
-
-API_KEY = "test-key-0123456789"
-KNOWN_USER = "known-user-1"
-TWO_HOURS = 2 * 3600.0
-THREE_DAYS = 3 * 86_400.0
-SERVER_START_TIMEOUT = 90.0
+from tests.support.live_service import (
+    API_KEY,
+    KNOWN_USER,
+    TWO_HOURS,
+    LiveService,
+    push_known_user,
+    running_service,
+)
+from tests.support.model_bundles import TINY_CALIBRATION as CALIBRATION
+from tests.support.model_bundles import save_tiny_models
 
 # Saving to the BentoML store goes through pathspec, which warns about its own API.
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
-
-
-@dataclass
-class LiveService:
-    """What the tests talk to, and what they may stop and restart."""
-
-    url: str
-    settings: Settings
-    redis: Service
-    redis_port: int
-    model_tags: tuple[str, str]
-    log: Path
-    server_pid: int = 0
-
-
-def _push_known_user(settings: Settings, redis_url: str) -> None:
-    store = feature_store(settings, redis_url)
-    now = pd.Timestamp.now(tz="UTC")
-    # Real events folded into real state: the service derives every window from
-    # the pushed state blob at request time.
-    state = UserState()
-    last = now.timestamp() - TWO_HOURS
-    history_events = [
-        ("purchase", now.timestamp() - THREE_DAYS),
-        *(("add_to_cart", last - 60 * i) for i in (3, 2, 1, 0)),
-    ]
-    for i, (etype, ts) in enumerate(history_events):
-        event = Event(
-            event_id=f"known-{i}",
-            user_id=KNOWN_USER,
-            event_type=etype,
-            ts=ts * 1000,
-            revenue=10.0 if etype == "purchase" else None,
-        )
-        apply_event(state, event, lateness_seconds=600)
-    client = redis.Redis.from_url(redis_url)
-    save_states(client, StateLayout.of(store), {KNOWN_USER: state})
-    client.close()
-    history = {spec.name: 2.0 for spec in HISTORY_FEATURES}
-    history["first_seen_ts"] = now.timestamp() - 30 * 86_400.0
-    store.write_to_online_store(
-        "user_history_features",
-        pd.DataFrame([{"user_id": KNOWN_USER, "event_timestamp": now, **history}]),
-    )
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited ({proc.returncode}):\n{_tail(log)}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"service not ready within {timeout:.0f}s:\n{_tail(log)}")
-
-
-def _tail(log: Path, chars: int = 6000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    # bentoml serve runs an arbiter with worker children; they share the process
-    # group we created for it, so signal that group only.
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     with running_service(tmp_path_factory.mktemp("segscore-home")) as service:
         yield service
-
-
-@contextmanager
-def running_service(
-    home: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[LiveService]:
-    """``bentoml serve`` on a private Redis and model store in ``home``.
-
-    ``extra_env`` (``SEGSCORE_*`` settings) is set for the service and the test.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEGSCORE_HOME", str(home))
-        mp.setenv("BENTOML_HOME", str(home / "bentoml"))
-        mp.setenv("BENTOML_DO_NOT_TRACK", "true")
-        # Every test here runs with authentication on; the client sends the key.
-        mp.setenv("SEGSCORE_API_KEY", API_KEY)
-        # Promotions are polled for; quickly here so the reload tests are short.
-        mp.setenv("SEGSCORE_MODEL_POLL_SECONDS", "0.2")
-        mp.delenv("SEGSCORE_SEGMENTER_VERSION", raising=False)
-        mp.delenv("SEGSCORE_PROPENSITY_VERSION", raising=False)
-        mp.delenv("SEGSCORE_SERVE_WORKERS", raising=False)
-        # The stack file written below must be what the service uses.
-        mp.delenv("SEGSCORE_REDIS_URL", raising=False)
-        mp.delenv("SEGSCORE_KAFKA_BROKER", raising=False)
-        for name, value in (extra_env or {}).items():
-            mp.setenv(name, value)
-        settings = get_settings()
-
-        redis = start_redis(home)
-        proc: subprocess.Popen | None = None
-        service: LiveService | None = None
-        try:
-            Stack(redis.address, "127.0.0.1:1", [redis]).save(settings.stack_file)
-            apply_repo(feature_store(settings, redis.address))
-            tags = save_tiny_models(settings)
-            _push_known_user(settings, redis.address)
-
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            log = home / "logs" / "bentoml.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            bentoml_cli = Path(sys.executable).with_name("bentoml")
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [
-                        str(bentoml_cli),
-                        "serve",
-                        "serving.service:ScoringService",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                    ],
-                    cwd=PROJECT_ROOT,
-                    env=dict(os.environ),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            _wait_ready(url, proc, log, SERVER_START_TIMEOUT)
-            redis_port = urlparse(redis.address).port
-            assert redis_port is not None
-            service = LiveService(
-                url, settings, redis, redis_port, tags, log, server_pid=proc.pid
-            )
-            yield service
-        finally:
-            if proc is not None:
-                _stop_group(proc)
-            # The Redis test may have replaced the first server with a new one.
-            stop_pid(service.redis.pid if service else redis.pid)
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +219,7 @@ def test_redis_down_is_a_fast_503_and_service_recovers(
         # Same port, so the service's recorded address is valid again; the data
         # was in memory only, so the known user is pushed again for later tests.
         live.redis = start_redis(live.settings.home, port=live.redis_port)
-        _push_known_user(live.settings, live.redis.address)
+        push_known_user(live.settings, live.redis.address)
 
     deadline = time.monotonic() + 10.0
     while client.get("/readyz").status_code != 200:
@@ -398,7 +238,7 @@ def test_redis_restart_between_requests_is_transparent(
     assert _score(client, user_ids=[KNOWN_USER]).status_code == 200
     stop_pid(live.redis.pid)
     live.redis = start_redis(live.settings.home, port=live.redis_port)
-    _push_known_user(live.settings, live.redis.address)
+    push_known_user(live.settings, live.redis.address)
 
     response = _score(client, user_ids=[KNOWN_USER])
     assert response.status_code == 200, response.text

@@ -1,10 +1,10 @@
-"""Inputs that used to stop the stream or lose events, on the real worker.
+"""Inputs that could stop the stream or lose events, on the real worker.
 
-The private stack of :mod:`tests.integration.test_stream_reliability` (tansu, a
-persistent redis-server, real ``faust -A streams.app worker`` processes): a user
-whose stored state is unreadable, one user's events spread over every partition by
-a producer this project did not write (librdkafka's, via confluent-kafka), and a
-tombstone record.
+On the module's private stack (the ``rig`` fixture, see
+:mod:`tests.support.stream_stack`: tansu, a persistent redis-server, real
+``faust -A streams.app worker`` processes): a user whose stored state is
+unreadable, one user's events spread over every partition by a producer this
+project did not write (librdkafka's, via confluent-kafka), and a tombstone record.
 """
 
 from __future__ import annotations
@@ -25,21 +25,16 @@ from core.store.state_store import StateLayout, load_states
 from segscore.producer import produce_raw, read_topic
 from streams.metrics import sample_sum
 from streams.routing import canonical_partition
-from tests.integration import test_stream_reliability as reliability
-from tests.integration.test_stream_reliability import (
+from tests.support.processes import eventually
+from tests.support.stream_stack import (
     Lane,
     Rig,
     assert_matches_batch,
     log_tail,
     simulated,
 )
-from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(300)
-
-# The same private stack, started once for this module (fixtures by name).
-rig = reliability.rig
-_stop_workers = reliability._stop_workers
 
 EVENTS_TOTAL = "segscore_worker_events_total"
 DLQ_TOTAL = "segscore_worker_dlq_records_total"
@@ -65,7 +60,7 @@ def _layout(lane: Lane) -> StateLayout:
 
 
 def test_unprocessable_events_go_to_the_dlq_and_the_stream_moves_on(rig: Rig) -> None:
-    """Finding 1: errors no retry can fix make poison records, not a stuck stream."""
+    """Errors no retry can fix make poison records, not a stuck stream."""
     lane = rig.lane("poison", db=6, batch_max_events=200)
     layout = _layout(lane)
     client = redis.Redis.from_url(lane.redis_url)
@@ -124,7 +119,7 @@ def test_unprocessable_events_go_to_the_dlq_and_the_stream_moves_on(rig: Rig) ->
 
 
 def test_one_users_events_on_every_partition_are_each_applied_once(rig: Rig) -> None:
-    """Finding 2: no key, a key with spaces, explicit partitions: all counted once."""
+    """No key, a key with spaces, explicit partitions: all counted once."""
     lane = rig.lane("spread", db=7, topic_partitions=3)
     user = "spread-user"
     home = canonical_partition(user, 3)
@@ -203,7 +198,7 @@ def test_one_users_events_on_every_partition_are_each_applied_once(rig: Rig) -> 
 
 
 def test_a_tombstone_gets_its_own_reason_and_no_traceback(rig: Rig) -> None:
-    """Finding 5: a null-value record is dead-lettered as ``tombstone``, quietly."""
+    """A null-value record is dead-lettered as ``tombstone``, quietly."""
     lane = rig.lane("tombstone", db=8)
     event = _event("after-tombstone", "tomb-user", time.time() - 60)
     produce_raw(

@@ -27,11 +27,10 @@ from core.registry import (
     save_segmenter,
 )
 from infra.settings import Settings
-from serving.config import ServingSettings
 from serving.metrics import observe_many
 from serving.models import ModelManager, ModelRefused, wanted_tags
 from serving.scoring import ONLINE_FEATURES, ScoringModels, segment_assigner
-from tests.unit.serving.test_scoring import _tiny_bundles
+from tests.support.model_bundles import tiny_bundles
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -43,7 +42,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def _save_pair(settings: Settings, seed: int) -> tuple[str, str]:
-    segmenter, propensity = _tiny_bundles(seed)
+    segmenter, propensity = tiny_bundles(seed)
     return (
         save_segmenter(segmenter, settings, {"seed": seed}),
         save_propensity(propensity, settings, {"seed": seed}),
@@ -61,7 +60,7 @@ def _promote(settings: Settings, tags: tuple[str, str]) -> None:
 
 
 def _manager(settings: Settings, **serving: str) -> ModelManager:
-    return ModelManager(settings, ServingSettings(**serving), ONLINE_FEATURES)
+    return ModelManager(settings.model_copy(update=serving), ONLINE_FEATURES)
 
 
 def test_follows_the_champion_and_swaps_on_promotion(settings: Settings):
@@ -96,7 +95,7 @@ def test_pinned_version_ignores_promotions(settings: Settings):
         "segmenter": second[0],  # not pinned: follows the champion
         "propensity": first[1],
     }
-    tags = wanted_tags(settings, ServingSettings(segmenter_version=first[0]))
+    tags = wanted_tags(settings.model_copy(update={"segmenter_version": first[0]}))
     assert tags.segmenter == first[0]
 
 
@@ -109,7 +108,7 @@ def test_broken_version_is_refused_and_the_last_good_keeps_serving(
     reloads: list[str] = []
     manager.on_reload = lambda outcome, detail: reloads.append(outcome)
 
-    segmenter, propensity = _tiny_bundles(2)
+    segmenter, propensity = tiny_bundles(2)
     # The booster was trained on the catalogue order; a bundle that lists its
     # inputs in another order would feed every value to the wrong split.
     propensity.features = list(reversed(propensity.features))
@@ -128,7 +127,7 @@ def test_broken_version_is_refused_and_the_last_good_keeps_serving(
 
 
 def test_a_broken_champion_at_start_is_an_error(settings: Settings):
-    segmenter, propensity = _tiny_bundles(0)
+    segmenter, propensity = tiny_bundles(0)
     propensity.calibration = (float("nan"), 0.0)
     tags = (
         save_segmenter(segmenter, settings, {}),
@@ -173,7 +172,7 @@ def test_unknown_pipeline_step_falls_back_to_scikit_learn():
 
 
 def test_scoring_models_use_the_checked_fast_assignment():
-    models = ScoringModels.from_bundles(*_tiny_bundles(0))
+    models = ScoringModels.from_bundles(*tiny_bundles(0))
     probe = np.random.default_rng(5).gamma(2.0, 2.0, size=(300, 13))
     assert np.array_equal(models.assign_segments(probe), models.segmenter.assign(probe))
 

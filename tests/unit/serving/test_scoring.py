@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import math
 
-import lightgbm as lgb
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from sklearn.cluster import KMeans
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from core.events import Event
 from core.feature_catalog import (
@@ -20,7 +16,6 @@ from core.feature_catalog import (
     STATE_FEATURE,
 )
 from core.feature_math import AGE_CAP_SECONDS, history_values
-from core.registry import PropensityBundle, Segment, SegmenterBundle
 from core.user_state import Outcome, UserState, apply_event
 from serving.schemas import ScoreRequest, ScoreResponse, SegmentsResponse
 from serving.scoring import (
@@ -32,73 +27,16 @@ from serving.scoring import (
     top_contributions,
     with_read_time_features,
 )
+from tests.support.model_bundles import tiny_bundles
 
 AS_OF = 1_800_000_000.0
 HOUR = 3600.0
 DAY = 86_400.0
 
 
-def _tiny_bundles(seed: int = 0) -> tuple[SegmenterBundle, PropensityBundle]:
-    rng = np.random.default_rng(seed)
-    n = 400
-    seg_x = rng.gamma(2.0, 2.0, size=(n, len(SEGMENTATION_FEATURES)))
-    pipeline = Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("kmeans", KMeans(n_clusters=3, n_init=3, random_state=seed)),
-        ]
-    ).fit(seg_x)
-    labels = pipeline.predict(seg_x)
-    segments = [
-        Segment(
-            id=i,
-            name=f"segment-{i}",
-            description=f"synthetic segment {i}",
-            size=int((labels == i).sum()),
-            profile={
-                f: float(seg_x[labels == i, j].mean())
-                for j, f in enumerate(SEGMENTATION_FEATURES)
-            },
-        )
-        for i in range(3)
-    ]
-    segmenter = SegmenterBundle(
-        pipeline=pipeline,
-        features=list(SEGMENTATION_FEATURES),
-        segments=segments,
-        defaults={
-            f: float(np.median(seg_x[:, j]))
-            for j, f in enumerate(SEGMENTATION_FEATURES)
-        },
-        tag="segscore-segmenter:test",
-    )
-
-    prop_x = rng.gamma(2.0, 2.0, size=(n, len(PROPENSITY_FEATURES)))
-    carts = PROPENSITY_FEATURES.index("cart_adds_24h")
-    recency = PROPENSITY_FEATURES.index("hours_since_last_event")
-    logit = 0.8 * prop_x[:, carts] - 0.3 * prop_x[:, recency] - 1.0
-    labels_y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
-    booster = lgb.train(
-        {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 5, "verbose": -1},
-        lgb.Dataset(prop_x, labels_y, feature_name=list(PROPENSITY_FEATURES)),
-        num_boost_round=25,
-    )
-    propensity = PropensityBundle(
-        booster=booster,
-        features=list(PROPENSITY_FEATURES),
-        defaults={
-            f: float(np.median(prop_x[:, j])) for j, f in enumerate(PROPENSITY_FEATURES)
-        },
-        # Not the identity, so a test can tell calibrated from raw probabilities.
-        calibration=(0.8, -0.2),
-        tag="segscore-propensity:test",
-    )
-    return segmenter, propensity
-
-
 @pytest.fixture(scope="module")
 def models() -> ScoringModels:
-    return ScoringModels.from_bundles(*_tiny_bundles())
+    return ScoringModels.from_bundles(*tiny_bundles())
 
 
 def _known_user(**overrides: float | None) -> dict[str, float | None]:
@@ -449,7 +387,7 @@ def test_feature_age_is_the_newest_write_and_never_negative():
 
 
 def test_missing_population_default_is_refused():
-    segmenter, propensity = _tiny_bundles()
+    segmenter, propensity = tiny_bundles()
     del propensity.defaults["tenure_days"]
     with pytest.raises(ValueError, match="tenure_days"):
         ScoringModels.from_bundles(segmenter, propensity)

@@ -60,8 +60,8 @@ def test_offsets_make_replays_duplicates_beyond_the_event_id_window() -> None:
 
 def test_offsets_are_compared_per_partition_only() -> None:
     # One user's events from two partitions: offset 3 on partition 1 is no replay
-    # of offset 9 on partition 0 (it was counted a duplicate when one offset per
-    # user was kept).
+    # of offset 9 on partition 0 (a single offset per user would count it a
+    # duplicate).
     values = [raw(f"e{i}", "u1", 100 - i) for i in range(4)]
     events = parse_batch(values, now=NOW).events
     states: defaultdict[str, UserState] = defaultdict(UserState)

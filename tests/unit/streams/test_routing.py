@@ -13,7 +13,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from core.store.state_store import DEDUPE_FIELD
 from streams.routing import Router, canonical_partition
 from streams.worker_engine import is_transient
-from tests.unit.streams.test_worker_metrics import (
+from tests.support.worker_fakes import (
     LAYOUT,
     NOW,
     FakeRedis,
@@ -92,7 +92,7 @@ def test_only_outages_are_retried(error: Exception, transient: bool) -> None:
     assert is_transient(error) is transient
 
 
-# --- the engine, on the fakes of test_worker_metrics ---------------------------------
+# --- the engine, on the worker fakes -------------------------------------------------
 
 
 class FakeEvents:

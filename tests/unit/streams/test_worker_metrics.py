@@ -1,31 +1,19 @@
-"""The worker's batch handling, acknowledgement and metrics, without real services.
+"""The worker's batch handling, state cache and metrics, without real services.
 
-The engine runs against in-memory fakes of Redis and the DLQ topic; the consume loop
-of :mod:`streams.consumer` against a fake consumer.
+The engine runs against the in-memory fakes of Redis and the DLQ topic in
+:mod:`tests.support.worker_fakes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import httpx
-import orjson
 import pytest
-import redis
-from aiokafka import TopicPartition
 
-from core.store.state_store import StateLayout, decode_fields
-from core.user_state import UserState
 from infra.settings import Settings
 from streams import worker_engine
-from streams.consumer import EventConsumer
 from streams.metrics import (
     WorkerMetrics,
     label_values,
@@ -35,168 +23,8 @@ from streams.metrics import (
     textfile_path,
 )
 from streams.store_reset import StoreReset
-from streams.worker_engine import MAX_BACKOFF_SECONDS, FeatureEngine
-
-NOW = 1_800_000_000.0
-
-
-# --- fakes ----------------------------------------------------------------------
-
-
-LAYOUT = StateLayout(project="unit")
-
-
-@dataclass
-class Record:
-    """What aiokafka's getmany returns per message."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int | None  # ms
-    key: bytes | None
-    value: bytes
-
-
-def event_json(event_id: str, user: str, age_s: float, etype: str = "page_view"):
-    return orjson.dumps(
-        {
-            "event_id": event_id,
-            "user_id": user,
-            "event_type": etype,
-            "ts": int((NOW - age_s) * 1000),
-        }
-    )
-
-
-def batch_of(*values: bytes, partition: int = 0, first_offset: int = 0):
-    return [
-        Record(
-            "events",
-            partition,
-            first_offset + i,
-            int((NOW - 1.0) * 1000),
-            f"k{i}".encode(),
-            value,
-        )
-        for i, value in enumerate(values)
-    ]
-
-
-class FakeRedis:
-    """Pipelined hmget / hset / expire on hashes; the first ``fail`` calls raise."""
-
-    def __init__(self, fail: int = 0, error: Exception | None = None) -> None:
-        self.data: dict[bytes, dict[bytes, bytes]] = {}
-        self.fail = fail
-        self.error = error or redis.ConnectionError("Connection refused")
-        self.reads = 0
-        self.run_id = "a" * 40
-
-    def info(self, section: str) -> dict[str, str]:
-        self._call()
-        return {"run_id": self.run_id}
-
-    def _call(self) -> None:
-        if self.fail > 0:
-            self.fail -= 1
-            raise self.error
-
-    def pipeline(self, transaction: bool = False) -> FakePipeline:
-        return FakePipeline(self)
-
-
-@dataclass
-class FakePipeline:
-    client: FakeRedis
-    ops: list[tuple[str, bytes, Any]] = field(default_factory=list)
-
-    def hmget(self, key: bytes, fields: tuple[bytes, ...]) -> FakePipeline:
-        self.ops.append(("hmget", key, fields))
-        return self
-
-    def hset(self, key: bytes, mapping: dict[bytes, bytes]) -> FakePipeline:
-        self.ops.append(("hset", key, mapping))
-        return self
-
-    def pipeline_execute_command(self, name: bytes, key: bytes, *args: Any) -> None:
-        """Raw commands, as save_states stages them (HSET field value ...)."""
-        if name == b"HSET":
-            self.hset(key, dict(zip(args[::2], args[1::2], strict=True)))
-        else:
-            raise AssertionError(f"unexpected command {name!r}")
-
-    def execute(self) -> list[Any]:
-        self.client._call()
-        out: list[Any] = []
-        for op, key, arg in self.ops:
-            if op == "hmget":
-                self.client.reads += 1
-                row = self.client.data.get(key, {})
-                out.append([row.get(f) for f in arg])
-            else:
-                self.client.data.setdefault(key, {}).update(arg)
-                out.append(len(arg))
-        return out
-
-
-class FakeDlq:
-    """Faust-like ``send`` returning a delivery future; the first deliveries fail."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.sent: list[tuple[bytes | None, dict]] = []
-        self.fail = fail
-
-    async def send(self, key: bytes | None, value: bytes) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        if self.fail > 0:
-            self.fail -= 1
-            future.set_exception(ConnectionError("broker unavailable"))
-        else:
-            self.sent.append((key, orjson.loads(value)))
-            future.set_result(None)
-        return future
-
-
-@dataclass
-class Rig:
-    engine: FeatureEngine
-    redis: FakeRedis
-    dlq: FakeDlq
-    sleeps: list[float]
-
-    def handle(self, batch: list[Record]) -> None:
-        asyncio.run(self.engine.handle(batch, self.dlq))
-
-    def samples(self) -> dict:
-        return parse_exposition(self.engine.metrics.exposition().decode())
-
-    def stored(self, user: str) -> bool:
-        return LAYOUT.key(user) in self.redis.data
-
-    def state(self, user: str) -> UserState:
-        row = self.redis.data.get(LAYOUT.key(user), {})
-        return decode_fields(row.get(LAYOUT.state_field), row.get(b"segscore:dedupe"))
-
-
-def make_rig(tmp_path: Path, redis_fail: int = 0, dlq_fail: int = 0) -> Rig:
-    sleeps: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    fake_redis, dlq = FakeRedis(redis_fail), FakeDlq(dlq_fail)
-    engine = FeatureEngine(
-        Settings(home=tmp_path),
-        "redis://unused",
-        WorkerMetrics("test-worker"),
-        layout=LAYOUT,
-        redis_client=fake_redis,  # type: ignore[arg-type]
-        clock=lambda: NOW,
-        sleep=sleep,
-    )
-    return Rig(engine, fake_redis, dlq, sleeps)
-
+from streams.worker_engine import MAX_BACKOFF_SECONDS
+from tests.support.worker_fakes import NOW, batch_of, event_json, make_rig
 
 # --- the engine -------------------------------------------------------------------
 
@@ -412,6 +240,36 @@ def test_http_endpoint_serves_the_same_exposition() -> None:
     assert sample_sum(samples, "segscore_worker_messages_total") == 11
 
 
+def test_freshness_counts_known_times_once_and_keeps_the_worst() -> None:
+    metrics = WorkerMetrics("w-8")
+    # Unknown (None, 0) skipped; a time after the write counts as age 0.
+    metrics.record_write(NOW, [NOW - 0.02, NOW + 5, NOW - 120.0], [None, 0.0], 3)
+    samples = parse_exposition(metrics.exposition().decode())
+    name = "segscore_worker_event_to_online_seconds"
+    assert sample_sum(samples, f"{name}_count") == 3
+    assert sample_sum(samples, f"{name}_sum") == pytest.approx(120.02)
+    assert sample_sum(samples, f"{name}_bucket", le="0.05") == 2
+    assert sample_sum(samples, f"{name}_bucket", le="60.0") == 2
+    assert sample_sum(samples, f"{name}_bucket", le="300.0") == 3
+    kafka = "segscore_worker_kafka_timestamp_to_online_seconds_count"
+    assert sample_sum(samples, kafka) == 0
+    last = "segscore_worker_last_batch_max_freshness_seconds"
+    assert sample_sum(samples, last, clock="event") == pytest.approx(120.0)
+    assert set(label_values(samples, last, "clock")) == {"event"}
+
+
+def test_positions_are_exposed_per_partition_without_the_broker() -> None:
+    metrics = WorkerMetrics("w-9")
+    metrics.set_positions({("events", 0): 120, ("events", 1): 7})
+    samples = parse_exposition(metrics.exposition().decode())
+    name = "segscore_worker_next_offset"
+    assert sample_sum(samples, name, partition="0") == 120
+    assert sample_sum(samples, name) == 127
+    metrics.set_positions({("events", 1): 9})  # partition 0 revoked
+    samples = parse_exposition(metrics.exposition().decode())
+    assert sorted(label_values(samples, name, "partition")) == ["1"]
+
+
 # --- the state cache ---------------------------------------------------------------
 
 
@@ -453,209 +311,6 @@ def test_revoked_partitions_are_reread(tmp_path: Path) -> None:
     assert rig.redis.reads == 1 + 1 + 1 + 1  # u1, u2, other's u1, u1 again; not u2
 
 
-# --- the consume loop: commit after write ------------------------------------------
-
-
-class FakeConsumer:
-    def __init__(self, committed: dict[Any, int] | None = None) -> None:
-        self.commits: list[dict[Any, int]] = []
-        self.broker_committed: dict[Any, int] = dict(committed or {})
-        self.seeks: dict[Any, int] = {}
-
-    async def commit(self, offsets: dict[Any, int]) -> None:
-        self.commits.append(dict(offsets))
-        self.broker_committed.update(offsets)
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition("events", 0), TopicPartition("events", 1)}
-
-    async def committed(self, tp: Any) -> int | None:
-        return self.broker_committed.get(tp)
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks[tp] = offset
-
-    async def seek_to_beginning(self, tp: Any) -> None:
-        self.seeks[tp] = 0
-
-
-def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
-    out: dict[tuple[str, int], list[Record]] = {}
-    for record in batch:
-        out.setdefault((record.topic, record.partition), []).append(record)
-    return out
-
-
-def make_loop(
-    tmp_path: Path, commit_interval: float = 0.0, durability_lag: float = 0.0
-) -> tuple[EventConsumer, FakeConsumer, list[int]]:
-    rig = make_rig(tmp_path)
-    settings = Settings(
-        home=tmp_path,
-        commit_interval_seconds=commit_interval,
-        commit_durability_lag_seconds=durability_lag,
-    )
-    loop = EventConsumer(settings, "unused:1", rig.engine, rig.dlq)
-    consumer = FakeConsumer()
-    commits_when_handled: list[int] = []
-
-    async def handle(batch, dlq) -> None:
-        commits_when_handled.append(len(consumer.commits))
-
-    loop.engine.handle = handle  # type: ignore[method-assign]
-    return loop, consumer, commits_when_handled
-
-
-def test_a_batch_is_committed_only_after_it_is_written(tmp_path: Path) -> None:
-    loop, consumer, seen = make_loop(tmp_path)
-    first = batch_of(b"1", b"2") + batch_of(b"3", partition=1, first_offset=7)
-    second = batch_of(b"4", first_offset=2)
-
-    async def run() -> None:
-        await loop._process(consumer, records_of(first))  # type: ignore[arg-type]
-        await loop._process(consumer, records_of(second))  # type: ignore[arg-type]
-
-    asyncio.run(run())
-    assert seen == [0, 1]
-    assert consumer.commits == [
-        {("events", 0): 2, ("events", 1): 8},
-        {("events", 0): 3},
-    ]
-    assert loop.engine.next_offsets == {("events", 0): 3, ("events", 1): 8}
-
-
-def test_a_batch_cut_short_by_shutdown_is_never_committed(tmp_path: Path) -> None:
-    loop, consumer, _ = make_loop(tmp_path)
-
-    async def handle(batch, dlq) -> None:
-        raise asyncio.CancelledError
-
-    loop.engine.handle = handle  # type: ignore[method-assign]
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(loop._process(consumer, records_of(batch_of(b"1"))))  # type: ignore[arg-type]
-    assert consumer.commits == []
-
-
-def test_commits_are_spaced_but_never_ahead_of_writes(tmp_path: Path) -> None:
-    loop, consumer, _ = make_loop(tmp_path, commit_interval=3600.0)
-
-    async def run() -> None:
-        loop._last_commit = float("-inf")  # the first batch commits, later ones wait
-        for offset in range(3):
-            batch = batch_of(b"x", first_offset=offset)
-            await loop._process(consumer, records_of(batch))  # type: ignore[arg-type]
-        await loop._final_commit(consumer)  # type: ignore[arg-type]
-
-    asyncio.run(run())
-    assert consumer.commits == [{("events", 0): 1}, {("events", 0): 3}]
-
-
-def test_a_revocation_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
-    loop, consumer, _ = make_loop(tmp_path, commit_interval=3600.0)
-    loop.consumer = consumer  # type: ignore[assignment]
-    order: list[str] = []
-
-    async def handle(batch, dlq) -> None:
-        order.append("handle")
-        await asyncio.sleep(0.05)
-
-    def revoked(partitions) -> None:
-        order.append(f"revoke after {len(consumer.commits)} commit(s)")
-
-    loop.engine.handle = handle  # type: ignore[method-assign]
-    loop.engine.partitions_revoked = revoked  # type: ignore[method-assign]
-
-    async def run() -> None:
-        batch = loop._process(consumer, records_of(batch_of(b"1")))  # type: ignore[arg-type]
-        task = asyncio.create_task(batch)
-        await asyncio.sleep(0.01)
-        await loop.partitions_revoked(set())
-        await task
-
-    asyncio.run(run())
-    assert order == ["handle", "revoke after 1 commit(s)"]
-
-
-@pytest.fixture
-def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """``streams.app`` imported against a stack that is never contacted."""
-    monkeypatch.setenv("SEGSCORE_HOME", str(tmp_path))
-    monkeypatch.setenv("SEGSCORE_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("SEGSCORE_KAFKA_BROKER", "127.0.0.1:1")
-    monkeypatch.setenv("SEGSCORE_WORKER_ID", "unit")
-    sys.modules.pop("streams.app", None)
-    module = importlib.import_module("streams.app")
-    yield module
-    sys.modules.pop("streams.app", None)
-
-
-def test_worker_exits_without_committing_on_an_unexpected_error(
-    app_module: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    exits: list[int] = []
-
-    async def run(started=None) -> None:
-        raise RuntimeError("a bug")
-
-    def fake_exit(code: int) -> None:
-        exits.append(code)
-        raise SystemExit(code)
-
-    monkeypatch.setattr(app_module.consumer, "run", run)
-    monkeypatch.setattr(app_module.os, "_exit", fake_exit)
-    with pytest.raises(SystemExit):
-        asyncio.run(app_module.consume_events())
-    assert exits == [app_module.EXIT_UNEXPECTED]
-
-
-def test_freshness_counts_known_times_once_and_keeps_the_worst() -> None:
-    metrics = WorkerMetrics("w-8")
-    # Unknown (None, 0) skipped; a time after the write counts as age 0.
-    metrics.record_write(NOW, [NOW - 0.02, NOW + 5, NOW - 120.0], [None, 0.0], 3)
-    samples = parse_exposition(metrics.exposition().decode())
-    name = "segscore_worker_event_to_online_seconds"
-    assert sample_sum(samples, f"{name}_count") == 3
-    assert sample_sum(samples, f"{name}_sum") == pytest.approx(120.02)
-    assert sample_sum(samples, f"{name}_bucket", le="0.05") == 2
-    assert sample_sum(samples, f"{name}_bucket", le="60.0") == 2
-    assert sample_sum(samples, f"{name}_bucket", le="300.0") == 3
-    kafka = "segscore_worker_kafka_timestamp_to_online_seconds_count"
-    assert sample_sum(samples, kafka) == 0
-    last = "segscore_worker_last_batch_max_freshness_seconds"
-    assert sample_sum(samples, last, clock="event") == pytest.approx(120.0)
-    assert set(label_values(samples, last, "clock")) == {"event"}
-
-
-def test_group_timeouts_are_short_only_for_the_bundled_broker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from streams.consumer import BUNDLED_BROKER_SESSION_TIMEOUT_MS, group_timeouts
-
-    monkeypatch.delenv("SEGSCORE_CONSUMER_SESSION_TIMEOUT_MS", raising=False)
-    monkeypatch.delenv("SEGSCORE_CONSUMER_HEARTBEAT_INTERVAL_MS", raising=False)
-    defaults = Settings()
-    kafka = group_timeouts(defaults, bundled_broker=False)
-    assert kafka.session_ms == defaults.consumer_session_timeout_ms
-    tansu = group_timeouts(defaults, bundled_broker=True)
-    assert tansu.session_ms == BUNDLED_BROKER_SESSION_TIMEOUT_MS
-    assert tansu.heartbeat_ms <= tansu.session_ms // 3
-    # A configured session timeout always wins.
-    monkeypatch.setenv("SEGSCORE_CONSUMER_SESSION_TIMEOUT_MS", "9000")
-    assert group_timeouts(Settings(), bundled_broker=True).session_ms == 9000
-
-
-def test_positions_are_exposed_per_partition_without_the_broker() -> None:
-    metrics = WorkerMetrics("w-9")
-    metrics.set_positions({("events", 0): 120, ("events", 1): 7})
-    samples = parse_exposition(metrics.exposition().decode())
-    name = "segscore_worker_next_offset"
-    assert sample_sum(samples, name, partition="0") == 120
-    assert sample_sum(samples, name) == 127
-    metrics.set_positions({("events", 1): 9})  # partition 0 revoked
-    samples = parse_exposition(metrics.exposition().decode())
-    assert sorted(label_values(samples, name, "partition")) == ["1"]
-
-
 # --- a store that lost acknowledged writes -----------------------------------------
 
 
@@ -676,45 +331,3 @@ def test_a_restarted_store_is_noticed_before_states_are_read(tmp_path: Path) -> 
     # From then on the new store is the reference: no second reset.
     rig.handle(batch_of(event_json("c", "u2", 10), first_offset=2))
     assert rig.state("u2").last_event_ts == NOW - 10
-
-
-def test_offsets_wait_until_their_writes_are_durable(tmp_path: Path) -> None:
-    loop, consumer, _ = make_loop(tmp_path, durability_lag=3600.0)
-
-    async def run() -> None:
-        for offset in range(2):
-            batch = batch_of(b"x", first_offset=offset)
-            await loop._process(consumer, records_of(batch))  # type: ignore[arg-type]
-        assert consumer.commits == []
-        await loop._final_commit(consumer)  # type: ignore[arg-type]
-
-    asyncio.run(run())
-    # Leaving the group, every written batch is committed (after a store check).
-    assert consumer.commits == [{("events", 0): 2}]
-
-
-def test_a_store_reset_rewinds_to_the_committed_offsets(tmp_path: Path) -> None:
-    loop, consumer, _ = make_loop(tmp_path, durability_lag=3600.0)
-    consumer.broker_committed = {("events", 0): 5}
-    loop.consumer = consumer  # type: ignore[assignment]
-    resets: list[int] = []
-    loop.engine.store_reset = lambda: resets.append(1)  # type: ignore[method-assign]
-
-    async def handle(batch, dlq) -> None:
-        if batch[0].offset >= 7:
-            raise StoreReset("run_id changed")
-
-    loop.engine.handle = handle  # type: ignore[method-assign]
-
-    async def run() -> None:
-        for offset in (5, 6, 7):
-            batch = batch_of(b"x", first_offset=offset)
-            await loop._process(consumer, records_of(batch))  # type: ignore[arg-type]
-
-    asyncio.run(run())
-    assert resets == [1]
-    assert consumer.commits == []
-    # Partition 0 replays from its committed offset, partition 1 from the start.
-    assert consumer.seeks == {("events", 0): 5, ("events", 1): 0}
-    assert loop.engine.next_offsets[("events", 0)] == 5
-    assert not loop._uncommitted

@@ -1,0 +1,1 @@
+"""Code the tests share: each module holds one kind of helper for test modules."""
