@@ -154,4 +154,5 @@ def test_the_closure_follows_imports_inside_functions(tmp_path: Path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from core.store import online_reader\n")
     assert "core.store.online_reader" in imported_modules(source)
-    assert "core/store/online_reader.py" in import_closure(("core.store.online_reader",))
+    closure = import_closure(("core.store.online_reader",))
+    assert "core/store/online_reader.py" in closure

@@ -71,8 +71,8 @@ def test_segmenter_recovers_personas(simulated: Simulated) -> None:
     bundle = fit_segmenter(frame)
     assigned = bundle.assign(matrix(frame, SEGMENTATION_FEATURES))
     ari = adjusted_rand_score(frame["user_id"].map(simulated.personas), assigned)
-    # Segments must recover the personas. Measured 0.845-0.860 over seeds 1, 2, 3 and 6 at 1000
-    # users x 30 days (k = 6 each time).
+    # Segments must recover the personas. Measured 0.845-0.860 over seeds 1, 2,
+    # 3 and 6 at 1000 users x 30 days (k = 6 each time).
     assert ari >= 0.8, f"ARI {ari:.3f}"
     assert 3 <= bundle.metrics["k"] <= 8
     assert bundle.metrics["davies_bouldin"] > 0
