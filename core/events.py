@@ -1,6 +1,6 @@
 """Event contract v1: the typed, validated shape of one user event.
 
-The same parser serves the Kafka agent, the file importer and the simulator's
+The same parser serves the stream worker, the file importer and the simulator's
 self-check, so an event is valid in one place exactly when it is valid in all.
 
 Limits (docs/events.md is the user-facing copy of these rules):

@@ -196,7 +196,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
                     raise BenchError(f"worker exited:\n{log_tail(worker_log)}")
                 crash = crash_watch.crashed()
                 if crash:
-                    raise BenchError(f"the worker's agent crashed: {crash}")
+                    raise BenchError(f"a worker task crashed: {crash}")
                 if time.monotonic() - started > timeout:
                     raise BenchError(
                         f"backlog not applied after {timeout:.0f}s "
@@ -306,7 +306,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
             raise BenchError(f"worker exited:\n{log_tail(worker_log)}")
         crash = crash_watch.crashed()
         if crash:
-            raise BenchError(f"the worker's agent crashed: {crash}")
+            raise BenchError(f"a worker task crashed: {crash}")
         result["achieved_rate"] = round(produced["sent"] / produced["seconds"], 1)
         result["freshness_unresolved"] = len(fresh["unresolved"])
         result["freshness_read_ms"] = round(fresh["read_ms_mean"], 2)

@@ -3,7 +3,7 @@
 The backlog's progress and the final check come from the per-user states in Redis
 (:class:`BacklogTracker`, :func:`verify_states`); freshness from a poller process
 reading sampled users back through Feast (:func:`freshness_poller`); a crashed
-Faust agent, which Faust restarts forever, from the worker's log
+task of the worker, which Faust logs and outlives, from the worker's log
 (:class:`CrashWatch`). The bundled tansu reports end offsets behind records it has
 acknowledged, so "caught up" decided from them would be wrong.
 """
@@ -124,7 +124,7 @@ def verify_states(
 
 
 class CrashWatch:
-    """Spots a crashed Faust agent in the worker log (Faust restarts it forever)."""
+    """Spots a crashed task in the worker log (Faust logs it; the process lives on)."""
 
     MARK = b"Crashed reason="
 
