@@ -396,7 +396,7 @@ def _assert_lazy_pruning_is_exact(
     lateness: int,
 ) -> None:
     # The reference forgets the prune schedule before every event, so each new
-    # minute checks every bucket, as pruning did before it was made lazy.
+    # minute checks every bucket: eager pruning, which lazy pruning must equal.
     lazy, eager = UserState(), UserState()
     for i, (ts, (etype, session, category)) in enumerate(
         zip(times, kinds, strict=True)
