@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -102,3 +103,31 @@ def test_nothing_importable_exits_non_zero(tmp_path: Path) -> None:
     assert "line 1: malformed_json" in result.stdout
     assert "line 2: malformed_json" in result.stdout
     assert "nothing could be imported" in result.stdout
+
+
+def test_gzip_whitespace_log_with_unknown_names_and_delimiter(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    src = tmp_path / "CDNOW_master.txt.gz"
+    src.write_bytes(
+        gzip.compress(
+            b" id date qty amount\r\n 1 20170101 1  11.77\r\n 2 20170102 2 3\r\n"
+        )
+    )
+    out = run_cli(settings, "import", str(src), "--delimiter", "whitespace")
+    assert "transactions layout" in out
+    assert any(
+        "delimiter" in line and "whitespace" in line for line in out.splitlines()
+    )
+    events = read_events(settings.data_dir / "events.parquet")
+    assert events["revenue"].tolist() == [11.77, 3.0]
+
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(
+        "user_id;event_type;ts\nu1;page_view;1700000000\nu1;teleport;1700000001\n"
+        "u2;teleport;1700000002\n"
+    )
+    out = run_cli(settings, "import", str(clicks))  # the semicolon is sniffed
+    assert "line 3: unknown_event_type (event_type: 'teleport' is not one of" in out
+    assert any(
+        "unknown 'teleport'" in line and "2" in line for line in out.splitlines()
+    )

@@ -1,6 +1,7 @@
 """``segscore import``: event logs in other layouts -> the contract's event file.
 
-Sources are CSV, Parquet or JSON lines (by suffix) in one of four layouts:
+Sources are CSV (any delimiter, runs of whitespace too), Parquet or JSON lines (by
+suffix, each also gzip-compressed) in one of four layouts:
 
 * ``native``: the contract's own columns (what ``segscore simulate`` writes);
 * ``ecommerce``: the public "eCommerce behavior data from multi category store"
@@ -19,6 +20,7 @@ vocabulary.
 The modules, in the order an import runs through them:
 
 * :mod:`.layouts`: layouts, mappings and their detection;
+* :mod:`.formats`: gzip, the CSV delimiter (given or sniffed), staging as plain CSV;
 * :mod:`.sources`: reading CSV, Parquet and JSON lines into columns with line numbers;
 * :mod:`.columns` and :mod:`.timestamps`: source columns -> contract-typed columns;
 * :mod:`.validation`: each row's verdict, accepted events and bad rows;

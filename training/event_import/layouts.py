@@ -52,7 +52,10 @@ class Mapping:
         strict_types: Apply the contract's types literally (the native layout): a
             number where text is expected is invalid. Otherwise ids and codes that
             arrive as numbers become text.
-        delimiter: CSV field separator.
+        header: CSV column names of a file without a header line (None: the
+            first line names the columns).
+        delimiter: CSV field separator: one character or ``whitespace`` (runs of
+            spaces and tabs); None: sniffed from the file.
         encoding: CSV text encoding.
     """
 
@@ -66,7 +69,8 @@ class Mapping:
     constants: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     strict_types: bool = False
-    delimiter: str = ","
+    header: tuple[str, ...] | None = None
+    delimiter: str | None = None
     encoding: str = "utf-8"
 
 
@@ -93,48 +97,113 @@ ECOMMERCE = Mapping(
 )
 
 # Column-name variants of plain transaction logs, compared without case, spaces,
-# dashes or underscores.
+# dashes or underscores; within a role, earlier variants win.
 TRANSACTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "user_id": (
-        "customerid", "customer", "custid", "clientid", "client", "userid", "user",
-        "memberid", "buyerid", "accountid", "customerno", "customernumber",
+        "customerid", "customer", "custid", "cust", "customerkey", "customerno",
+        "customernumber", "customercode", "clientid", "client", "userid", "user",
+        "memberid", "member", "householdkey", "householdid", "household",
+        "shopperid", "shopper", "buyerid", "buyer", "accountid", "account",
+        "loyaltyid", "cardid", "visitorid", "visitor",
+        "id",  # last: only when nothing else names the customer (CDNOW's layout)
     ),
     "ts": (
         "date", "invoicedate", "orderdate", "transactiondate", "purchasedate",
-        "datetime", "timestamp", "time", "createdat", "ts", "txdate", "saledate",
+        "datetime", "timestamp", "transactiontimestamp", "transactiontime",
+        "orderdatetime", "ordertime", "purchasetime", "orderedat", "purchasedat",
+        "time", "createdat", "ts", "txdate", "transdate", "saledate", "salesdate",
+        "dt",
     ),
     "revenue": (
-        "amount", "total", "totalamount", "revenue", "sales", "value", "ordervalue",
-        "spend", "ordertotal", "saleamount", "monetary", "linetotal",
+        "amount", "total", "totalamount", "revenue", "sales", "salesvalue",
+        "salesamount", "totalsales", "netsales", "value", "dollarvalue", "dollars",
+        "ordervalue", "spend", "amountspent", "ordertotal", "saleamount",
+        "purchaseamount", "monetary", "monetaryvalue", "linetotal", "totalprice",
+        "amountpaid", "paid",
     ),
-    "price": ("unitprice", "price", "itemprice"),
-    "quantity": ("quantity", "qty", "units"),
-    "product_id": ("productid", "stockcode", "sku", "itemid", "product", "item"),
+    "price": ("unitprice", "price", "itemprice", "priceeach", "unitcost"),
+    "quantity": (
+        "quantity", "qty", "units", "unitssold", "numberofunits", "numberofitems",
+        "numberofcds", "numitems", "itemcount", "pieces",
+    ),
+    "product_id": (
+        "productid", "stockcode", "sku", "itemid", "product", "item", "productcode",
+        "itemcode", "articleid", "article", "upc",
+    ),
     "session_id": (
-        "invoice", "invoiceno", "invoicenumber", "orderid", "orderno",
-        "transactionid", "receipt",
+        "invoice", "invoiceno", "invoicenumber", "invoiceid", "orderid", "orderno",
+        "ordernumber", "order", "transactionid", "transactionno", "receipt",
+        "receiptid", "basketid", "basket", "tripid",
     ),
     "country": ("country",),
     "channel": ("channel",),
 }  # fmt: skip
+
+# Columns (compared as above) that name each row's event: a clickstream.
+EVENT_COLUMNS = frozenset({"event", "events", "eventtype", "eventname", "action"})
+
+# What a transaction log must have, by role: a customer, a date, an amount (or a
+# unit price), as the user would name them.
+TRANSACTION_ROLES: dict[str, tuple[str, ...]] = {
+    "customer": ("user_id",),
+    "date": ("ts",),
+    "amount (or unit price)": ("revenue", "price"),
+}
+
+
+_DATA_LIKE = re.compile(r"^[-+]?[\d.,:/ ]+$")
 
 
 def _norm_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-def transactions_mapping(columns: Iterable[str]) -> Mapping | None:
-    """The mapping for a transaction log with these columns, or None if not one."""
-    by_norm = {_norm_name(c): c for c in columns}
+def _transaction_columns(columns: Iterable[str]) -> dict[str, str]:
+    """Source column -> contract field for the columns recognised by name."""
+    by_norm: dict[str, str] = {}
+    for column in columns:
+        by_norm.setdefault(_norm_name(column), column)
     chosen: dict[str, str] = {}
     for target, variants in TRANSACTION_COLUMNS.items():
         for variant in variants:
             if variant in by_norm and by_norm[variant] not in chosen:
                 chosen[by_norm[variant]] = target
                 break
-    targets = set(chosen.values())
-    if not {"user_id", "ts"} <= targets or not targets & {"revenue", "price"}:
+    return chosen
+
+
+def missing_transaction_roles(columns: Iterable[str]) -> list[str]:
+    """The roles (customer, date, amount) that no column name here fills."""
+    targets = set(_transaction_columns(columns).values())
+    return [
+        role for role, fields in TRANSACTION_ROLES.items() if not targets & set(fields)
+    ]
+
+
+def _explain_missing(columns: list[str]) -> str:
+    missing = missing_transaction_roles(columns)
+    names = {
+        "customer": "customer_id, user_id, client, member, household_key",
+        "date": "date, order_date, InvoiceDate, datetime, timestamp",
+        "amount (or unit price)": "amount, revenue, sales, sales_value, total, "
+        "dollar_value, price",
+    }
+    found = ", ".join(f"{role} (e.g. {names[role]})" for role in missing)
+    text = f"missing {found}; columns seen: {', '.join(columns[:30])}"
+    if columns and all(_DATA_LIKE.match(c) for c in columns):
+        text += (
+            " (the first line looks like data: a file without a header line needs "
+            "'header: [names...]' in a --mapping file)"
+        )
+    return text
+
+
+def transactions_mapping(columns: Iterable[str]) -> Mapping | None:
+    """The mapping for a transaction log with these columns, or None if not one."""
+    cols = list(columns)
+    if missing_transaction_roles(cols):
         return None
+    chosen = _transaction_columns(cols)
     return Mapping(columns=chosen, constants={"event_type": "purchase"}, ts_auto=True)
 
 
@@ -152,11 +221,23 @@ def detect_layout(columns: Iterable[str]) -> str:
         return "ecommerce"
     if {"user_id", "event_type", "ts"} <= names:
         return "native"
+    events = [c for c in cols if _norm_name(c) in EVENT_COLUMNS]
+    if events:
+        # Every row of a transaction log is a purchase; a log that names its
+        # events is a clickstream, whatever its other columns.
+        raise ImportFailed(
+            f"unknown layout: column {events[0]!r} names events, so this looks like "
+            "a clickstream, not a transaction log; describe it with a --mapping "
+            "file (columns and event_types, see the example in docs/importing.md)"
+            f"; columns seen: {', '.join(cols[:30])}"
+        )
     if transactions_mapping(cols) is not None:
         return "transactions"
     raise ImportFailed(
-        f"unknown layout (columns: {', '.join(cols[:20])}); "
-        "pass --layout or a --mapping file (see docs/importing.md)"
+        "unknown layout: not native (user_id, event_type, ts), not ecommerce "
+        "(event_time, event_type, user_id), and as a transaction log "
+        f"{_explain_missing(cols)}. Pass --layout or a --mapping file (see "
+        "docs/importing.md); a file read as one column may need --delimiter"
     )
 
 
@@ -211,9 +292,31 @@ def load_mapping(path: Path) -> Mapping:
         dayfirst=bool(stamp.get("dayfirst", False)),
         constants=dict(data.get("constants") or {}),
         defaults=dict(data.get("defaults") or {}),
-        delimiter=str(data.get("delimiter", ",")),
+        header=_mapping_header(path, data.get("header")),
+        delimiter=_mapping_delimiter(path, data.get("delimiter")),
         encoding=str(data.get("encoding", "utf-8")),
     )
+
+
+def _mapping_header(path: Path, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(set(map(str, value))) != len(value)
+    ):
+        raise ImportFailed(f"{path}: header must be a list of distinct column names")
+    return tuple(str(v) for v in value)
+
+
+def _mapping_delimiter(path: Path, value: Any) -> str | None:
+    from training.event_import.formats import delimiter_option  # imports this module
+
+    try:
+        return delimiter_option(None if value is None else str(value))
+    except ImportFailed as exc:
+        raise ImportFailed(f"{path}: {exc}") from None
 
 
 def mapping_for(layout: str, columns: list[str], mapping: Mapping | None) -> Mapping:
@@ -230,8 +333,9 @@ def mapping_for(layout: str, columns: list[str], mapping: Mapping | None) -> Map
         found = transactions_mapping(columns)
         if found is None:
             raise ImportFailed(
-                "no customer, date and amount columns found for 'transactions' "
-                f"(columns: {', '.join(columns[:20])})"
+                f"layout 'transactions': {_explain_missing(columns)}. Rename the "
+                "column or describe the file with a --mapping file "
+                "(see docs/importing.md)"
             )
         return found
     raise ImportFailed(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.events import DEFAULT_MIN_TS
+from training.event_import.formats import WHITESPACE, delimiter_option
 from training.event_import.layouts import (
     ImportFailed,
     Mapping,
@@ -29,7 +30,7 @@ from training.event_import.output import (
     write_events_table,
     write_report,
 )
-from training.event_import.sources import read_columns, read_source
+from training.event_import.sources import open_source, read_columns
 from training.event_import.validation import convert
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class ImportSummary:
     skipped: int
     blank_lines: int
     reasons: dict[str, int]
+    unknown_event_types: dict[str, int]  # source name -> rows, most frequent first
+    delimiter: str | None  # CSV: as given or sniffed
     users: int
     ts_min: float | None
     ts_max: float | None
@@ -76,15 +79,24 @@ def event_id_prefix(path: Path) -> str:
 
 
 def resolve_layout(
-    path: Path, layout: str = "auto", mapping_path: Path | None = None
+    path: Path,
+    layout: str = "auto",
+    mapping_path: Path | None = None,
+    delimiter: str | None = None,
 ) -> tuple[str, Mapping | None]:
     """The layout to use and, for 'mapping', the parsed mapping file."""
     mapping = load_mapping(mapping_path) if mapping_path else None
     if mapping is not None and layout in ("auto", "mapping"):
         return "mapping", mapping
     if layout == "auto":
-        return detect_layout(read_columns(path)), None
+        return detect_layout(read_columns(path, delimiter)), None
     return layout, mapping
+
+
+def describe_delimiter(delimiter: str | None) -> str | None:
+    """A delimiter as the summary shows it (``tab``, ``whitespace``, ``;``)."""
+    names = {"\t": "tab", " ": "space", WHITESPACE: "whitespace"}
+    return None if delimiter is None else names.get(delimiter, delimiter)
 
 
 def import_events(
@@ -99,11 +111,13 @@ def import_events(
     max_bytes: int = 16_384,
     on_phase: Callable[[str], None] | None = None,
     min_ts: float = DEFAULT_MIN_TS,
+    delimiter: str | None = None,
 ) -> ImportResult:
     """Import an event log: read, normalise, validate, write events and bad rows.
 
     Args:
-        path: The source file (CSV, Parquet or JSON lines, by suffix).
+        path: The source file (CSV, Parquet or JSON lines, by suffix; gzip by a
+            ``.gz`` suffix or its magic bytes).
         out: Where the accepted events go (Parquet; JSON lines by suffix), as
             ``segscore train`` reads them.
         layout: auto, native, ecommerce, transactions or mapping.
@@ -115,6 +129,9 @@ def import_events(
         on_phase: Called with a short phase name (for a progress display).
         min_ts: The floor of event time (epoch seconds, ``Settings.min_event_time``);
             earlier rows are rejected as ``too_old``.
+        delimiter: The CSV delimiter: one character, a name (``tab``,
+            ``semicolon``, ``pipe``) or ``whitespace`` (runs of spaces and tabs);
+            overrides the mapping's. None: the mapping's, else sniffed.
 
     Returns:
         The accepted events, the bad rows and a summary.
@@ -127,19 +144,20 @@ def import_events(
     if not path.exists():
         raise ImportFailed(f"no file at {path}")
     now = time.time() if now is None else now
-    name, mapping = resolve_layout(path, layout, mapping_path)
+    delimiter = delimiter_option(delimiter)
+    name, mapping = resolve_layout(path, layout, mapping_path, delimiter)
     phase(f"reading {path.name}")
-    source = read_source(path, mapping, max_bytes=max_bytes)
-    mapping = mapping_for(name, source.names, mapping)
-    phase(f"validating {source.rows:,} rows ({name} layout)")
-    events, bad, skipped = convert(
-        source,
-        mapping,
-        now=now,
-        max_future_seconds=max_future_seconds,
-        id_prefix=event_id_prefix(path),
-        min_ts=min_ts,
-    )
+    with open_source(path, mapping, delimiter=delimiter, max_bytes=max_bytes) as source:
+        mapping = mapping_for(name, source.names, mapping)
+        phase(f"validating {source.rows:,} rows ({name} layout)")
+        events, bad, skipped, unknown = convert(
+            source,
+            mapping,
+            now=now,
+            max_future_seconds=max_future_seconds,
+            id_prefix=event_id_prefix(path),
+            min_ts=min_ts,
+        )
     self_check(events, now=now, max_future_seconds=max_future_seconds, min_ts=min_ts)
     phase(f"writing {events.num_rows:,} events")
     report = report or out.with_name(out.name.split(".")[0] + ".rejects.csv")
@@ -162,6 +180,8 @@ def import_events(
         skipped=skipped,
         blank_lines=source.blank_lines,
         reasons=dict(Counter(bad["reason"]).most_common()),
+        unknown_event_types=unknown,
+        delimiter=describe_delimiter(source.delimiter),
         users=pc.count_distinct(events.column("user_id")).as_py() if len(ts) else 0,
         ts_min=pc.min(ts).as_py(),
         ts_max=pc.max(ts).as_py(),

@@ -1,15 +1,18 @@
-"""Reading source files (CSV, Parquet, JSON lines) into columns with line numbers.
+"""Reading source files (CSV, Parquet, JSON lines; gzip too) into columns with line
+numbers.
 
 A :class:`Source` holds the columns as read, the line in the file of every row, and
 the rows rejected before there were columns (malformed CSV rows, oversized or
 malformed JSON lines) as :class:`BadRow`. CSV record boundaries come from one
 vectorised scan of the bytes, so every bad row keeps the line an editor shows.
+Compressed and space-separated CSV is staged as plain CSV first (:mod:`.formats`).
 """
 
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from core.event_files import JSON_LINES
+from training.event_import.formats import (
+    inner_suffix,
+    is_gzip,
+    open_bytes,
+    sample_lines,
+    sniff_delimiter,
+    split_header,
+    staged_csv,
+)
 from training.event_import.layouts import REQUIRED, ImportFailed, Mapping
 
 RAW_EXCERPT = 300
@@ -53,6 +65,7 @@ class Source:
     # JSON lines: rows whose required field is present as null. The wire rule says
     # invalid (not missing) for those; columns alone cannot tell null from absent.
     null_required: dict[str, np.ndarray] = field(default_factory=dict)
+    delimiter: str | None = None  # CSV: as given or sniffed
 
     @property
     def rows(self) -> int:
@@ -72,28 +85,46 @@ class Source:
 
 
 def source_kind(path: Path) -> str:
-    """csv, parquet or jsonl, by suffix."""
-    suffix = path.suffix.lower()
+    """csv, parquet or jsonl, by suffix (under a ``.gz``)."""
+    suffix = inner_suffix(path)
     if suffix in JSON_LINES:
         return "jsonl"
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    if suffix in (".csv", ".tsv", ".txt"):
+    if suffix in (".csv", ".tsv", ".txt", ".dat"):
         return "csv"
-    raise ImportFailed(f"{path}: unknown file type {suffix!r} (csv, parquet, jsonl)")
+    raise ImportFailed(
+        f"{path}: unknown file type {suffix or path.suffix!r} (.csv, .tsv, .txt, "
+        ".dat, .parquet, .jsonl, .ndjson, each also gzip-compressed as .gz)"
+    )
+
+
+def resolve_delimiter(
+    path: Path, given: str | None = None, encoding: str = "utf-8"
+) -> str:
+    """The CSV delimiter: as given, tab for ``.tsv``, else sniffed from the file's
+    first lines (comma, tab, semicolon, pipe or ``whitespace``)."""
+    if given:
+        return given
+    if inner_suffix(path) == ".tsv":
+        return "\t"
+    return sniff_delimiter(sample_lines(path, encoding))
 
 
 def read_columns(
-    path: Path, delimiter: str = ",", encoding: str = "utf-8"
+    path: Path, delimiter: str | None = None, encoding: str = "utf-8"
 ) -> list[str]:
     """The column names of a source file, reading as little as possible."""
     kind = source_kind(path)
     if kind == "parquet":
-        return list(pq.read_schema(path).names)
+        return list(_parquet_file(path).schema_arrow.names)
     if kind == "csv":
-        return _csv_header(path, _delimiter(path, delimiter), encoding)
+        lines = sample_lines(path, encoding)
+        if not lines:
+            return []
+        return split_header(lines[0], resolve_delimiter(path, delimiter, encoding))
     names: dict[str, None] = {}
-    with path.open("rb") as handle:
+    with open_bytes(path) as handle:
         for number, line in enumerate(handle):
             if number >= 1000:
                 break
@@ -106,30 +137,45 @@ def read_columns(
     return list(names)
 
 
-def _delimiter(path: Path, delimiter: str) -> str:
-    return "\t" if path.suffix.lower() == ".tsv" and delimiter == "," else delimiter
-
-
 def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    import csv
-
     with path.open(encoding=encoding, newline="") as handle:
         first = handle.readline()
-    row = next(csv.reader([first.removeprefix("\ufeff")], delimiter=delimiter), [])
-    return [name.strip() for name in row]
+    return split_header(first, delimiter)
 
 
-def read_source(
-    path: Path, mapping: Mapping | None = None, *, max_bytes: int = 16_384
-) -> Source:
-    """Read a CSV, Parquet or JSON-lines file into columns, keeping line numbers."""
+@contextmanager
+def open_source(
+    path: Path,
+    mapping: Mapping | None = None,
+    *,
+    delimiter: str | None = None,
+    max_bytes: int = 16_384,
+) -> Iterator[Source]:
+    """A CSV, Parquet or JSON-lines file (gzip too) read into columns, keeping line
+    numbers. Bad rows' excerpts are readable until the context exits.
+
+    Args:
+        path: The source file.
+        mapping: Its mapping, for the CSV delimiter and encoding.
+        delimiter: The CSV delimiter (overrides the mapping's); None: sniff it.
+        max_bytes: JSON lines longer than this are rejected as oversized.
+    """
     kind = source_kind(path)
     if kind == "parquet":
-        return _read_parquet(path)
+        yield _read_parquet(path)
+        return
     if kind == "jsonl":
-        return _read_jsonl(path, max_bytes)
-    delimiter = _delimiter(path, mapping.delimiter if mapping else ",")
-    return _read_csv(path, delimiter, mapping.encoding if mapping else "utf-8")
+        yield _read_jsonl(path, max_bytes)
+        return
+    encoding = mapping.encoding if mapping else "utf-8"
+    chosen = resolve_delimiter(
+        path, delimiter or (mapping.delimiter if mapping else None), encoding
+    )
+    with staged_csv(path, chosen) as (plain, char):
+        names = mapping.header if mapping else None
+        source = _read_csv(plain, char, encoding, names)
+        source.delimiter = chosen
+        yield source
 
 
 @dataclass
@@ -204,16 +250,20 @@ def _scan_csv(path: Path, delimiter: int) -> _CsvScan:
     return _CsvScan(starts, ends, lines, fields, blank, quoted_newlines)
 
 
-def _read_csv(path: Path, delimiter: str, encoding: str) -> Source:
+def _read_csv(
+    path: Path, delimiter: str, encoding: str, names: tuple[str, ...] | None = None
+) -> Source:
+    """A plain CSV file; ``names``: the column names of a file without a header."""
     if len(delimiter) != 1:
         raise ImportFailed("CSV delimiter must be one character")
-    header = _csv_header(path, delimiter, encoding)
+    header = list(names) if names else _csv_header(path, delimiter, encoding)
+    first = 0 if names else 1  # records before the data
     if not header or header == [""]:
         raise ImportFailed(f"{path}: no header line")
     scan = _scan_csv(path, ord(delimiter))
     excerpt = _excerpts(path)
     data = ~scan.blank
-    data[:1] = False  # the header
+    data[:first] = False  # the header
     shape_ok = scan.fields == len(header)
     wrong = np.flatnonzero(data & ~shape_ok)
     texts = excerpt(scan.starts[wrong], scan.ends[wrong])
@@ -231,7 +281,7 @@ def _read_csv(path: Path, delimiter: str, encoding: str) -> Source:
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(
-                column_names=header, skip_rows=1, encoding=encoding
+                column_names=header, skip_rows=first, encoding=encoding
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter,
@@ -257,7 +307,7 @@ def _read_csv(path: Path, delimiter: str, encoding: str) -> Source:
     def raw(idx: np.ndarray) -> list[str]:
         return excerpt(starts[idx], ends[idx])
 
-    blank = int(scan.blank[1:].sum())
+    blank = int(scan.blank[first:].sum())
     return Source(table, scan.lines[rows], "csv", raw, bad, blank_lines=blank)
 
 
@@ -276,8 +326,15 @@ def _excerpts(path: Path) -> Callable[[np.ndarray, np.ndarray], list[str]]:
     return read
 
 
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    if is_gzip(path):  # columnar and seeked: decompressed whole, as it is read whole
+        with open_bytes(path) as handle:
+            return pq.ParquetFile(pa.BufferReader(handle.read()))
+    return pq.ParquetFile(path)
+
+
 def _read_parquet(path: Path) -> Source:
-    table = pq.read_table(path)
+    table = _parquet_file(path).read()
     # Parquet has no lines; the 1-based row number stands in for one.
     lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
 
@@ -294,7 +351,7 @@ def _read_jsonl(path: Path, max_bytes: int) -> Source:
     numbers: list[int] = []
     bad: list[BadRow] = []
     blank = 0
-    with path.open("rb") as handle:
+    with open_bytes(path) as handle:
         for number, line in enumerate(handle, start=1):
             body = line.rstrip(b"\r\n")
             if not body.strip():

@@ -7,9 +7,11 @@ The first failing field in the contract's field order gives a row's reason, in
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,8 +44,11 @@ from training.event_import.timestamps import conv_ts
 BAD_COLUMNS = ["line", "reason", "detail", "raw"]
 
 
-def stage(source: Source, mapping: Mapping) -> tuple[dict[str, Col], np.ndarray]:
-    """Every contract field as a :class:`Col`, and the rows skipped by the mapping."""
+def stage(
+    source: Source, mapping: Mapping
+) -> tuple[dict[str, Col], np.ndarray, np.ndarray]:
+    """Every contract field as a :class:`Col`, the rows skipped by the mapping, and
+    the source's event name of each row whose event type is unknown (None elsewhere)."""
     n = source.rows
     present = set(source.names)
     named = {f: [c for c, t in mapping.columns.items() if t == f] for f in COLUMNS}
@@ -53,6 +58,7 @@ def stage(source: Source, mapping: Mapping) -> tuple[dict[str, Col], np.ndarray]
             raise ImportFailed(f"column {listed[0]!r} (-> {name}) is not in the file")
     cols: dict[str, Col] = {}
     skipped = np.zeros(n, bool)
+    unknown = np.full(n, None, dtype=object)
     for name in COLUMNS:
         raw = _raw_field(
             source, mapping, name, [c for c in named[name] if c in present]
@@ -61,6 +67,7 @@ def stage(source: Source, mapping: Mapping) -> tuple[dict[str, Col], np.ndarray]
             col = conv_text(name, raw, n, strict=mapping.strict_types)
         elif name == "event_type":
             col, skipped = conv_event_type(raw, n, mapping.event_types)
+            unknown = _names_at(raw, col.invalid)
         elif name == "ts":
             col = conv_ts(raw, n, mapping, source.kind)
         elif name == "quantity":
@@ -72,7 +79,24 @@ def stage(source: Source, mapping: Mapping) -> tuple[dict[str, Col], np.ndarray]
             col.missing[source.null_required[name]] = False
             col.invalid[source.null_required[name]] = True
         cols[name] = col
-    return cols, skipped
+    return cols, skipped, unknown
+
+
+def _names_at(raw: RawColumn | None, rows: np.ndarray) -> np.ndarray:
+    """The source values at these rows as text (None elsewhere), for messages."""
+    out = np.full(len(rows), None, dtype=object)
+    idx = np.flatnonzero(rows)
+    if raw is None or not len(idx):
+        return out
+    if isinstance(raw, list):
+        values = [raw[i] for i in idx]
+    else:
+        picked = raw.take(pa.array(idx))
+        if is_text(picked.type):
+            picked = pc.utf8_trim(picked.cast(pa.string()), characters=" \t\r\n")
+        values = picked.to_pylist()
+    out[idx] = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in values]
+    return out
 
 
 def _raw_field(
@@ -142,8 +166,9 @@ def verdict(
     return reasons, revenue
 
 
+NOT_A_TYPE = "not one of " + ", ".join(EVENT_TYPES)
 _DETAILS = {
-    "unknown_event_type": "event_type: not one of " + ", ".join(EVENT_TYPES),
+    "unknown_event_type": f"event_type: {NOT_A_TYPE}",
     "invalid:ts": (
         "ts: not a finite epoch number (seconds below 1e11, else ms) or ISO-8601 "
         "with a zone (or the mapping's format)"
@@ -154,6 +179,10 @@ _DETAILS = {
     ),
     "future_ts": "ts lies in the future",
 }
+NO_REVENUE = (
+    "revenue: a purchase without revenue or price; map a revenue or price column, "
+    "or set defaults.revenue in the mapping (see docs/importing.md)"
+)
 
 
 def _detail(reason: str, min_ts: float = DEFAULT_MIN_TS) -> str:
@@ -165,7 +194,8 @@ def _detail(reason: str, min_ts: float = DEFAULT_MIN_TS) -> str:
     if reason == "too_old":
         return (
             f"ts is before {datetime.fromtimestamp(min_ts, UTC).isoformat()}, the "
-            "earliest event time accepted (setting min_event_time)"
+            "earliest event time accepted; to import older logs, set "
+            "SEGSCORE_MIN_EVENT_TIME (setting min_event_time), e.g. 1990-01-01"
         )
     rules = {
         "price": f"a number in [0, {MAX_AMOUNT:g}]",
@@ -184,12 +214,13 @@ def convert(
     max_future_seconds: float = 300,
     id_prefix: str = "imp",
     min_ts: float = DEFAULT_MIN_TS,
-) -> tuple[pa.Table, pd.DataFrame, int]:
-    """Source columns -> (accepted events, bad rows, rows skipped by the mapping)."""
+) -> tuple[pa.Table, pd.DataFrame, int, dict[str, int]]:
+    """Source columns -> (accepted events, bad rows, rows skipped by the mapping,
+    unknown source event names with their counts, most frequent first)."""
     generate_ids = "event_id" not in mapping.constants and not any(
         t == "event_id" and c in source.names for c, t in mapping.columns.items()
     )
-    cols, skipped = stage(source, mapping)
+    cols, skipped, names = stage(source, mapping)
     if generate_ids:
         ids = pc.binary_join_element_wise(
             id_prefix, pc.cast(pa.array(source.lines), pa.string()), "-"
@@ -203,11 +234,23 @@ def convert(
     reasons[skipped] = None
     accepted = (reasons == None) & ~skipped  # noqa: E711
     rejected = np.flatnonzero(~accepted & ~skipped)
+    details = [_detail(r, min_ts) for r in reasons[rejected]]
+    why = reasons[rejected]
+    no_price = cols["revenue"].missing & cols["price"].missing
+    for k in np.flatnonzero((why == "invalid:revenue") & no_price[rejected]):
+        details[k] = NO_REVENUE
+    unknown_rows = np.flatnonzero(why == "unknown_event_type")
+    values = names[rejected[unknown_rows]].tolist()
+    unknown = Counter(v for v in values if v is not None)
+    said = {v: f"event_type: {v!r} is {NOT_A_TYPE}" for v in unknown}
+    for k, value in zip(unknown_rows.tolist(), values, strict=True):
+        if value is not None:
+            details[k] = said[value]
     bad = pd.DataFrame(
         {
             "line": source.lines[rejected],
             "reason": reasons[rejected].astype(str),
-            "detail": [_detail(r, min_ts) for r in reasons[rejected]],
+            "detail": details,
             "raw": source.raw(rejected),
         },
         columns=BAD_COLUMNS,
@@ -225,4 +268,4 @@ def convert(
             values = pa.array(revenue, pa.float64(), from_pandas=True)
         arrays.append(values.filter(keep).cast(TARGET_TYPES[name]))
     events = pa.Table.from_arrays(arrays, schema=events_schema())
-    return events, bad, int(skipped.sum())
+    return events, bad, int(skipped.sum()), dict(unknown.most_common())
