@@ -160,6 +160,11 @@ class UserScore(BaseModel):
         description="Seconds since the user's real-time (stream) features were "
         "last written; null when none are stored."
     )
+    stale: bool = Field(
+        description="feature_age_seconds exceeds SEGSCORE_STALE_AFTER_SECONDS "
+        "(90 days): the user's newest event is that old, so the score describes "
+        "a customer as they were then. Always false for a cold start.",
+    )
 
 
 class ScoreResponse(BaseModel):

@@ -9,11 +9,14 @@ Stored features arrive column-wise, as ``OnlineResponse.to_dict()`` returns them
 mapping from feature name to one value per user, ``None`` where the store has
 nothing. Timestamp columns, when present, are named ``<feature>__ts`` (epoch
 seconds, 0 or ``None`` when missing), as ``to_dict(include_event_timestamps=True)``
-names them.
+names them. The ``state`` column holds each user's serialised state, or the
+:class:`~core.user_state.UserState` itself when the caller built it (scoring as
+of a past time replays states in memory and need not serialise them).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +91,7 @@ def with_read_time_features(
     blobs = stored.get(STATE_FEATURE)
     if blobs is None:
         return stored
+    decode = UserState.from_bytes
     none_column = (None,) * n_users
     history_rows = zip(
         *(stored.get(name, none_column) for name in HISTORY_NAMES), strict=True
@@ -96,7 +100,7 @@ def with_read_time_features(
     rows = []
     for blob, history_row in zip(blobs, history_rows, strict=True):
         if blob:
-            state = UserState.from_bytes(blob)
+            state = blob if isinstance(blob, UserState) else decode(blob)
             rows.append(stream_values(state, as_of) + history_values(state, as_of))
         else:
             rows.append(_NO_STREAM + history_row)
@@ -403,6 +407,7 @@ def score(
     *,
     explain: bool = True,
     top_k: int = 5,
+    stale_after: float | None = None,
 ) -> dict[str, Any]:
     """Score users from their stored features: the ``POST /score`` payload.
 
@@ -414,6 +419,8 @@ def score(
         models: The loaded models.
         explain: Whether to compute TreeSHAP explanations.
         top_k: Contributions to return per user when explaining.
+        stale_after: A user whose ``feature_age_seconds`` exceeds this is marked
+            ``stale``; ``None``: nobody is.
 
     Returns:
         A dict of the shape of :class:`serving.schemas.ScoreResponse`.
@@ -448,6 +455,9 @@ def score(
     ages = feature_ages(stored, (STATE_FEATURE, *STREAM_NAMES), n, as_of)
     cold = inputs.cold_start.tolist()
     names = models.segment_names
+    # A cold start has no age, so it is never stale; without a limit nobody is.
+    limit = math.inf if stale_after is None else stale_after
+    ages = [None if c else a for a, c in zip(ages, cold, strict=True)]
 
     return {
         "model_versions": models.versions,
@@ -462,7 +472,8 @@ def score(
                 "base_value": models.base_value,
                 "explanation": explanations[i],
                 "cold_start": cold[i],
-                "feature_age_seconds": None if cold[i] else ages[i],
+                "feature_age_seconds": ages[i],
+                "stale": ages[i] is not None and ages[i] > limit,
             }
             for i in range(n)
         ],

@@ -233,7 +233,13 @@ class ScoringService:
         as_of = time.time()
         stored = self.reader.columns(replies)
         payload = scoring.score(
-            user_ids, stored, as_of, models, explain=explain, top_k=top_k
+            user_ids,
+            stored,
+            as_of,
+            models,
+            explain=explain,
+            top_k=top_k,
+            stale_after=SETTINGS.stale_after_seconds,
         )
         body = orjson.dumps(payload)
         scores = payload["scores"]
