@@ -15,7 +15,7 @@ class Group(StrEnum):
     """Where a feature is computed and stored."""
 
     STREAM = "stream"  # kept fresh by the Faust worker, pushed to the online store
-    HISTORY = "history"  # computed by the backfill from long history, batch view
+    HISTORY = "history"  # 30/90-day and lifetime, derived from the state when read
     REQUEST = "request"  # derived at read time from stored timestamps (ages)
 
 
@@ -130,6 +130,44 @@ HISTORY_FEATURES: tuple[FeatureSpec, ...] = (
         "30d",
     ),
     FeatureSpec(
+        "orders_lifetime", "Purchase events", "count", Group.HISTORY, "lifetime"
+    ),
+    FeatureSpec(
+        "revenue_lifetime",
+        "Revenue of purchases",
+        "currency",
+        Group.HISTORY,
+        "lifetime",
+    ),
+    FeatureSpec(
+        "purchase_days_lifetime",
+        "Distinct days with a purchase",
+        "days",
+        Group.HISTORY,
+        "lifetime",
+    ),
+    FeatureSpec(
+        "purchase_gap_mean_days",
+        "Mean gap between consecutive purchase days (0 with fewer than two)",
+        "days",
+        Group.HISTORY,
+        "lifetime",
+    ),
+    FeatureSpec(
+        "purchase_gap_std_days",
+        "Standard deviation of the gaps between consecutive purchase days "
+        "(0 with fewer than two purchase days)",
+        "days",
+        Group.HISTORY,
+        "lifetime",
+    ),
+    FeatureSpec(
+        "first_purchase_ts",
+        "Event time of the first purchase",
+        "epoch s",
+        Group.HISTORY,
+    ),
+    FeatureSpec(
         "first_seen_ts", "Event time of the first event", "epoch s", Group.HISTORY
     ),
 )
@@ -141,19 +179,27 @@ HISTORY_NAMES: tuple[str, ...] = tuple(spec.name for spec in HISTORY_FEATURES)
 REQUEST_FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "hours_since_last_event",
-        "Hours from the latest event to the read time (capped at 90 days)",
+        "Hours from the latest event to the read time (0 if never seen)",
         "hours",
         Group.REQUEST,
     ),
     FeatureSpec(
         "days_since_last_purchase",
-        "Days from the latest purchase to the read time (capped at 90 days)",
+        "Days from the latest purchase to the read time "
+        "(never purchased: equals tenure_days)",
         "days",
         Group.REQUEST,
     ),
     FeatureSpec(
         "tenure_days",
-        "Days from the first event to the read time (capped at 90 days)",
+        "Days from the first event to the read time (0 if never seen)",
+        "days",
+        Group.REQUEST,
+    ),
+    FeatureSpec(
+        "days_since_first_purchase",
+        "Days from the first purchase to the read time "
+        "(never purchased: equals tenure_days)",
         "days",
         Group.REQUEST,
     ),
@@ -167,7 +213,9 @@ CATALOGUE: dict[str, FeatureSpec] = {
 }
 
 # Timestamps are stored so ages can be derived at read time; models never see them raw.
-TIMESTAMP_FEATURES = frozenset({"last_event_ts", "last_purchase_ts", "first_seen_ts"})
+TIMESTAMP_FEATURES = frozenset(
+    {"last_event_ts", "last_purchase_ts", "first_seen_ts", "first_purchase_ts"}
+)
 
 SEGMENTATION_FEATURES: tuple[str, ...] = (
     "events_7d",
@@ -183,6 +231,10 @@ SEGMENTATION_FEATURES: tuple[str, ...] = (
     "cart_adds_30d",
     "conversion_rate_30d",
     "hours_since_last_event",
+    # Lifetime recency and frequency: what tells customers apart on a
+    # purchase-only log, where most of them bought nothing in the last 90 days.
+    "orders_lifetime",
+    "days_since_last_purchase",
 )
 
 PROPENSITY_FEATURES: tuple[str, ...] = (
@@ -210,6 +262,12 @@ PROPENSITY_FEATURES: tuple[str, ...] = (
     "hours_since_last_event",
     "days_since_last_purchase",
     "tenure_days",
+    "orders_lifetime",
+    "revenue_lifetime",
+    "purchase_days_lifetime",
+    "purchase_gap_mean_days",
+    "purchase_gap_std_days",
+    "days_since_first_purchase",
 )
 
 
@@ -225,10 +283,18 @@ def stored_features(model_features: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(needed))
 
 
+# The timestamps each age is derived from, fallbacks included (see
+# core.feature_math.request_features: a purchase age of someone who never
+# purchased falls back to the tenure).
 REQUEST_SOURCES: dict[str, tuple[str, ...]] = {
-    "hours_since_last_event": ("last_event_ts",),
-    "days_since_last_purchase": ("last_purchase_ts",),
+    "hours_since_last_event": ("last_event_ts", "first_seen_ts"),
+    "days_since_last_purchase": ("last_purchase_ts", "first_seen_ts"),
     "tenure_days": ("first_seen_ts",),
+    "days_since_first_purchase": (
+        "first_purchase_ts",
+        "last_purchase_ts",
+        "first_seen_ts",
+    ),
 }
 
 

@@ -6,8 +6,11 @@ buckets for ``1h``, one-hour buckets for ``24h`` and ``7d``, UTC days for ``30d`
 ``90d``. Rounding outward to whole buckets never drops an event of the window and
 adds at most one bucket's worth from just before it; at a bucket boundary (the daily
 training snapshots) the window is exactly ``[T - W, T]``. Buckets after T's bucket
-are ignored, so "as of T" holds for replays too. Ages ("hours
-since ...") are never stored: :func:`request_features` derives them at read time.
+are ignored, so "as of T" holds for replays too. Lifetime purchase facts are
+kept as running totals in the state; a read before some of its purchase buckets
+takes those buckets back out (exact while they are bucketed, i.e. for reads
+within 90 days of the newest event). Ages ("hours since ...") are never stored:
+:func:`request_features` derives them at read time, uncapped.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from core.feature_catalog import STREAM_NAMES
 from core.user_state import (
     _DECAY,
     ABANDON_SECONDS,
+    D_PURCHASES,
+    D_REVENUE,
     DAY,
     HOUR,
     MINUTE,
     UserState,
 )
-
-AGE_CAP_SECONDS = 90 * DAY
 
 # Both feature groups in catalogue order: the tuples of :func:`stream_values` and
 # :func:`history_values` hold their values in exactly this order.
@@ -179,15 +182,18 @@ def history_values(
     """The history group as of ``as_of`` (epoch s), in ``HISTORY_NAMES`` order.
 
     The one implementation of the group, like :func:`stream_values`; ``missing``
-    stands for an unknown ``first_seen_ts``.
+    stands for a timestamp unknown as of ``as_of`` (``first_purchase_ts`` of a
+    user who never purchased, ``first_seen_ts`` of one never seen).
     """
     today = floor(as_of) // DAY
     # Days overlapping [T - 90d, T]: the current day and the 90 before it.
     orders = revenue = orders_30 = sessions_30 = views_30 = adds_30 = 0.0
     purchase_days = purchase_days_30 = active_days_30 = 0
+    later = False
     for day, bucket in state.days.items():
         age = today - day
         if not 0 <= age <= 90:
+            later = later or (age < 0 and bucket[D_PURCHASES] > 0)
             continue
         # One unpack (slot order, D_PURCHASES .. D_EVENTS) instead of six lookups.
         purchases, day_revenue, sessions, views, adds, events = bucket
@@ -202,6 +208,29 @@ def history_values(
             purchase_days_30 += purchases > 0
             active_days_30 += events > 0
     first = state.first_seen_ts
+    if later:
+        lifetime = _lifetime_before(state, today)
+    else:
+        lifetime = (
+            state.orders_lifetime,
+            state.revenue_lifetime,
+            state.purchase_days_lifetime,
+            state.purchase_gap_sum,
+            state.purchase_gap_sq_sum,
+        )
+    orders_all, revenue_all, days_all, gap_sum, gap_sq_sum = lifetime
+    first_purchase = state.first_purchase_ts
+    if first_purchase is None or floor(first_purchase) // DAY > today:
+        # Nothing bought by the read's day, whatever later purchases the state
+        # holds (the read's own day counts whole, as in the windows).
+        orders_all = revenue_all = gap_sum = gap_sq_sum = 0.0
+        days_all = 0
+    if first_purchase is None or first_purchase > as_of:
+        first_purchase = missing
+    gaps = days_all - 1
+    gap_mean = gap_sum / gaps if gaps > 0 else 0.0
+    # Population variance from the sums; rounding can make it a hair negative.
+    gap_var = gap_sq_sum / gaps - gap_mean * gap_mean if gaps > 0 else 0.0
     return (
         orders,
         revenue,
@@ -212,12 +241,49 @@ def history_values(
         views_30,
         adds_30,
         purchase_days_30 / active_days_30 if active_days_30 else 0.0,
+        orders_all,
+        revenue_all,
+        float(days_all),
+        gap_mean,
+        math.sqrt(gap_var) if gap_var > 0.0 else 0.0,
+        first_purchase,
         first if first is not None and first <= as_of else missing,
     )
 
 
+def _lifetime_before(
+    state: UserState, today: int
+) -> tuple[float, float, int, float, float]:
+    """The lifetime purchase totals without the purchase buckets after ``today``.
+
+    For reads of a state that already holds later events (the windows ignore
+    such buckets too): each later purchase day takes back its orders, its
+    revenue and the gap that led to it (purchase days chain from the latest
+    pruned one through the bucketed ones in day order).
+    """
+    orders, revenue = state.orders_lifetime, state.revenue_lifetime
+    days, gap_sum, gap_sq_sum = (
+        state.purchase_days_lifetime,
+        state.purchase_gap_sum,
+        state.purchase_gap_sq_sum,
+    )
+    previous = state.pruned_purchase_day
+    for day in sorted(k for k, b in state.days.items() if b[D_PURCHASES]):
+        if day > today:
+            bucket = state.days[day]
+            orders -= bucket[D_PURCHASES]
+            revenue -= bucket[D_REVENUE]
+            days -= 1
+            if previous is not None:
+                gap = float(day - previous)
+                gap_sum -= gap
+                gap_sq_sum -= gap * gap
+        previous = day
+    return orders, revenue, days, gap_sum, gap_sq_sum
+
+
 def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
-    """The 30/90-day history feature group as of ``as_of`` (epoch s)."""
+    """The history feature group (30/90-day and lifetime) as of ``as_of`` (epoch s)."""
     # A dict display: twice as fast as dict(zip(HISTORY_NAMES, ...)) at this size.
     # The names are HISTORY_NAMES in order (a unit test holds them to it).
     (
@@ -230,6 +296,12 @@ def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
         product_views_30d,
         cart_adds_30d,
         conversion_rate_30d,
+        orders_lifetime,
+        revenue_lifetime,
+        purchase_days_lifetime,
+        purchase_gap_mean_days,
+        purchase_gap_std_days,
+        first_purchase_ts,
         first_seen_ts,
     ) = history_values(state, as_of)
     return {
@@ -242,6 +314,12 @@ def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
         "product_views_30d": product_views_30d,
         "cart_adds_30d": cart_adds_30d,
         "conversion_rate_30d": conversion_rate_30d,
+        "orders_lifetime": orders_lifetime,
+        "revenue_lifetime": revenue_lifetime,
+        "purchase_days_lifetime": purchase_days_lifetime,
+        "purchase_gap_mean_days": purchase_gap_mean_days,
+        "purchase_gap_std_days": purchase_gap_std_days,
+        "first_purchase_ts": first_purchase_ts,
         "first_seen_ts": first_seen_ts,
     }
 
@@ -249,29 +327,70 @@ def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
 def request_features(
     stored: Mapping[str, Any], as_of: float | np.ndarray
 ) -> dict[str, Any]:
-    """Ages derived from stored timestamps at read time; missing means the cap.
+    """Ages derived from stored timestamps at read time, uncapped and always finite.
 
     One user (floats, ``None`` for never) gives floats; many at once (arrays,
     NaN for never, ``as_of`` a scalar or one instant per row) gives arrays --
     the same arithmetic, so training sets and scoring cannot disagree.
+
+    An age whose event never happened falls back so that it reads "not in the
+    whole known life": never purchased gives ``days_since_first_purchase`` =
+    ``days_since_last_purchase`` = ``tenure_days`` (with ``orders_lifetime`` 0);
+    a first purchase unknown but a last one known gives the last one's age.
+    No ``last_event_ts`` likewise reads as the tenure (in hours). Never seen (no
+    ``first_seen_ts`` either) gives 0 for every age: a cold start, which scoring
+    gives population defaults anyway. A timestamp after the read (a
+    state read before its latest event) gives 0. A key absent from ``stored``
+    counts as never.
+
+    Args:
+        stored: Timestamp name to epoch seconds (``REQUEST_SOURCES`` names).
+        as_of: Read instant(s), epoch seconds.
+
+    Returns:
+        ``hours_since_last_event``, ``tenure_days``, ``days_since_first_purchase``
+        and ``days_since_last_purchase``: floats for one user, else arrays of
+        the broadcast shape of the inputs.
     """
-    scalar = np.ndim(as_of) == 0 and all(
-        np.ndim(stored.get(key)) == 0 for key in _AGE_SOURCES
-    )
-
-    def age(key: str) -> Any:
-        ts = stored.get(key)
-        raw = np.subtract(as_of, np.nan if ts is None else ts, dtype=np.float64)
-        capped = np.where(
-            np.isnan(raw), AGE_CAP_SECONDS, np.clip(raw, 0.0, AGE_CAP_SECONDS)
+    values = {
+        key: np.asarray(
+            np.nan if stored.get(key) is None else stored[key], dtype=np.float64
         )
-        return float(capped) if scalar else capped
+        for key in _AGE_SOURCES
+    }
+    instant = np.asarray(as_of, dtype=np.float64)
+    shape = np.broadcast_shapes(instant.shape, *(v.shape for v in values.values()))
 
+    def age(key: str) -> np.ndarray:
+        # NaN where the event never happened; clipped at 0 for one after the read.
+        return np.maximum(instant - values[key], 0.0)
+
+    tenure = age("first_seen_ts")
+    tenure = np.where(np.isnan(tenure), 0.0, tenure)
+    last_purchase = age("last_purchase_ts")
+    first_purchase = age("first_purchase_ts")
+    first_purchase = np.where(np.isnan(first_purchase), last_purchase, first_purchase)
+    first_purchase = np.where(np.isnan(first_purchase), tenure, first_purchase)
+    last_purchase = np.where(np.isnan(last_purchase), first_purchase, last_purchase)
+    last_event = age("last_event_ts")
+    last_event = np.where(np.isnan(last_event), tenure, last_event)
+    ages = {
+        "hours_since_last_event": last_event / HOUR,
+        "days_since_last_purchase": last_purchase / DAY,
+        "tenure_days": tenure / DAY,
+        "days_since_first_purchase": first_purchase / DAY,
+    }
+    if not shape:
+        return {name: float(value) for name, value in ages.items()}
     return {
-        "hours_since_last_event": age("last_event_ts") / HOUR,
-        "days_since_last_purchase": age("last_purchase_ts") / DAY,
-        "tenure_days": age("first_seen_ts") / DAY,
+        name: value if value.shape == shape else np.broadcast_to(value, shape).copy()
+        for name, value in ages.items()
     }
 
 
-_AGE_SOURCES = ("last_event_ts", "last_purchase_ts", "first_seen_ts")
+_AGE_SOURCES = (
+    "last_event_ts",
+    "last_purchase_ts",
+    "first_seen_ts",
+    "first_purchase_ts",
+)

@@ -4,7 +4,8 @@ Mechanism (why windows are right when *read*, not only when written): the state
 keeps time-bucketed counters by *event time* -- one-minute buckets for the last hour,
 one-hour buckets for the last week, one-day buckets for 90 days -- plus the few
 exact facts the other features need (session and category last-seen times, recent
-cart-add and purchase times, a decayed engagement score with its reference time).
+cart-add and purchase times, a decayed engagement score with its reference time),
+and lifetime purchase facts that outlive the buckets (see :class:`UserState`).
 :mod:`core.feature_math` sums the buckets that fall inside each window *at the
 instant of the read*. So a user idle for two hours reads 0 events in the last hour,
 whenever the state was last written; an out-of-order event within the allowed
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import pairwise
 from math import floor
 from operator import itemgetter
 from typing import Any
@@ -95,6 +97,19 @@ class UserState:
     first_seen_ts: float | None = None
     last_event_ts: float | None = None
     last_purchase_ts: float | None = None
+    # Lifetime purchase facts, kept forever at a few floats each. Gaps are between
+    # consecutive distinct purchase days (UTC day indexes), in days; there are
+    # ``purchase_days_lifetime - 1`` of them, so the sum and the sum of squares
+    # give their exact mean and standard deviation.
+    orders_lifetime: float = 0.0
+    revenue_lifetime: float = 0.0
+    purchase_days_lifetime: int = 0
+    first_purchase_ts: float | None = None
+    purchase_gap_sum: float = 0.0
+    purchase_gap_sq_sum: float = 0.0
+    # The latest purchase day whose bucket was pruned: the neighbour an
+    # out-of-order purchase needs when no kept bucket precedes it.
+    pruned_purchase_day: int | None = None
     seen: dict[str, float] = field(default_factory=dict)  # event id -> time
     # Highest source offset applied, per source partition ("topic:partition", see
     # :func:`source_key`). Offsets only order records within one partition, so a
@@ -123,6 +138,15 @@ class UserState:
                 "pu": self.purchases,
                 "e": [self.engagement, self.engagement_ts],
                 "t": [self.first_seen_ts, self.last_event_ts, self.last_purchase_ts],
+                "l": [
+                    self.orders_lifetime,
+                    self.revenue_lifetime,
+                    self.purchase_days_lifetime,
+                    self.first_purchase_ts,
+                    self.purchase_gap_sum,
+                    self.purchase_gap_sq_sum,
+                    self.pruned_purchase_day,
+                ],
                 "s": self.seen if with_dedupe else {},
                 "o": self.offsets if with_dedupe else {},
             }
@@ -149,7 +173,7 @@ class UserState:
     def _decode(cls, blob: bytes) -> UserState:
         raw: dict[str, Any] = orjson.loads(blob)
         first, last, last_purchase = raw["t"]
-        return cls(
+        state = cls(
             minutes={int(r[0]): tuple(r[1:]) for r in raw["m"]},
             hours={int(r[0]): tuple(r[1:]) for r in raw["h"]},
             days={int(r[0]): tuple(r[1:]) for r in raw["d"]},
@@ -165,6 +189,50 @@ class UserState:
             seen=raw["s"],
             offsets=_offsets(raw.get("o")),
         )
+        lifetime = raw.get("l")
+        if lifetime is None:
+            _derive_lifetime(state)
+        else:
+            (
+                state.orders_lifetime,
+                state.revenue_lifetime,
+                state.purchase_days_lifetime,
+                state.first_purchase_ts,
+                state.purchase_gap_sum,
+                state.purchase_gap_sq_sum,
+                state.pruned_purchase_day,
+            ) = lifetime
+        return state
+
+
+def _derive_lifetime(state: UserState) -> None:
+    """Lifetime facts of a state stored before it kept them: what it still holds.
+
+    An approximation, since such a state forgot everything older than its day
+    buckets (90 days): the lifetime facts cover the bucketed purchase days, plus
+    the day of ``last_purchase_ts`` when no bucket holds a purchase (one order of
+    unknown revenue, then). ``first_purchase_ts`` is the start of the earliest
+    such day, or ``first_seen_ts`` when that is later the same day (at most a
+    day early), or ``last_purchase_ts`` for the unbucketed case. From then on
+    the facts are exact increments on top of these.
+    """
+    days = sorted(k for k, bucket in state.days.items() if bucket[D_PURCHASES])
+    state.orders_lifetime = sum(state.days[k][D_PURCHASES] for k in days)
+    state.revenue_lifetime = sum(state.days[k][D_REVENUE] for k in days)
+    if days:
+        first = float(days[0] * DAY)
+        if state.first_seen_ts is not None and state.first_seen_ts > first:
+            first = min(state.first_seen_ts, first + DAY - 1)
+        state.first_purchase_ts = first
+    elif state.last_purchase_ts is not None:
+        days = [floor(state.last_purchase_ts) // DAY]
+        state.orders_lifetime = 1.0
+        state.first_purchase_ts = state.last_purchase_ts
+        state.pruned_purchase_day = days[0]
+    state.purchase_days_lifetime = len(days)
+    gaps = [float(b - a) for a, b in pairwise(days)]
+    state.purchase_gap_sum = sum(gaps)
+    state.purchase_gap_sq_sum = sum(g * g for g in gaps)
 
 
 def _offsets(stored: Any) -> dict[str, int]:
@@ -299,11 +367,18 @@ def apply_fields(
         day[D_ADDS] += 1.0
         state.cart_adds = (*state.cart_adds, ts)
     elif etype is _PURCHASE:
+        amount = revenue or 0.0
+        if not day[D_PURCHASES]:
+            _add_purchase_day(state, day_index)
         day[D_PURCHASES] += 1.0
-        day[D_REVENUE] += revenue or 0.0
+        day[D_REVENUE] += amount
+        state.orders_lifetime += 1.0
+        state.revenue_lifetime += amount
         state.purchases = (*state.purchases, ts)
         if state.last_purchase_ts is None or ts > state.last_purchase_ts:
             state.last_purchase_ts = ts
+        if state.first_purchase_ts is None or ts < state.first_purchase_ts:
+            state.first_purchase_ts = ts
 
     if session_id:
         sessions = state.sessions
@@ -356,6 +431,44 @@ def apply_fields(
     return _APPLIED
 
 
+def _add_purchase_day(state: UserState, day: int) -> None:
+    """Count ``day`` (no purchase on it yet) as a purchase day, and its gaps.
+
+    Called before the purchase updates ``last_purchase_ts``. A day after the
+    latest purchase day adds one gap; an earlier one (an out-of-order event
+    within the lateness) splits the gap between its neighbours, so any arrival
+    order gives the in-order sums. The later neighbour always has a bucket (it
+    lies after the lateness horizon, which no pruning reaches); the earlier one
+    is the latest purchase bucket before ``day``, else the latest pruned one.
+    """
+    state.purchase_days_lifetime += 1
+    last = state.last_purchase_ts
+    if last is None:
+        return
+    last_day = floor(last) // DAY
+    if day > last_day:
+        gap = float(day - last_day)
+        state.purchase_gap_sum += gap
+        state.purchase_gap_sq_sum += gap * gap
+        return
+    before, after = state.pruned_purchase_day, last_day
+    for key, bucket in state.days.items():
+        if bucket[D_PURCHASES]:
+            if key < day:
+                if before is None or key > before:
+                    before = key
+            elif day < key < after:
+                after = key
+    tail = float(after - day)
+    if before is None:  # the new first purchase day
+        state.purchase_gap_sum += tail
+        state.purchase_gap_sq_sum += tail * tail
+        return
+    head, whole = float(day - before), float(after - before)
+    # head + tail == whole: the sum is unchanged, one gap becomes two.
+    state.purchase_gap_sq_sum += head * head + tail * tail - whole * whole
+
+
 _SPAN_END = itemgetter(1)
 
 
@@ -404,7 +517,7 @@ def _prune_windows(state: UserState, oldest: float) -> float:
         due = min(due, first * HOUR + HOUR_WINDOW * HOUR)
     oldest_day = floor(oldest) // DAY - DAY_WINDOW
     if state.days:
-        first = _drop_below(state.days, oldest_day)
+        first = _drop_days_below(state, oldest_day)
         # dropped once floor(oldest) // DAY >= first + W + 1
         due = min(due, (first + DAY_WINDOW) * DAY)
     # The floors below lie at or before oldest minus their span, so an item
@@ -438,6 +551,23 @@ def _prune_windows(state: UserState, oldest: float) -> float:
                 last = min(times, default=math.inf)
             due = min(due, last + DAY + ABANDON_SECONDS)
     return due - 1.0
+
+
+def _drop_days_below(state: UserState, low: int) -> float:
+    """:func:`_drop_below` for the day buckets, remembering the latest purchase day.
+
+    ``state.days`` must not be empty.
+    """
+    days = state.days
+    first: float = min(days)
+    if first < low:
+        for key in [k for k in days if k < low]:
+            if days.pop(key)[D_PURCHASES]:
+                pruned = state.pruned_purchase_day
+                if pruned is None or key > pruned:
+                    state.pruned_purchase_day = key
+        first = min(days, default=math.inf)
+    return first
 
 
 def _drop_below(buckets: dict[int, tuple[float, ...]], low: int) -> float:

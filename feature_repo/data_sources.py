@@ -33,5 +33,5 @@ history_features_source = FileSource(
     name=HISTORY_SOURCE,
     path=str(history_offline_path(_data_dir)),
     timestamp_field="event_timestamp",
-    description="Daily snapshots of the 90-day history features.",
+    description="Snapshots of the history features (30/90-day and lifetime).",
 )

@@ -54,7 +54,8 @@ user_history_features = FeatureView(
     schema=_fields(HISTORY_FEATURES),
     source=history_features_source,
     online=True,
-    description="90-day purchase history, computed daily by the backfill.",
+    description="Purchase history (30/90-day and lifetime); offline: backfilled "
+    "snapshots, online: derived from the state when read (user_live_features).",
     owner=OWNER,
     tags={"group": "history"},
 )

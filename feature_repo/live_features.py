@@ -2,8 +2,9 @@
 
 The stream worker keeps only the ``state`` blob of ``user_stream_features`` online
 (see :mod:`core.store.state_store`); every window depends on *when* it is read, so the
-stream features and the 30/90-day history features are derived from that blob at
-the instant of each ``get_online_features`` call or ``feast serve`` request, by the
+stream features and the history features (30/90-day and lifetime) are derived from
+that blob at the instant of each ``get_online_features`` call or ``feast serve``
+request, by the
 project's own :func:`core.feature_math.stream_values` and
 :func:`~core.feature_math.history_values` -- what the scoring path and the
 backfill's training rows use. Nothing is written back

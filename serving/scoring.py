@@ -294,7 +294,7 @@ def build_inputs(
     A user with no stored feature at all (no state, no history row) is a cold
     start and gets each model's population defaults. For anyone else nothing is
     imputed: a missing value (``None``/NaN) is the user's real one -- 0 for a
-    count, sum or ratio (nothing happened), the age cap for a timestamp (never)
+    count, sum or ratio (nothing happened), "never" for a timestamp (see there)
     -- which is also how :func:`training.training_set.complete_features` reads
     a missing stored value, so the explanation shows the user's own values. A
     handful of whole-matrix numpy operations: a loop per user cost ~25 us each,
@@ -317,7 +317,7 @@ def build_inputs(
     ).reshape(len(names), n_users)
     cold = np.isnan(raw).all(axis=0)
     timestamps = {name: raw[i] for i, name in enumerate(names)}
-    # NaN timestamps mean "never": request_features caps those ages.
+    # NaN timestamps mean "never": request_features gives those finite ages.
     ages = request_features(timestamps, as_of)
     combined = np.vstack([raw, *(ages[name] for name in REQUEST_NAMES)]).T
 

@@ -45,6 +45,7 @@ from serving.scoring import ONLINE_FEATURES, online_columns, with_read_time_feat
 NAMES = [spec.name for spec in LIVE_FEATURES]
 REFS = [f"{LIVE_VIEW}:{name}" for name in NAMES]
 MINUTE = 60.0
+DAY = 86_400.0
 FEAST_START_TIMEOUT = 90.0
 
 
@@ -159,6 +160,40 @@ def test_live_view_derives_features_at_read_time(stack_settings: Settings) -> No
     _assert_matches(got, 1, _derived(UserState(), before))
     assert got["last_event_ts"][1] is None
     assert got["first_seen_ts"][1] is None
+
+
+def test_live_view_derives_lifetime_history_from_the_state(
+    stack_settings: Settings,
+) -> None:
+    # Purchases 300 and 100 days back: out of every window, in the lifetime.
+    store, redis_url = _store(stack_settings)
+    now = time.time()
+    uid = "live-lifetime"
+    state = UserState()
+    for n, (kind, days_ago, revenue) in enumerate(
+        [
+            (EventType.PURCHASE, 300, 12.0),
+            (EventType.PURCHASE, 100, 30.0),
+            (EventType.PAGE_VIEW, 10 * MINUTE / DAY, None),
+        ]
+    ):
+        extra = {"revenue": revenue} if revenue else {}
+        event = _event(uid, n, kind, now - days_ago * DAY, **extra)
+        apply_event(state, event, 600, offset=n)
+    save_states(redis.Redis.from_url(redis_url), StateLayout.of(store), {uid: state})
+
+    before = time.time()
+    got = store.get_online_features(
+        features=REFS, entity_rows=[{"user_id": uid}]
+    ).to_dict()
+
+    _assert_matches(got, 0, _derived(state, before))
+    assert got["orders_90d"][0] == 0.0
+    assert got["orders_lifetime"][0] == 2.0
+    assert got["revenue_lifetime"][0] == 42.0
+    assert got["purchase_days_lifetime"][0] == 2.0
+    assert got["purchase_gap_mean_days"][0] == pytest.approx(200.0, abs=1.0)
+    assert got["first_purchase_ts"][0] == state.first_purchase_ts
 
 
 def test_live_view_under_both_namings(stack_settings: Settings) -> None:

@@ -85,3 +85,5 @@ def test_stream_and_backfill_agree_on_every_feature(stack_settings: Settings) ->
             assert_features_equal(
                 history_features(state, instant), history_features(want, instant)
             )
+    # The log exercises the lifetime gap statistics, not only single purchases.
+    assert any(expected[u].purchase_days_lifetime >= 2 for u in users)

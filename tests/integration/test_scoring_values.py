@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from core.events import Event, EventType
+from core.feature_catalog import PROPENSITY_FEATURES
 from core.store.feast_config import feature_store
 from feature_repo.apply import apply_repo
 from infra import local_stack, processes
@@ -142,13 +143,20 @@ def test_stream_only_user_is_explained_with_their_real_values(
     assert values["hours_since_last_event"] == pytest.approx(
         (read_at - events[-1].ts) / 3600, abs=2 * MINUTE / 3600
     )
+    # Lifetime facts from the same state, the first purchase 25 minutes ago.
+    assert values["orders_lifetime"] == 2.0
+    assert values["revenue_lifetime"] == 2 * REVENUE
+    assert values["purchase_days_lifetime"] == values["purchase_days_90d"]
+    assert values["days_since_first_purchase"] == pytest.approx(
+        (read_at - events[3].ts) / DAY, abs=2 * MINUTE / DAY
+    )
     # Windows: all seven events, one cart add, two purchases.
     assert values["events_24h"] == len(events)
     assert values["cart_adds_24h"] == 1.0
     assert values["purchases_7d"] == 2.0
     assert values["revenue_7d"] == 2 * REVENUE
     # Nothing left out of the explanation, so nothing hides a default.
-    assert len(user["explanation"]) == len(values) == 24
+    assert len(user["explanation"]) == len(values) == len(PROPENSITY_FEATURES)
 
     # A user with no state and no history row is the only cold start.
     assert unknown["cold_start"] is True

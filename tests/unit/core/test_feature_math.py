@@ -226,13 +226,159 @@ def test_history_features_over_thirty_and_ninety_days() -> None:
     assert f["first_seen_ts"] == T0 - 100 * DAY
 
 
-def test_ages_are_computed_at_read_time_and_capped() -> None:
+def test_ages_are_computed_at_read_time() -> None:
     stored = {"last_event_ts": T0 - 7200, "last_purchase_ts": None, "first_seen_ts": T0}
     ages = request_features(stored, T0)
     assert ages["hours_since_last_event"] == pytest.approx(2.0)
-    assert ages["days_since_last_purchase"] == 90.0
+    assert ages["days_since_last_purchase"] == 0.0  # never purchased: the tenure
     assert ages["tenure_days"] == 0.0
     assert request_features(stored, T0 + 3600)["hours_since_last_event"] == 3.0
+
+
+_AGE_NAMES = (
+    "hours_since_last_event",
+    "tenure_days",
+    "days_since_first_purchase",
+    "days_since_last_purchase",
+)
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        pytest.param(
+            {
+                "last_event_ts": T0 - 400 * DAY,
+                "first_seen_ts": T0 - 401 * DAY,
+                "first_purchase_ts": T0 - 401 * DAY,
+                "last_purchase_ts": T0 - 400 * DAY,
+            },
+            (400 * 24, 401, 401, 400),
+            id="uncapped-400-days",
+        ),
+        pytest.param(
+            {"last_event_ts": T0 - DAY, "first_seen_ts": T0 - 400 * DAY},
+            (24, 400, 400, 400),
+            id="never-purchased-reads-as-the-whole-life",
+        ),
+        pytest.param(
+            {
+                "last_event_ts": T0 - DAY,
+                "first_seen_ts": T0 - 50 * DAY,
+                "last_purchase_ts": T0 - 2 * DAY,
+            },
+            (24, 50, 2, 2),
+            id="first-purchase-unknown-falls-back-to-the-last",
+        ),
+        pytest.param(
+            {"first_seen_ts": T0 - 3 * DAY},
+            (3 * 24, 3, 3, 3),
+            id="no-last-event-reads-as-the-tenure",
+        ),
+        pytest.param({}, (0, 0, 0, 0), id="never-seen-is-zero"),
+        pytest.param(
+            {
+                "last_event_ts": T0 + HOUR,
+                "first_seen_ts": T0 + HOUR,
+                "first_purchase_ts": T0 + HOUR,
+                "last_purchase_ts": T0 + HOUR,
+            },
+            (0, 0, 0, 0),
+            id="after-the-read-is-zero",
+        ),
+    ],
+)
+def test_ages_are_uncapped_and_finite_when_nothing_happened(
+    stored: dict[str, float], expected: tuple[float, ...]
+) -> None:
+    ages = request_features(stored, T0)
+    assert tuple(ages[name] for name in _AGE_NAMES) == pytest.approx(expected)
+    as_rows = request_features(
+        {k: np.array([v, math.nan]) for k, v in stored.items()}, np.array([T0, T0])
+    )
+    assert tuple(as_rows[name][0] for name in _AGE_NAMES) == pytest.approx(expected)
+    assert all(np.isfinite(as_rows[name]).all() for name in _AGE_NAMES)
+
+
+def _purchase(days_ago: float, revenue: float) -> Event:
+    return ev(T0 - days_ago * DAY, EventType.PURCHASE, revenue=revenue)
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param(
+            [
+                _purchase(400, 10.0),
+                _purchase(300, 20.0),
+                _purchase(300 - 1 / 24, 5.0),  # same day: one purchase day
+                _purchase(100, 40.0),
+            ],
+            # orders, revenue, days, gap mean, gap std, first purchase
+            (4.0, 75.0, 3.0, 150.0, 50.0, T0 - 400 * DAY),
+            id="beyond-the-day-buckets",
+        ),
+        pytest.param(
+            [_purchase(3, 1.0), _purchase(2, 1.0), _purchase(1, 1.0)],
+            (3.0, 3.0, 3.0, 1.0, 0.0, T0 - 3 * DAY),
+            id="daily-buyer",
+        ),
+        pytest.param(
+            [_purchase(200, 8.0)],
+            (1.0, 8.0, 1.0, 0.0, 0.0, T0 - 200 * DAY),
+            id="one-purchase-no-gap",
+        ),
+        pytest.param(
+            [ev(T0 - 200 * DAY), ev(T0 - DAY, EventType.PRODUCT_VIEW)],
+            (0.0, 0.0, 0.0, 0.0, 0.0, None),
+            id="never-purchased",
+        ),
+    ],
+)
+def test_lifetime_history_features(
+    events: list[Event], expected: tuple[float | None, ...]
+) -> None:
+    f = history_features(fold(*events), T0)
+    got = tuple(
+        f[name]
+        for name in (
+            "orders_lifetime",
+            "revenue_lifetime",
+            "purchase_days_lifetime",
+            "purchase_gap_mean_days",
+            "purchase_gap_std_days",
+            "first_purchase_ts",
+        )
+    )
+    assert got == pytest.approx(expected)
+
+
+def test_customers_idle_for_different_long_times_no_longer_look_the_same() -> None:
+    # Capped at 90 days, these two read identically; uncapped, recency and
+    # lifetime frequency tell them apart.
+    recent = fold(_purchase(100, 5.0), ev(T0 - 100 * DAY))
+    lapsed = fold(_purchase(500, 5.0), _purchase(400, 5.0), ev(T0 - 400 * DAY))
+    rows = []
+    for state in (recent, lapsed):
+        stored = {**stream_features(state, T0), **history_features(state, T0)}
+        rows.append({**history_features(state, T0), **request_features(stored, T0)})
+    assert rows[0]["days_since_last_purchase"] == pytest.approx(100.0)
+    assert rows[1]["days_since_last_purchase"] == pytest.approx(400.0)
+    assert rows[1]["days_since_first_purchase"] == pytest.approx(500.0)
+    assert (rows[0]["orders_lifetime"], rows[1]["orders_lifetime"]) == (1.0, 2.0)
+    assert rows[0]["orders_90d"] == rows[1]["orders_90d"] == 0.0
+
+
+def test_lifetime_read_before_later_purchases_leaves_them_out() -> None:
+    state = fold(_purchase(10, 1.0), _purchase(5, 2.0), _purchase(2, 4.0))
+    f = history_features(state, T0 - 4 * DAY)
+    assert (f["orders_lifetime"], f["revenue_lifetime"]) == (2.0, 3.0)
+    assert f["purchase_days_lifetime"] == 2.0
+    assert (f["purchase_gap_mean_days"], f["purchase_gap_std_days"]) == (5.0, 0.0)
+    assert f["first_purchase_ts"] == T0 - 10 * DAY
+    before = history_features(state, T0 - 20 * DAY)
+    assert before["orders_lifetime"] == before["purchase_days_lifetime"] == 0.0
+    assert before["first_purchase_ts"] is None
 
 
 def test_state_does_not_depend_on_arrival_order_within_lateness() -> None:
@@ -322,12 +468,21 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
     last = [T0 - 7200.5, None, T0 + 50.0, T0 - 200 * DAY]
     purchase = [None, T0 - 3 * DAY, T0 - 1.0, None]
     first = [T0 - 10 * DAY, T0 - 1.0, None, T0 - 365 * DAY]
+    first_purchase = [None, T0 - 5 * DAY, None, None]
     as_of = [T0, T0 + 1.0, T0, T0 + 0.25]
     one_by_one = [
         request_features(
-            {"last_event_ts": a, "last_purchase_ts": b, "first_seen_ts": c}, t
+            {
+                "last_event_ts": a,
+                "last_purchase_ts": b,
+                "first_seen_ts": c,
+                "first_purchase_ts": d,
+            },
+            t,
         )
-        for a, b, c, t in zip(last, purchase, first, as_of, strict=True)
+        for a, b, c, d, t in zip(
+            last, purchase, first, first_purchase, as_of, strict=True
+        )
     ]
     assert all(isinstance(v, float) for row in one_by_one for v in row.values())
 
@@ -339,15 +494,19 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
             "last_event_ts": column(last),
             "last_purchase_ts": column(purchase),
             "first_seen_ts": column(first),
+            "first_purchase_ts": column(first_purchase),
         },
         np.array(as_of),
     )
+    assert set(together) == set(_AGE_NAMES)
     for name, values in together.items():
         assert values.tolist() == [row[name] for row in one_by_one]
-    # Never happened, in the future of the read, or older than the cap.
-    assert one_by_one[1]["hours_since_last_event"] == 90 * 24
+    # Never happened, in the future of the read, or older than 90 days.
+    assert one_by_one[1]["hours_since_last_event"] == pytest.approx(2 / HOUR)
     assert one_by_one[2]["hours_since_last_event"] == 0.0
-    assert one_by_one[3]["tenure_days"] == 90.0
+    assert one_by_one[3]["tenure_days"] == pytest.approx(365.0, abs=1e-5)
+    assert one_by_one[3]["days_since_last_purchase"] == one_by_one[3]["tenure_days"]
+    assert one_by_one[1]["days_since_first_purchase"] == pytest.approx(5.0, abs=1e-4)
 
 
 # Gaps from sub-second to weeks, and steps back within and beyond the lateness:

@@ -173,7 +173,8 @@ def test_unknown_pipeline_step_falls_back_to_scikit_learn():
 
 def test_scoring_models_use_the_checked_fast_assignment():
     models = ScoringModels.from_bundles(*tiny_bundles(0))
-    probe = np.random.default_rng(5).gamma(2.0, 2.0, size=(300, 13))
+    width = len(models.segmenter.features)
+    probe = np.random.default_rng(5).gamma(2.0, 2.0, size=(300, width))
     assert np.array_equal(models.assign_segments(probe), models.segmenter.assign(probe))
 
 

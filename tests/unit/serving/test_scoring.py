@@ -15,7 +15,7 @@ from core.feature_catalog import (
     SEGMENTATION_FEATURES,
     STATE_FEATURE,
 )
-from core.feature_math import AGE_CAP_SECONDS, history_values
+from core.feature_math import history_values
 from core.user_state import Outcome, UserState, apply_event
 from serving.schemas import ScoreRequest, ScoreResponse, SegmentsResponse
 from serving.scoring import (
@@ -79,7 +79,8 @@ def test_reads_the_union_of_both_models_stored_features(models: ScoringModels):
     stored = set(models.stored_features)
     assert {"last_event_ts", "last_purchase_ts", "first_seen_ts"} <= stored
     assert "hours_since_last_event" not in stored  # derived, never stored
-    assert set(SEGMENTATION_FEATURES) - {"hours_since_last_event"} <= stored
+    ages = {"hours_since_last_event", "days_since_last_purchase"}
+    assert set(SEGMENTATION_FEATURES) - ages <= stored
 
 
 def test_cold_start_user_gets_population_defaults(models: ScoringModels):
@@ -119,7 +120,7 @@ def test_ages_follow_the_read_time_not_the_write_time(models: ScoringModels):
 
 
 def test_missing_values_of_a_known_user_are_real_not_imputed(models: ScoringModels):
-    # A known user's missing timestamp means "never" (the age cap) and a missing
+    # A known user's missing timestamp means "never" (the tenure) and a missing
     # count means none (0), as training reads them; never a population median.
     row = _known_user(last_purchase_ts=None, orders_90d=None)
     inputs = build_inputs(_columns(row), 1, AS_OF, models)
@@ -129,7 +130,7 @@ def test_missing_values_of_a_known_user_are_real_not_imputed(models: ScoringMode
 
     assert models.propensity.defaults["orders_90d"] != 0.0
     assert inputs.cold_start.tolist() == [False]
-    assert inputs.propensity[0, days] == pytest.approx(AGE_CAP_SECONDS / DAY)
+    assert inputs.propensity[0, days] == pytest.approx(30.0)
     assert inputs.propensity[0, orders] == 0.0
     assert inputs.propensity[0, events] == 3.0
 
@@ -209,7 +210,7 @@ def test_stream_only_user_without_purchases_has_zero_orders(models: ScoringModel
     for name in ("orders_90d", "revenue_90d", "avg_order_value_90d", "orders_30d"):
         assert user[name] == 0.0, name
         assert models.propensity.defaults[name] != 0.0
-    assert user["days_since_last_purchase"] == pytest.approx(AGE_CAP_SECONDS / DAY)
+    assert user["days_since_last_purchase"] == pytest.approx(120 / DAY)
     assert user["tenure_days"] == pytest.approx(120 / DAY)
 
 
@@ -241,7 +242,7 @@ def test_a_history_row_without_state_is_used_as_stored(models: ScoringModels):
     assert user["tenure_days"] == pytest.approx(20.0)
     # No state: the worker has seen nothing of this user, so no recent activity.
     assert user["events_24h"] == 0.0
-    assert user["hours_since_last_event"] == pytest.approx(AGE_CAP_SECONDS / HOUR)
+    assert user["hours_since_last_event"] == pytest.approx(20 * DAY / HOUR)
 
 
 def test_only_a_true_cold_start_gets_population_defaults(models: ScoringModels):
