@@ -27,6 +27,21 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def gate_result(name: str, metadata: dict[str, object]) -> str:
+    """A propensity version's baseline gate: ``passed`` or ``failed: <baselines>``.
+
+    Read from the stored ``gate``; versions stored before it was recorded are
+    judged from their stored holdout metrics. Segmenters have no gate (empty).
+    """
+    from training.promotion import baseline_gate
+
+    if name != PROPENSITY_STORE_NAME:
+        return ""
+    stored = metadata.get("gate")
+    summary = stored if isinstance(stored, str) else baseline_gate(metadata).summary
+    return summary.split(" (", 1)[0]
+
+
 @app.command("list")
 def list_() -> None:
     """Every stored segmenter and propensity version; * marks the champions."""
@@ -36,7 +51,7 @@ def list_() -> None:
     if not versions:
         console.print("no models stored yet (run segscore train)")
         return
-    table = Table("", "tag", "created", "metrics", "training window")
+    table = Table("", "tag", "created", "metrics", "baseline gate", "training window")
     for v in versions:
         shown = _COLUMNS.get(v.name, ())
         metrics = "  ".join(
@@ -46,7 +61,10 @@ def list_() -> None:
             f"{v.metrics.get('training_window_start', '?')[:10]} .. "
             f"{v.metrics.get('training_window_end', '?')[:10]}"
         )
-        table.add_row("*" if v.champion else "", v.tag, v.created, metrics, window)
+        gate = gate_result(v.name, v.metrics)
+        table.add_row(
+            "*" if v.champion else "", v.tag, v.created, metrics, gate, window
+        )
     console.print(table)
 
 

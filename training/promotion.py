@@ -1,15 +1,19 @@
-"""Champion/challenger: a new model is promoted only when it beats the champion.
+"""Promotion: a propensity model must beat its baselines, then its champion.
 
-Both are scored on the challenger's own held-out data, so the comparison is fair
-to the champion (it never saw those rows either, or saw them no more than the
-challenger did): the propensity holdout users for the propensity model, the
-segmentation sample for the segmenter. A champion whose features differ from the
-challenger's cannot be scored on the same matrix; the challenger then wins, and
-the decision says why.
+The baseline gate comes first: a propensity model whose holdout ROC-AUC is not
+above every baseline's (recency-frequency heuristic, logistic regression, BG/NBD
+when its inputs exist) is never promoted, not even as the first model, unless the
+user forces it. Then the champion/challenger comparison: both are scored on the
+challenger's own held-out data, so the comparison is fair to the champion (it
+never saw those rows either, or saw them no more than the challenger did): the
+propensity holdout users for the propensity model, the segmentation sample for
+the segmenter. A champion whose features differ from the challenger's cannot be
+scored on the same matrix; the challenger then wins, and the decision says why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +22,86 @@ from sklearn.metrics import roc_auc_score, silhouette_score
 
 from core.names import PROPENSITY_MODEL, SEGMENTER_MODEL
 from core.registry import PropensityBundle, SegmenterBundle
+
+# Metric prefix of each baseline in the propensity metrics, and its name.
+BASELINES = {
+    "baseline_": "recency-frequency heuristic",
+    "logistic_": "logistic regression",
+    "bgnbd_": "BG/NBD",
+}
+NO_BGNBD = "no BG/NBD: inputs missing"
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """The model's holdout ROC-AUC against one baseline's."""
+
+    baseline: str
+    model_auc: float
+    baseline_auc: float
+
+    @property
+    def beaten(self) -> bool:
+        """Whether the model is strictly better."""
+        return self.model_auc > self.baseline_auc
+
+    def __str__(self) -> str:
+        sign = ">" if self.beaten else "<="
+        return f"{self.model_auc:.4f} {sign} {self.baseline} {self.baseline_auc:.4f}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether a propensity model beats every baseline on its holdout."""
+
+    comparisons: tuple[BaselineComparison, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """All baselines beaten (and at least one compared)."""
+        return bool(self.comparisons) and all(c.beaten for c in self.comparisons)
+
+    @property
+    def failed_against(self) -> list[str]:
+        """Names of the baselines not beaten."""
+        return [c.baseline for c in self.comparisons if not c.beaten]
+
+    @property
+    def summary(self) -> str:
+        """``passed`` or ``failed: <baselines>``, then each comparison and note."""
+        if self.passed:
+            head = "passed"
+        elif not self.comparisons:
+            head = "failed: no holdout ROC-AUC to compare"
+        else:
+            head = "failed: " + ", ".join(self.failed_against)
+        details = [f"ROC-AUC {c}" for c in self.comparisons] + list(self.notes)
+        return f"{head} ({'; '.join(details)})" if details else head
+
+
+def baseline_gate(metrics: Mapping[str, object]) -> Gate:
+    """Compare the model's holdout ROC-AUC with each baseline present in ``metrics``.
+
+    Args:
+        metrics: Propensity holdout metrics (``roc_auc`` and ``<prefix>roc_auc``
+            per baseline, prefixes in :data:`BASELINES`).
+
+    Returns:
+        The gate; a missing BG/NBD is noted, not counted as beaten.
+    """
+    ours = metrics.get("roc_auc")
+    if not isinstance(ours, int | float) or not np.isfinite(ours):
+        return Gate(comparisons=())
+    comparisons = []
+    notes = []
+    for prefix, name in BASELINES.items():
+        theirs = metrics.get(f"{prefix}roc_auc")
+        if isinstance(theirs, int | float) and np.isfinite(theirs):
+            comparisons.append(BaselineComparison(name, float(ours), float(theirs)))
+        elif prefix == "bgnbd_":
+            notes.append(NO_BGNBD)
+    return Gate(comparisons=tuple(comparisons), notes=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -32,6 +116,9 @@ class Decision:
     metric: str
     challenger_score: float | None = None
     champion_score: float | None = None
+    baselines: tuple[BaselineComparison, ...] = ()
+    gate: str = ""
+    forced: bool = False
 
 
 def _walkover(
@@ -51,6 +138,61 @@ def _walkover(
 
 
 def judge_propensity(
+    challenger: PropensityBundle,
+    champion: PropensityBundle | None,
+    *,
+    force: bool = False,
+) -> Decision:
+    """The baseline gate, then ROC-AUC of both on the challenger's holdout.
+
+    Args:
+        challenger: The new model, with its holdout metrics and evaluation.
+        champion: The serving model, if any.
+        force: Promote even when the gate or the champion says no (the
+            decision still records both verdicts).
+
+    Returns:
+        The decision, with each baseline comparison and the gate summary.
+    """
+    name, metric = PROPENSITY_MODEL, "holdout_roc_auc"
+    gate = baseline_gate(challenger.metrics)
+    verdict = _judge_champion(challenger, champion)
+    evidence = {"baselines": gate.comparisons, "gate": gate.summary}
+    if not gate.passed:
+        promoted = force
+        reason = f"baseline gate {gate.summary}"
+        if force:
+            reason = f"forced despite {reason}; {verdict.reason}"
+        return Decision(
+            name,
+            challenger.tag,
+            verdict.champion,
+            promoted,
+            reason,
+            metric,
+            verdict.challenger_score,
+            verdict.champion_score,
+            forced=force,
+            **evidence,
+        )
+    reason = verdict.reason
+    if force and not verdict.promoted:
+        reason = f"forced despite {reason}"
+    return Decision(
+        name,
+        challenger.tag,
+        verdict.champion,
+        verdict.promoted or force,
+        reason,
+        metric,
+        verdict.challenger_score,
+        verdict.champion_score,
+        forced=force and not verdict.promoted,
+        **evidence,
+    )
+
+
+def _judge_champion(
     challenger: PropensityBundle, champion: PropensityBundle | None
 ) -> Decision:
     """ROC-AUC of both on the challenger's holdout; the challenger must be higher."""

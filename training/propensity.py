@@ -1,12 +1,14 @@
-"""The purchase-propensity model: LightGBM, temporal split, Platt calibration.
+"""The purchase-propensity model: LightGBM, time split, Platt calibration, baselines.
 
-Rows are (user, snapshot) pairs. The earlier snapshots train, the later ones
-validate; training snapshots whose label horizon reaches into the validation period
-are dropped ("purged"), or the booster would learn from purchases that the
-validation features are about to predict. The validation users are split in two by
-a hash of their id: one half ("tune") drives early stopping and the Platt
-calibration, the other ("holdout") is only scored, so the reported metrics and the
-comparisons with the baselines and with the champion are not tuned on.
+Rows are (user, snapshot) pairs, split in time order. The latest rows are the
+holdout, only ever scored: the reported metrics and the comparisons with the
+baselines and with the champion are made on them. Rows whose label horizon reaches
+into the holdout are dropped ("purged"), or the booster would learn from purchases
+that the holdout features are about to predict. The slice before the purge gap
+tunes (early stopping and the Platt calibration, for the horizon the labels
+cover); everything earlier trains, so training keeps most of the rows. The
+baselines are a recency-frequency heuristic, logistic regression on the same
+features and BG/NBD (see :mod:`training.bgnbd`) on the lifetime purchase columns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightgbm as lgb
@@ -28,6 +30,8 @@ from sklearn.preprocessing import StandardScaler
 
 from core.feature_catalog import PROPENSITY_FEATURES
 from core.registry import PropensityBundle
+from training import bgnbd
+from training.promotion import baseline_gate
 from training.training_set import latest_per_user
 
 log = logging.getLogger(__name__)
@@ -49,49 +53,148 @@ PARAMS: dict[str, object] = {
 
 @dataclass(frozen=True)
 class TemporalSplit:
-    """Which snapshots train and which validate."""
+    """Which snapshot instants train, tune and are held out.
+
+    ``tune_by_users`` means the history was too short for a tuning slice of its
+    own: the held-out instants are then shared by a hash of the user id, one
+    half tuning, the other scored.
+    """
 
     train: list[pd.Timestamp]
-    valid: list[pd.Timestamp]
+    tune: list[pd.Timestamp]
+    holdout: list[pd.Timestamp]
     purged: list[pd.Timestamp]
+    tune_by_users: bool
+    train_share: float
+
+    @property
+    def valid(self) -> list[pd.Timestamp]:
+        """Every instant that is not trained on or purged (tuning and holdout)."""
+        return sorted(set(self.tune) | set(self.holdout))
+
+
+# Layouts tried in order until one trains on enough rows: (holdout share, tuning
+# as a slice of its own, purge); a smaller holdout and tuning by user hash cost
+# less history than dropping the purge gap, which makes the holdout optimistic.
+_LAYOUTS = (
+    (None, True, True),
+    (None, False, True),
+    (0.05, True, True),
+    (0.05, False, True),
+    (None, True, False),
+    (0.05, False, False),
+)
 
 
 def temporal_split(
-    snapshots: Sequence[pd.Timestamp],
+    timestamps: Sequence[pd.Timestamp] | pd.Series,
     horizon_days: int,
-    valid_fraction: float = 0.3,
+    holdout_fraction: float = 0.15,
+    tune_fraction: float = 0.15,
+    min_train_share: float = 0.6,
 ) -> TemporalSplit:
-    """Split snapshot instants into earlier (train) and later (valid) ones.
+    """Split snapshot instants into training, tuning and holdout, in time order.
+
+    The holdout is the latest instants holding ``holdout_fraction`` of the rows;
+    before it, instants whose label horizon reaches into the holdout are purged;
+    the tuning slice holds the next ``tune_fraction`` of rows; everything earlier
+    trains. When that leaves training under ``min_train_share`` of the rows,
+    cheaper layouts are tried (a 5 % holdout, tuning shared with the holdout by
+    user hash, and last no purge gap, with a warning); the first that trains on
+    enough rows wins, else the one training on most.
 
     Args:
-        snapshots: The labelled snapshot instants.
-        horizon_days: Label horizon; training snapshots closer than this to the
-            first validation snapshot are purged.
-        valid_fraction: Share of snapshots (at least one) that validate.
+        timestamps: Each row's snapshot instant (repeats weigh rows; a list of
+            distinct instants weighs instants).
+        horizon_days: Label horizon, the length of the purge gap.
+        holdout_fraction: Share of rows held out (at least the last instant).
+        tune_fraction: Share of rows in the tuning slice (at least one instant).
+        min_train_share: Share of rows training should keep.
 
     Returns:
-        The split. When purging would leave nothing to train on (short
-        histories), nothing is purged and a warning is logged.
+        The split.
+
+    Raises:
+        ValueError: With fewer than two distinct instants.
     """
-    ordered = sorted(set(snapshots))
-    n_valid = max(1, round(len(ordered) * valid_fraction))
-    if len(ordered) - n_valid < 1:
-        raise ValueError(f"snapshots: {len(ordered)} are too few for a temporal split")
-    valid = ordered[-n_valid:]
-    cutoff = valid[0] - pd.Timedelta(days=horizon_days)
-    train = [s for s in ordered[:-n_valid] if s <= cutoff]
-    purged = [s for s in ordered[:-n_valid] if s > cutoff]
-    if not train:
-        # Too little history for a gap: train on everything before validation
-        # rather than not at all, and say so (metrics will be optimistic).
-        log.warning(
-            "propensity: no snapshot ends its %d-day horizon before validation "
-            "starts at %s; training without the purge gap",
+    stamps = timestamps if isinstance(timestamps, pd.Series) else list(timestamps)
+    counts = pd.Series(pd.to_datetime(stamps)).value_counts().sort_index()
+    if len(counts) < 2:
+        raise ValueError(f"snapshots: {len(counts)} are too few for a temporal split")
+    best: TemporalSplit | None = None
+    for holdout_share, own_tuning, purge in _LAYOUTS:
+        split = _layout(
+            counts,
             horizon_days,
-            valid[0],
+            holdout_fraction if holdout_share is None else holdout_share,
+            tune_fraction if own_tuning else 0.0,
+            purge,
         )
-        train, purged = ordered[:-n_valid], []
-    return TemporalSplit(train=train, valid=valid, purged=purged)
+        if split is None:
+            continue
+        if split.train_share >= min_train_share:
+            best = split
+            break
+        if best is None or split.train_share > best.train_share:
+            best = split
+    assert best is not None  # the last layout trains on at least one instant
+    if not best.purged and best.train_share < 1.0:
+        log.warning(
+            "propensity: too little history for a %d-day purge gap before the "
+            "holdout at %s; training without it (holdout metrics are optimistic)",
+            horizon_days,
+            best.holdout[0],
+        )
+    return best
+
+
+def _layout(
+    counts: pd.Series,
+    horizon_days: int,
+    holdout_fraction: float,
+    tune_fraction: float,
+    purge: bool,
+) -> TemporalSplit | None:
+    """One candidate split of instants (``counts``: rows per instant, in order)."""
+    instants = list(counts.index)
+    total = float(counts.sum())
+    holdout = _tail(instants, counts, holdout_fraction * total)
+    before = instants[: len(instants) - len(holdout)]
+    purged: list[pd.Timestamp] = []
+    if purge:
+        cutoff = holdout[0] - pd.Timedelta(days=horizon_days)
+        purged = [s for s in before if s > cutoff]
+        before = [s for s in before if s <= cutoff]
+    tune: list[pd.Timestamp] = []
+    if tune_fraction > 0:
+        if len(before) < 2:
+            return None
+        tune = _tail(before, counts, tune_fraction * total)
+        if len(tune) == len(before):
+            tune = before[-1:]
+        before = before[: len(before) - len(tune)]
+    if not before:
+        return None
+    return TemporalSplit(
+        train=before,
+        tune=tune or holdout,
+        holdout=holdout,
+        purged=purged,
+        tune_by_users=not tune,
+        train_share=float(counts[before].sum()) / total,
+    )
+
+
+def _tail(
+    instants: list[pd.Timestamp], counts: pd.Series, rows: float
+) -> list[pd.Timestamp]:
+    """The shortest run of latest instants holding at least ``rows`` rows."""
+    taken = 0.0
+    for i in range(len(instants) - 1, -1, -1):
+        taken += float(counts[instants[i]])
+        if taken >= rows:
+            return instants[i:]
+    return list(instants)
 
 
 def baseline_score(frame: pd.DataFrame) -> np.ndarray:
@@ -159,6 +262,56 @@ def _filled(matrix: np.ndarray, medians: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(matrix), medians, matrix)
 
 
+# BG/NBD reads a customer's purchase history from these columns (days as of the
+# snapshot); see :func:`bgnbd_summaries`.
+BGNBD_INPUTS = (
+    "purchase_days_lifetime",
+    "days_since_first_purchase",
+    "days_since_last_purchase",
+)
+
+
+def bgnbd_summaries(frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """BG/NBD's (x, t_x, T) in days per row, and which rows ever purchased.
+
+    ``x`` counts repeat purchase days (purchase days - 1), ``T`` is the age of the
+    first purchase and ``t_x`` the time from the first purchase to the last.
+    Users who never purchased get x = t_x = T = 0.
+    """
+    days = frame["purchase_days_lifetime"].to_numpy(dtype=np.float64)
+    first = frame["days_since_first_purchase"].to_numpy(dtype=np.float64)
+    last = frame["days_since_last_purchase"].to_numpy(dtype=np.float64)
+    bought = np.isfinite(days) & (days >= 1) & np.isfinite(first) & np.isfinite(last)
+    big_t = np.where(bought, np.maximum(first, 0.0), 0.0)
+    t_x = np.where(bought, np.clip(first - last, 0.0, None), 0.0)
+    t_x = np.minimum(t_x, big_t)
+    x = np.where(bought, np.maximum(np.floor(days) - 1.0, 0.0), 0.0)
+    return x, t_x, big_t, bought
+
+
+@dataclass
+class BgNbdBaseline:
+    """BG/NBD fitted on each training user's latest summary, the classic rival."""
+
+    params: bgnbd.BgNbdParams
+    horizon_days: float
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, horizon_days: float) -> BgNbdBaseline:
+        """Fit by maximum likelihood on one row per user (its latest snapshot)."""
+        x, t_x, big_t, bought = bgnbd_summaries(latest_per_user(train))
+        params = bgnbd.fit(x[bought], t_x[bought], big_t[bought])
+        return cls(params=params, horizon_days=float(horizon_days))
+
+    def probability(self, frame: pd.DataFrame) -> np.ndarray:
+        """P(a purchase in the horizon) per row; users who never bought score 0."""
+        x, t_x, big_t, bought = bgnbd_summaries(frame)
+        score = bgnbd.probability_of_purchase(
+            self.params, self.horizon_days, x, t_x, big_t
+        )
+        return np.where(bought, score, 0.0)
+
+
 @dataclass
 class Evaluation:
     """The holdout rows and every contender's scores on them (for reports)."""
@@ -168,54 +321,69 @@ class Evaluation:
     model: np.ndarray
     logistic: np.ndarray
     recency_frequency: np.ndarray
+    bgnbd: np.ndarray | None = None
 
 
 def fit_propensity(
     frame: pd.DataFrame,
     horizon_days: int,
     features: Sequence[str] = PROPENSITY_FEATURES,
-    valid_fraction: float = 0.3,
+    holdout_fraction: float = 0.15,
+    tune_fraction: float = 0.15,
     num_boost_round: int = 300,
     early_stopping_rounds: int = 30,
     seed: int = 0,
+    threads: int = 0,
 ) -> PropensityBundle:
     """Fit, calibrate and evaluate the propensity booster.
 
     Args:
         frame: Training set: ``user_id``, ``event_timestamp``, ``label`` and the
-            ``features`` columns (one row per user and snapshot).
-        horizon_days: The label horizon, for purging the split.
+            ``features`` columns (one row per user and snapshot); with the
+            :data:`BGNBD_INPUTS` columns BG/NBD joins the baselines.
+        horizon_days: The label horizon, for purging the split and for BG/NBD.
         features: Model inputs, in the order serving passes them.
-        valid_fraction: Share of the latest snapshots held out.
+        holdout_fraction: Share of rows (the latest) held out.
+        tune_fraction: Share of rows in the tuning slice before the purge gap.
         num_boost_round: Upper bound on trees; early stopping picks the count.
-        early_stopping_rounds: Patience on the validation log loss.
+        early_stopping_rounds: Patience on the tuning log loss.
         seed: LightGBM seed.
+        threads: LightGBM threads (0: one per core).
 
     Returns:
-        The bundle with its Platt calibration, population medians as defaults,
-        holdout metrics of the model and of both baselines (recency-frequency
-        heuristic, logistic regression), and the holdout scores (``evaluation``).
+        The bundle with its Platt calibration (fitted on the tuning rows, whose
+        labels are for the same horizon), population medians as defaults,
+        holdout metrics of the model and of each baseline (recency-frequency
+        heuristic, logistic regression, BG/NBD when its inputs are present), and
+        the holdout scores (``evaluation``).
     """
     features = list(features)
-    split = temporal_split(frame["event_timestamp"], horizon_days, valid_fraction)
+    split = temporal_split(
+        frame["event_timestamp"], horizon_days, holdout_fraction, tune_fraction
+    )
     train = frame[frame["event_timestamp"].isin(split.train)]
-    valid = frame[frame["event_timestamp"].isin(split.valid)]
-    scored = holdout_users(valid["user_id"])
-    tune, holdout = valid[~scored], valid[scored]
-    if not (_both_classes(tune) and _both_classes(holdout)):
-        log.warning(
-            "propensity: too few validation users to split; tuning and scoring "
-            "on the same %d rows (metrics will be optimistic)",
-            len(valid),
+    tune = frame[frame["event_timestamp"].isin(split.tune)]
+    holdout = frame[frame["event_timestamp"].isin(split.holdout)]
+    if split.tune_by_users or not _both_classes(tune):
+        # Share the holdout instants by user hash, one half tuning.
+        scored = holdout_users(holdout["user_id"])
+        tune, holdout = holdout[~scored], holdout[scored]
+        if not (_both_classes(tune) and _both_classes(holdout)):
+            log.warning(
+                "propensity: too few held-out users to split; tuning and scoring "
+                "on the same %d rows (metrics will be optimistic)",
+                len(tune) + len(holdout),
+            )
+            tune = holdout = pd.concat([tune, holdout])
+    if not (_both_classes(train) and _both_classes(tune) and _both_classes(holdout)):
+        raise ValueError(
+            "frame: both classes must occur in training, tuning and holdout"
         )
-        tune = holdout = valid
     y_train = train["label"].to_numpy(dtype=np.int8)
     y_tune = tune["label"].to_numpy(dtype=np.int8)
     y_hold = holdout["label"].to_numpy(dtype=np.int8)
-    if not (_both_classes(train) and _both_classes(valid)):
-        raise ValueError("frame: both classes must occur in training and validation")
 
-    params = {**PARAMS, "seed": seed, "num_threads": 0}
+    params = {**PARAMS, "seed": seed, "num_threads": threads}
     x_train = train[features].to_numpy(dtype=np.float64)
     train_set = lgb.Dataset(
         x_train, label=y_train, feature_name=features, free_raw_data=False
@@ -238,6 +406,10 @@ def fit_propensity(
     tune_margin = booster.predict(
         tune[features].to_numpy(dtype=np.float64), raw_score=True
     )
+    # Platt on the tuning rows: they are the latest rows with a full label
+    # horizon before the holdout, so the probabilities are for that horizon and
+    # that period's purchase rate (an almost unpenalised fit reproduces the
+    # tuning positive rate on average).
     platt = LogisticRegression(C=1e6).fit(tune_margin.reshape(-1, 1), y_tune)
     calibration = (float(platt.coef_[0][0]), float(platt.intercept_[0]))
     bundle = PropensityBundle(
@@ -263,16 +435,22 @@ def fit_propensity(
         "logistic_brier": float(brier_score_loss(y_hold, logistic)),
         "base_rate_valid": float(y_hold.mean()),
         "base_rate_train": float(y_train.mean()),
+        "base_rate_tune": float(y_tune.mean()),
+        "calibrated_mean_tune": float(bundle.probability(tune_margin).mean()),
         "best_iteration": float(booster.current_iteration()),
         "n_train": float(len(train)),
         "n_tune": float(len(tune)),
         "n_holdout": float(len(holdout)),
+        "n_train_snapshots": float(len(split.train)),
+        "train_share": float(len(train) / len(frame)),
         "n_purged_snapshots": float(len(split.purged)),
     }
-    rivals = [metrics.get("baseline_roc_auc"), metrics.get("logistic_roc_auc")]
-    metrics["beats_baselines"] = float(
-        all(r is not None and metrics.get("roc_auc", 0.0) > r for r in rivals)
-    )
+    bgnbd_scores = _bgnbd_scores(train, holdout, horizon_days, metrics)
+    if bgnbd_scores is not None:
+        metrics.update(ranking_metrics(y_hold, bgnbd_scores, "bgnbd_"))
+        metrics["bgnbd_brier"] = float(brier_score_loss(y_hold, bgnbd_scores))
+    gate = baseline_gate(metrics)
+    metrics["beats_baselines"] = float(gate.passed)
     bundle.metrics = metrics
     bundle.evaluation = Evaluation(
         frame=holdout.reset_index(drop=True),
@@ -280,15 +458,17 @@ def fit_propensity(
         model=probability,
         logistic=logistic,
         recency_frequency=heuristic,
+        bgnbd=bgnbd_scores,
     )
     log.info(
-        "propensity: %d trees, holdout AUC %.3f (RF %.3f, logistic %.3f), PR-AUC "
-        "%.3f, Brier %.4f, top-decile lift %.2f; train %d rows / %d snapshots, "
-        "tune %d, holdout %d",
+        "propensity: %d trees, holdout AUC %.3f (RF %.3f, logistic %.3f, BG/NBD "
+        "%.3f), PR-AUC %.3f, Brier %.4f, top-decile lift %.2f; train %d rows / %d "
+        "snapshots, tune %d, holdout %d",
         booster.current_iteration(),
         metrics.get("roc_auc", float("nan")),
         metrics.get("baseline_roc_auc", float("nan")),
         metrics.get("logistic_roc_auc", float("nan")),
+        metrics.get("bgnbd_roc_auc", float("nan")),
         metrics.get("pr_auc", float("nan")),
         metrics["brier"],
         metrics.get("lift_top_decile", float("nan")),
@@ -297,15 +477,33 @@ def fit_propensity(
         len(tune),
         len(holdout),
     )
-    if not metrics["beats_baselines"]:
+    if not gate.passed:
         log.warning(
-            "PROPENSITY MODEL DOES NOT BEAT ITS BASELINES on the holdout: AUC %.3f "
-            "vs recency-frequency %.3f and logistic regression %.3f",
-            metrics.get("roc_auc", float("nan")),
-            metrics.get("baseline_roc_auc", float("nan")),
-            metrics.get("logistic_roc_auc", float("nan")),
+            "PROPENSITY MODEL DOES NOT BEAT ITS BASELINES on the holdout: %s",
+            gate.summary,
         )
     return bundle
+
+
+def _bgnbd_scores(
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    horizon_days: int,
+    metrics: dict[str, float],
+) -> np.ndarray | None:
+    """BG/NBD's holdout scores (parameters go into ``metrics``); None if unfit."""
+    missing = [c for c in BGNBD_INPUTS if c not in train.columns]
+    if missing:
+        log.info("propensity: no BG/NBD baseline, inputs missing: %s", missing)
+        return None
+    try:
+        model = BgNbdBaseline.fit(train, horizon_days)
+    except ValueError as exc:
+        log.warning("propensity: no BG/NBD baseline: %s", exc)
+        return None
+    for name, value in asdict(model.params).items():
+        metrics[f"bgnbd_{name}"] = float(value)
+    return model.probability(holdout)
 
 
 def _both_classes(frame: pd.DataFrame) -> bool:

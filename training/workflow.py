@@ -32,26 +32,40 @@ from feature_repo.apply import apply_repo
 from infra.local_stack import current_redis_url
 from infra.settings import Settings
 from training.pipeline import train
+from training.promotion import baseline_gate
 from training.report import write_report
 
 log = logging.getLogger(__name__)
 
 
 def run_training(
-    settings: Settings, events_path: Path, *, seed_online: bool, console: Console
+    settings: Settings,
+    events_path: Path,
+    *,
+    seed_online: bool,
+    console: Console,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train and register both models from ``events_path``; returns a summary."""
+    """Train and register both models from ``events_path``; returns a summary.
+
+    ``force`` promotes the propensity model whatever the baseline gate and the
+    champion say.
+    """
     with warnings.catch_warnings():
         if not log.isEnabledFor(logging.INFO):
             # Library notices (ibis/DuckDB deprecations, Feast calling on-demand
             # views experimental) say nothing to a user of the CLI; -v shows them.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="On demand feature view")
-        return _run_training(settings, events_path, seed_online, console)
+        return _run_training(settings, events_path, seed_online, console, force)
 
 
 def _run_training(
-    settings: Settings, events_path: Path, seed_online: bool, console: Console
+    settings: Settings,
+    events_path: Path,
+    seed_online: bool,
+    console: Console,
+    force: bool = False,
 ) -> dict[str, Any]:
     # The online store only: training never talks to the broker.
     redis_url = current_redis_url(settings)
@@ -84,6 +98,7 @@ def _run_training(
             personas,
             on_progress=report_progress,
             backfill_workers=settings.backfill_workers,
+            force=force,
         )
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with console.status("writing the training report"):
@@ -96,6 +111,7 @@ def _run_training(
         "propensity_auc": result.propensity.metrics.get("roc_auc"),
         "propensity_metrics": result.propensity.metrics,
         "promotion": {d.model: d.reason for d in result.decisions},
+        "propensity_gate": baseline_gate(result.propensity.metrics).summary,
         "promoted": [d.challenger for d in result.decisions if d.promoted],
         "timings_s": result.timings,
         "report": str(report),

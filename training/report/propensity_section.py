@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.promotion import baseline_gate
 from training.report.markup import _esc, _figure, _num, _table
 from training.report.measures import (
     calibration_bins,
@@ -52,22 +53,24 @@ def metrics_section(metrics: dict[str, float]) -> str:
     """The holdout metrics of the model and its baselines, with the verdict banner."""
     out = ['<section id="metrics"><h2>Propensity metrics on the holdout</h2>']
     beats = metrics.get("beats_baselines")
+    gate = baseline_gate(metrics).summary
     if beats is not None and float(beats) == 0.0:
         out.append(
             '<div class="banner fail" role="alert">⚠ The propensity model does NOT '
-            "beat its baselines on the holdout: its ROC-AUC "
-            f"{_num(metrics.get('roc_auc'))} is not above both the recency-frequency "
-            f"baseline ({_num(metrics.get('baseline_roc_auc'))}) and logistic "
-            f"regression ({_num(metrics.get('logistic_roc_auc'))}).</div>"
+            "beat its baselines on the holdout, so it is not promoted unless forced "
+            f"(baseline gate {_esc(gate)}).</div>"
         )
     elif beats is not None:
         out.append(
-            '<div class="banner ok">The model beats both baselines on holdout '
-            "ROC-AUC.</div>"
+            '<div class="banner ok">The model beats every baseline on holdout '
+            f"ROC-AUC (baseline gate {_esc(gate)}).</div>"
         )
     rows = []
+    columns = [(prefix, title) for prefix, title, _ in _CONTENDERS.values()]
+    if "bgnbd_roc_auc" in metrics:
+        columns.append(("bgnbd_", "BG/NBD"))
     for label, suffix, higher in _METRIC_ROWS:
-        values = [metrics.get(prefix + suffix) for prefix, _, _ in _CONTENDERS.values()]
+        values = [metrics.get(prefix + suffix) for prefix, _ in columns]
         known = [float(v) for v in values if v is not None and math.isfinite(float(v))]
         best = (max if higher else min)(known) if known else None
         cells = [_esc(label) + (" ↑" if higher else " ↓")]
@@ -76,8 +79,8 @@ def metrics_section(metrics: dict[str, float]) -> str:
             is_best = v is not None and best is not None and float(v) == best
             cells.append(f"<strong>{text}</strong>" if is_best else text)
         rows.append(cells)
-    head = ["Metric", *(c[1] for c in _CONTENDERS.values())]
-    out.append(_table(head, rows, numeric=[False, True, True, True]))
+    head = ["Metric", *(title for _, title in columns)]
+    out.append(_table(head, rows, numeric=[False] + [True] * len(columns)))
     out.append(
         '<p class="note">Best value per row in bold. The recency-frequency score is a '
         "rank, not a probability, so it has no Brier score. Holdout base rate: "
