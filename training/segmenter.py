@@ -3,16 +3,22 @@
 The pipeline is ``log1p -> StandardScaler -> KMeans`` built only from stock
 scikit-learn and numpy parts, so loading it needs no code from this package.
 Segments should describe durable behaviour, so the scaler's output is weighted:
-the 24-hour and 7-day purchase counts and the recency are noisy at a single
-snapshot (one session more or less flips them) and count half; without that,
-silhouette prefers splitting "visited today" from "did not", which is recency,
-not a customer type.
+short-window counts and the recency are noisy at a single snapshot (one session
+more or less flips them) and count half; without that, silhouette prefers
+splitting "visited today" from "did not", which is recency, not a customer type.
+
+Real logs hold many users with the same feature vector (every lapsed one-time
+buyer looks alike), so KMeans fits the distinct vectors weighted by how many
+users share each, and silhouette and Davies-Bouldin score distinct vectors:
+thousands of identical rows at distance zero would otherwise make any k look
+excellent.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,12 +28,25 @@ from sklearn.metrics import davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from core.feature_catalog import CATALOGUE, SEGMENTATION_FEATURES
-from core.registry import Segment, SegmenterBundle
+from core.feature_catalog import SEGMENTATION_FEATURES
+from core.registry import SegmenterBundle
+from training.segment_names import describe_segments
 
 log = logging.getLogger(__name__)
 
 K_RANGE = range(3, 9)
+
+# A segment holding more than this share is "dominant". k is chosen on distinct
+# rows, so a segment holding most distinct rows is split when another k does so
+# without losing much silhouette; one still holding most users after that is a
+# mode of the data (often many users with one feature vector) and is reported.
+DOMINANT_SHARE = 0.6
+# Relative silhouette a k may give up against the best k to split a dominant segment.
+SILHOUETTE_TOLERANCE = 0.25
+
+# KMeans restarts per k: k-means++ starts make a few enough, and the search
+# runs six k's on up to tens of thousands of distinct rows.
+N_INIT = 4
 
 # Relative weight of each standardised input in the KMeans distance (default 1).
 FEATURE_WEIGHTS: dict[str, float] = {
@@ -36,20 +55,6 @@ FEATURE_WEIGHTS: dict[str, float] = {
     "purchases_7d": 0.5,
     "revenue_7d": 0.5,
     "hours_since_last_event": 0.5,
-}
-
-# Short names for descriptions ("2.4x revenue").
-LABELS: dict[str, str] = {
-    "events_7d": "weekly events",
-    "product_views_24h": "daily product views",
-    "cart_adds_24h": "daily cart adds",
-    "purchases_7d": "weekly purchases",
-    "revenue_7d": "weekly revenue",
-    "orders_90d": "orders",
-    "revenue_90d": "revenue",
-    "avg_order_value_90d": "order value",
-    "purchase_days_90d": "purchase days",
-    "hours_since_last_event": "time since last visit",
 }
 
 
@@ -71,6 +76,71 @@ def _weight_scaler(scaler: StandardScaler, features: Sequence[str]) -> None:
     scaler.scale_ = scaler.scale_ / weights
 
 
+@dataclass
+class _Candidate:
+    """KMeans at one k, fitted on the distinct rows, with its scores."""
+
+    kmeans: KMeans
+    silhouette: float
+    davies_bouldin: float
+    largest_share: float  # of users
+    largest_distinct_share: float  # of distinct rows
+
+
+def _candidates(
+    points: np.ndarray,
+    counts: np.ndarray,
+    k_range: Sequence[int],
+    sample: np.ndarray,
+    seed: int,
+) -> dict[int, _Candidate]:
+    found: dict[int, _Candidate] = {}
+    for k in k_range:
+        if k >= len(points):
+            continue
+        kmeans = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit(
+            points, sample_weight=counts
+        )
+        labels = kmeans.labels_[sample]
+        if not 2 <= len(set(labels.tolist())) < len(sample):
+            continue
+        users = np.bincount(kmeans.labels_, weights=counts, minlength=k)
+        rows = np.bincount(kmeans.labels_, minlength=k)
+        found[k] = _Candidate(
+            kmeans,
+            float(silhouette_score(points[sample], labels)),
+            float(davies_bouldin_score(points[sample], labels)),
+            float(users.max() / counts.sum()),
+            float(rows.max() / len(points)),
+        )
+        log.info(
+            "segmenter: k=%d silhouette=%.3f largest=%.0f%%",
+            k,
+            found[k].silhouette,
+            100 * found[k].largest_share,
+        )
+    return found
+
+
+def _choose(found: dict[int, _Candidate]) -> int:
+    """The k to keep: the best silhouette, unless its largest segment holds most
+    distinct rows and another k that does not is within the tolerance.
+
+    Everything here is measured on distinct rows, so copies of a row cannot
+    change k.
+    """
+    best = max(found, key=lambda k: (found[k].silhouette, -k))
+    if found[best].largest_distinct_share <= DOMINANT_SHARE:
+        return best
+    floor = found[best].silhouette - SILHOUETTE_TOLERANCE * abs(found[best].silhouette)
+    split = [
+        k
+        for k, c in found.items()
+        if c.largest_distinct_share <= DOMINANT_SHARE and c.silhouette >= floor
+    ]
+    return max(split, key=lambda k: (found[k].silhouette, -k)) if split else best
+
+
 def fit_segmenter(
     frame: pd.DataFrame,
     features: Sequence[str] = SEGMENTATION_FEATURES,
@@ -85,15 +155,25 @@ def fit_segmenter(
         frame: Model matrix with ``features`` as columns (e.g. each user's latest
             snapshot from :func:`latest_per_user`); all values must be >= 0.
         features: Input columns, in the order serving will pass them.
-        k_range: Candidate numbers of segments; the best silhouette wins.
-        sample_size: Rows used for the silhouette and Davies-Bouldin scores.
+        k_range: Candidate numbers of segments; the best silhouette on distinct
+            rows wins, unless its largest segment holds more than
+            :data:`DOMINANT_SHARE` of the distinct rows and another k splits it
+            within :data:`SILHOUETTE_TOLERANCE`.
+        sample_size: Distinct rows used for the silhouette and Davies-Bouldin
+            scores.
         seed: Seed of KMeans and the scoring sample.
         previous: The model in production; its segment ids are kept for the
             segments that match its centroids.
 
     Returns:
         The fitted bundle: pipeline, named segments, population medians as
-        defaults, and metrics (k, silhouette, Davies-Bouldin, inertia, rows).
+        defaults, and metrics: k, silhouette, Davies-Bouldin (both on distinct
+        rows), inertia, rows, distinct rows, ``largest_share`` of a segment
+        (of users; ``largest_distinct_share`` of distinct rows),
+        ``identical_share`` (largest group of users with equal features) and
+        ``dominant_mode`` (1.0 when one segment still holds more than
+        :data:`DOMINANT_SHARE` of users; :func:`dominant_mode_sentence` says so
+        in words).
     """
     features = list(features)
     data = frame[features].to_numpy(dtype=np.float64)
@@ -103,53 +183,61 @@ def fit_segmenter(
         )
     if (data < 0).any():
         raise ValueError("frame: segmentation features must be >= 0")
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(len(data), size=min(sample_size, len(data)), replace=False)
+    distinct, inverse, counts = np.unique(
+        data, axis=0, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.reshape(-1)
+    weights = counts.astype(np.float64)
 
-    # Scaling does not depend on k: fit it once, then cluster for each k.
-    prep = _preprocessing(features).fit(data)
+    # Scaling does not depend on k: fit it once, then cluster for each k. It is
+    # fitted on distinct rows so that copies of one vector do not reshape the
+    # space the other users are compared in.
+    prep = _preprocessing(features).fit(distinct)
     _weight_scaler(prep.named_steps["scale"], features)
-    scaled = prep.transform(data)
-    best: tuple[float, KMeans] | None = None
-    scores: dict[str, float] = {}
-    for k in k_range:
-        kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(scaled)
-        labels = kmeans.labels_[sample]
-        if len(set(labels.tolist())) < 2:
-            continue
-        score = float(silhouette_score(scaled[sample], labels))
-        scores[f"silhouette_k{k}"] = score
-        scores[f"davies_bouldin_k{k}"] = float(
-            davies_bouldin_score(scaled[sample], labels)
+    points = prep.transform(distinct)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(points), size=min(sample_size, len(points)), replace=False)
+    found = _candidates(points, weights, k_range, sample, seed)
+    if not found:
+        raise ValueError(
+            f"frame: {len(distinct)} distinct rows give no k in {list(k_range)} "
+            "two or more non-empty segments"
         )
-        log.info("segmenter: k=%d silhouette=%.3f", k, score)
-        if best is None or score > best[0]:
-            best = (score, kmeans)
-    if best is None:
-        raise ValueError("frame: no k gives two or more non-empty segments")
-    silhouette, kmeans = best
+    k = _choose(found)
+    chosen = found[k]
+    one_mode = chosen.largest_share > DOMINANT_SHARE
+    kmeans = chosen.kmeans
     if previous is not None:
-        _align_ids(kmeans, scaled, data, features, previous)
+        _align_ids(kmeans, distinct, weights, features, previous)
     pipeline = Pipeline([*prep.steps, ("kmeans", kmeans)])
-    labels = kmeans.predict(scaled)
+    labels = kmeans.labels_[inverse]
 
     metrics = {
-        "k": float(kmeans.n_clusters),
-        "silhouette": silhouette,
-        "davies_bouldin": float(davies_bouldin_score(scaled[sample], labels[sample])),
+        "k": float(k),
+        "silhouette": chosen.silhouette,
+        "davies_bouldin": chosen.davies_bouldin,
         "inertia": float(kmeans.inertia_),
         "n_rows": float(len(data)),
-        **scores,
+        "n_distinct_rows": float(len(distinct)),
+        "largest_share": chosen.largest_share,
+        "largest_distinct_share": chosen.largest_distinct_share,
+        "identical_share": float(counts.max() / len(data)),
+        "dominant_mode": float(one_mode),
     }
-    segments = describe_segments(frame[features], labels, features)
+    for key, cand in sorted(found.items()):
+        metrics[f"silhouette_k{key}"] = cand.silhouette
+        metrics[f"davies_bouldin_k{key}"] = cand.davies_bouldin
+    segments = describe_segments(frame[features], labels, features, FEATURE_WEIGHTS)
     defaults = {n: float(v) for n, v in frame[features].median().items()}
     log.info(
         "segmenter: k=%d silhouette=%.3f davies_bouldin=%.3f: %s",
-        kmeans.n_clusters,
-        silhouette,
-        metrics["davies_bouldin"],
+        k,
+        chosen.silhouette,
+        chosen.davies_bouldin,
         "; ".join(s.description for s in segments),
     )
+    if one_mode:
+        log.warning("segmenter: %s", dominant_mode_sentence(metrics))
     return SegmenterBundle(
         pipeline=pipeline,
         features=features,
@@ -159,27 +247,53 @@ def fit_segmenter(
     )
 
 
+def dominant_mode_sentence(metrics: dict[str, float]) -> str:
+    """The sentence the report shows when one segment holds most users, else "".
+
+    Args:
+        metrics: A segmenter bundle's metrics.
+
+    Returns:
+        One sentence naming the share of the dominant segment and of users with
+        identical features, or ``""`` when the data has no dominant mode.
+    """
+    if metrics.get("dominant_mode", 0.0) < 0.5:
+        return ""
+    share = metrics.get("largest_share", float("nan"))
+    identical = metrics.get("identical_share", 0.0)
+    sentence = f"One segment holds {share:.0%} of users: the data has one dominant mode"
+    if identical >= 0.05:
+        sentence += f" ({identical:.0%} of users have identical feature values)"
+    elif metrics.get("largest_distinct_share", 1.0) > DOMINANT_SHARE:
+        sentence += ", and no k tried splits it without losing silhouette"
+    else:
+        sentence += " (many of its users have nearly the same feature values)"
+    return sentence + "."
+
+
 def _align_ids(
     kmeans: KMeans,
-    scaled: np.ndarray,
-    data: np.ndarray,
+    distinct: np.ndarray,
+    counts: np.ndarray,
     features: Sequence[str],
     previous: SegmenterBundle,
 ) -> None:
     """Renumber ``kmeans`` so each segment keeps the id of the previous segment
     that holds most of its members (today's users scored by both models).
 
-    New segments without a counterpart take the ids the previous model lacks.
+    ``distinct`` are the raw distinct rows KMeans was fitted on and ``counts``
+    the users sharing each. New segments without a counterpart take the ids the
+    previous model lacks.
     """
     if list(previous.features) != list(features):
         log.warning("segmenter: previous model has other features; ids not aligned")
         return
     k = kmeans.n_clusters
     new = kmeans.labels_
-    old = previous.assign(data)
+    old = previous.assign(distinct)
     ids = max(k, int(old.max()) + 1)
     overlap = np.zeros((k, ids))
-    np.add.at(overlap, (new, old), 1.0)
+    np.add.at(overlap, (new, old), counts)
     rows, columns = linear_sum_assignment(-overlap)
     # Matched ids may exceed k-1 when the previous model had more segments;
     # KMeans needs 0..k-1, so those segments take the free ids in order.
@@ -196,107 +310,3 @@ def _align_ids(
     kmeans.labels_ = remap[new]
     moved = sum(1 for c, seg_id in target.items() if c != seg_id)
     log.info("segmenter: ids aligned to %s (%d renumbered)", previous.tag, moved)
-
-
-def describe_segments(
-    frame: pd.DataFrame, labels: np.ndarray, features: Sequence[str]
-) -> list[Segment]:
-    """Name and describe each segment from its profile vs. the population.
-
-    The name comes from standardised gaps on the log scale the model clusters
-    on (robust to a few whales); the description states plain ratios of means
-    ("3.2x orders") for the features that differ most, durable ones first.
-
-    Args:
-        frame: Raw (unscaled) feature values, one row per user.
-        labels: Segment id of each row.
-        features: Columns to profile.
-
-    Returns:
-        One :class:`Segment` per id, ordered by id, with unique names; the
-        profile holds the segment's raw feature means.
-    """
-    features = list(features)
-    values = frame[features].to_numpy(dtype=np.float64)
-    logs = np.log1p(np.maximum(values, 0.0))
-    pop_log, pop_std = logs.mean(axis=0), logs.std(axis=0)
-    pop_mean = values.mean(axis=0)
-    segments: list[Segment] = []
-    used: set[str] = set()
-    for seg_id in sorted(set(labels.tolist())):
-        members = labels == seg_id
-        gaps = (logs[members].mean(axis=0) - pop_log) / np.where(
-            pop_std > 0, pop_std, 1
-        )
-        z = dict(zip(features, gaps.tolist(), strict=True))
-        means = values[members].mean(axis=0)
-        ratios = {
-            n: float(m / p)
-            for n, m, p in zip(features, means, pop_mean, strict=True)
-            if p > 1e-9
-        }
-        ranked = sorted(
-            ratios,
-            key=lambda n: (
-                -abs(np.log(max(ratios[n], 0.05))) * FEATURE_WEIGHTS.get(n, 1.0)
-            ),
-        )
-        name = base = _name(z, ratios.get("orders_90d", 1.0))
-        for extra in [n for n in ranked if n not in _NAME_KEYS]:
-            if name not in used:
-                break
-            # Same rule fired twice: qualify by the strongest other difference.
-            name = f"{base} ({_phrase(extra, ratios[extra])})"
-        suffix = 2
-        while name in used:
-            name, suffix = f"{base} {suffix}", suffix + 1
-        used.add(name)
-        highlights = ", ".join(_phrase(n, ratios[n]) for n in ranked[:3])
-        segments.append(
-            Segment(
-                id=int(seg_id),
-                name=name,
-                description=f"{name}: {highlights or 'close to average'} vs. average",
-                size=int(members.sum()),
-                profile={n: float(v) for n, v in zip(features, means, strict=True)},
-            )
-        )
-    return segments
-
-
-_NAME_KEYS = ("orders_90d", "revenue_90d", "avg_order_value_90d")
-
-
-def _phrase(feature: str, ratio: float) -> str:
-    spec = CATALOGUE.get(feature)
-    label = LABELS.get(feature) or (spec.description.lower() if spec else feature)
-    if ratio < 0.05:
-        return f"almost no {label}"
-    return f"{ratio:.1f}x {label}"
-
-
-def _name(z: dict[str, float], order_ratio: float) -> str:
-    """A plain-language name from standardised gaps to the population.
-
-    ``order_ratio`` (segment mean orders / population mean) guards the buyer
-    names: when few users buy at all, a small negative gap can still mean
-    "almost nobody here buys".
-    """
-
-    def gap(feature: str) -> float:
-        return z.get(feature, 0.0)
-
-    orders, revenue = gap("orders_90d"), gap("revenue_90d")
-    basket, events = gap("avg_order_value_90d"), gap("events_7d")
-    carts, idle = gap("cart_adds_24h"), gap("hours_since_last_event")
-    if orders >= 0.75 and revenue >= 0.75:
-        return "High-value frequent buyers"
-    if events <= -1.0 or idle >= 0.75:
-        return "Lapsed visitors"
-    if orders <= -0.75 or order_ratio < 0.2:
-        return "Cart abandoners" if carts >= 0.3 else "Window shoppers"
-    if basket >= 0.75:
-        return "Big-basket buyers"
-    if basket <= -0.5:
-        return "Bargain buyers"
-    return "Occasional buyers"

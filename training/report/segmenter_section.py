@@ -32,6 +32,7 @@ from training.report.svg import (
     _Panel,
     _svg,
 )
+from training.segmenter import dominant_mode_sentence
 
 if TYPE_CHECKING:
     from training.pipeline import TrainResult
@@ -187,8 +188,10 @@ def segmenter_section(result: TrainResult) -> str:
         out.append(
             _figure(
                 plot_k_selection(rows, chosen),
-                "Each candidate k clustered the same users; the best silhouette wins. "
-                "Both scores are computed on a sample of at most 5000 users.",
+                "Each candidate k clustered the same users; the best silhouette wins "
+                "unless one segment holds most users and another k splits it. Both "
+                "scores are computed on at most 5000 distinct feature vectors, so "
+                "users with identical features do not inflate them.",
             )
         )
     else:
@@ -204,6 +207,9 @@ def segmenter_section(result: TrainResult) -> str:
             f"{_num(seg.metrics['ari_vs_personas'])}"
         )
     out.append(f"<p>{_esc('; '.join(facts))}.</p>")
+    one_mode = dominant_mode_sentence(seg.metrics)
+    if one_mode:
+        out.append(f'<p class="note">{_esc(one_mode)}</p>')
 
     out.append("<h3>Segments in 2-D PCA</h3>")
     frame = result.segmentation_frame

@@ -15,10 +15,13 @@ from sklearn.metrics import adjusted_rand_score
 from core.event_files import events_frame
 from core.feature_catalog import PROPENSITY_FEATURES, SEGMENTATION_FEATURES
 from segscore.simulator import simulate
+from training import bgnbd
 from training.backfill import BackfillResult, backfill, snapshot_grid
 from training.labels import purchase_labels
+from training.promotion import baseline_gate
 from training.propensity import (
     baseline_score,
+    bgnbd_summaries,
     fit_propensity,
     lift_at,
     temporal_split,
@@ -80,6 +83,9 @@ def test_segmenter_recovers_personas(simulated: Simulated) -> None:
     assert len(set(names)) == len(names) == bundle.metrics["k"]
     assert "High-value frequent buyers" in names
     assert all(s.description.startswith(s.name + ": ") for s in bundle.segments)
+    # Plain names: no parentheses, at most four words; descriptions all differ.
+    assert not any("(" in n or len(n.split()) > 4 for n in names), names
+    assert len({s.description for s in bundle.segments}) == len(names)
     assert sum(s.size for s in bundle.segments) == len(frame)
     assert bundle.defaults == {
         n: float(frame[n].median()) for n in SEGMENTATION_FEATURES
@@ -102,19 +108,18 @@ def test_propensity_beats_recency_frequency_baseline(simulated: Simulated) -> No
         simulated.events, simulated.snapshots, HORIZON_DAYS, START + DAYS * 86_400
     )
     frame = _model_frame(simulated.result, entities, PROPENSITY_FEATURES)
-    bundle = fit_propensity(frame, HORIZON_DAYS)
+    bundle = fit_propensity(frame, HORIZON_DAYS, threads=1)
     m = bundle.metrics
     assert m["roc_auc"] > m["baseline_roc_auc"]
     assert m["pr_auc"] > m["baseline_pr_auc"]
     assert m["roc_auc"] > m["logistic_roc_auc"] > 0.5
     assert m["beats_baselines"] == 1.0
     assert m["lift_top_decile"] > 1.5
-    # Scored users never tuned the model: the holdout is half the validation users.
-    held = set(bundle.evaluation.frame["user_id"])
-    valid = frame[
-        frame["event_timestamp"] >= bundle.evaluation.frame["event_timestamp"].min()
-    ]
-    assert held and held < set(valid["user_id"])
+    # The holdout is the latest rows; training keeps most of the rest.
+    held_from = bundle.evaluation.frame["event_timestamp"].min()
+    assert held_from > frame["event_timestamp"].min()
+    assert m["n_train"] >= 0.6 * len(frame)
+    assert m["calibrated_mean_tune"] == pytest.approx(m["base_rate_tune"], abs=2e-3)
     assert (
         len(bundle.evaluation.labels) == m["n_holdout"] == len(bundle.evaluation.model)
     )
@@ -140,16 +145,168 @@ def test_lift_is_the_top_decile_rate_over_the_base_rate() -> None:
     assert math.isnan(lift_at(np.zeros(10), np.arange(10.0)))
 
 
-def test_temporal_split_purges_overlapping_horizons() -> None:
-    days = [pd.Timestamp(START + d * 86_400, unit="s", tz="UTC") for d in range(20)]
-    split = temporal_split(days, horizon_days=7, valid_fraction=0.3)
-    assert split.valid == days[14:]
-    assert split.train == days[:8]
-    assert split.purged == days[8:14]
-    assert max(split.train) + pd.Timedelta(days=7) <= min(split.valid)
-    # Too short for a gap: train on what precedes validation rather than fail.
+def _days(n: int) -> list[pd.Timestamp]:
+    return [pd.Timestamp(START + d * 86_400, unit="s", tz="UTC") for d in range(n)]
+
+
+def test_temporal_split_purges_the_horizon_before_the_holdout() -> None:
+    days = _days(60)
+    split = temporal_split(days, horizon_days=7)
+    assert split.holdout == days[51:]  # the latest 15 %
+    assert split.purged == days[45:51]  # horizons reaching into the holdout
+    assert split.tune == days[36:45] and not split.tune_by_users
+    assert split.train == days[:36] and split.train_share == pytest.approx(0.6)
+    assert max(split.train) + pd.Timedelta(days=7) <= min(split.holdout)
+    assert max(split.tune) + pd.Timedelta(days=7) <= min(split.holdout)
+
+
+def test_temporal_split_shrinks_holdout_and_tuning_before_the_purge() -> None:
+    days = _days(20)
+    split = temporal_split(days, horizon_days=7)
+    # A 15 % holdout, a tuning slice and the gap would train on 8 of 20 days:
+    # one held-out day shared by user hash keeps the gap and 13 training days.
+    assert split.holdout == days[19:] and split.tune_by_users
+    assert split.purged == days[13:19] and split.train == days[:13]
+    # Too short for any gap: train on what precedes the holdout rather than fail.
     short = temporal_split(days[:6], horizon_days=7)
-    assert short.train == days[:4] and short.purged == []
+    assert short.purged == [] and len(short.train) >= 3
+    with pytest.raises(ValueError, match="too few"):
+        temporal_split(days[:1], horizon_days=7)
+
+
+def test_split_keeps_most_rows_for_training_when_users_accumulate() -> None:
+    # Rows grow with time (users keep arriving), as on a real shop: the old
+    # split (latest 30 % of instants validate, then the purge) trained on about
+    # a third of the rows.
+    days = _days(80)
+    rows = pd.Series(
+        [d for i, d in enumerate(days) for _ in range(10 * (i + 1))], name="ts"
+    )
+    old_train = days[: 80 - 24 - 7 + 1]
+    old_share = rows.isin(old_train).mean()
+    assert old_share < 0.4
+    split = temporal_split(rows, horizon_days=7)
+    assert rows.isin(split.train).mean() >= 0.6
+    assert split.train_share == pytest.approx(rows.isin(split.train).mean())
+    assert split.purged and max(split.train) < min(split.purged)
+    assert max(split.purged) + pd.Timedelta(days=1) == min(split.holdout)
+
+
+def _bgnbd_frame(
+    users: int = 2000, weeks: int = 40, horizon: int = 28, seed: int = 3
+) -> pd.DataFrame:
+    """Weekly snapshots of shoppers drawn from BG/NBD, arriving over time."""
+    rng = np.random.default_rng(seed)
+    span = weeks * 7.0
+    birth = rng.uniform(0.0, span, users)
+    drawn = bgnbd.sample(
+        bgnbd.BgNbdParams(r=0.9, alpha=15.0, a=0.8, b=2.5),
+        span - birth,
+        float(horizon),
+        rng,
+        keep_times=True,
+    )
+    snapshots = np.arange(7.0, span - horizon + 1.0, 7.0)
+    rows = []
+    for user, (start, times) in enumerate(
+        zip(birth, drawn.purchase_times, strict=True)
+    ):
+        when = np.floor(start + times)  # purchase days
+        days = np.unique(when)
+        for s in snapshots[snapshots >= days[0] + 1]:
+            seen = days[days < s]
+            rows.append(
+                (
+                    f"u{user}",
+                    s,
+                    float(len(seen)),
+                    s - seen[0],
+                    s - seen[-1],
+                    float(np.sum((when < s) & (when >= s - 90))),
+                    int(np.any((when >= s) & (when < s + horizon))),
+                )
+            )
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "user_id",
+            "day",
+            "purchase_days_lifetime",
+            "days_since_first_purchase",
+            "days_since_last_purchase",
+            "orders_90d",
+            "label",
+        ],
+    )
+    frame["event_timestamp"] = pd.to_datetime(
+        START + frame.pop("day") * 86_400, unit="s", utc=True
+    )
+    return frame
+
+
+BGNBD_FEATURES = (
+    "orders_90d",
+    "days_since_last_purchase",
+    "purchase_days_lifetime",
+    "days_since_first_purchase",
+)
+
+
+@pytest.fixture(scope="module")
+def bgnbd_frame() -> pd.DataFrame:
+    return _bgnbd_frame()
+
+
+def test_bgnbd_joins_the_baselines_when_its_inputs_exist(
+    bgnbd_frame: pd.DataFrame,
+) -> None:
+    bundle = fit_propensity(bgnbd_frame, 28, features=BGNBD_FEATURES, threads=1)
+    m = bundle.metrics
+    # BG/NBD is the true model of these shoppers: it ranks them well.
+    assert m["bgnbd_roc_auc"] > 0.7 and m["bgnbd_roc_auc"] > m["baseline_roc_auc"]
+    assert m["bgnbd_r"] == pytest.approx(0.9, rel=0.4)
+    assert bundle.evaluation.bgnbd is not None
+    assert len(bundle.evaluation.bgnbd) == m["n_holdout"]
+    gate = baseline_gate(m)
+    assert [c.baseline for c in gate.comparisons] == [
+        "recency-frequency heuristic",
+        "logistic regression",
+        "BG/NBD",
+    ]
+    assert m["beats_baselines"] == float(gate.passed)
+    # Training keeps most rows although users accumulate over time.
+    assert m["n_train"] >= 0.6 * len(bgnbd_frame) and m["n_purged_snapshots"] >= 3
+    # Platt on the tuning slice: calibrated mean = tuning purchase rate.
+    assert m["calibrated_mean_tune"] == pytest.approx(m["base_rate_tune"], abs=2e-3)
+
+
+def test_without_bgnbd_inputs_the_gate_says_so(bgnbd_frame: pd.DataFrame) -> None:
+    frame = bgnbd_frame.drop(
+        columns=["purchase_days_lifetime", "days_since_first_purchase"]
+    )
+    bundle = fit_propensity(
+        frame, 28, features=("orders_90d", "days_since_last_purchase"), threads=1
+    )
+    assert not any(k.startswith("bgnbd_") for k in bundle.metrics)
+    assert bundle.evaluation.bgnbd is None
+    gate = baseline_gate(bundle.metrics)
+    assert len(gate.comparisons) == 2
+    assert "no BG/NBD: inputs missing" in gate.summary
+
+
+def test_bgnbd_summaries_follow_the_shared_definitions() -> None:
+    frame = pd.DataFrame(
+        {
+            "purchase_days_lifetime": [0.0, 1.0, 4.0, np.nan],
+            "days_since_first_purchase": [np.nan, 10.0, 100.0, np.nan],
+            "days_since_last_purchase": [np.nan, 10.0, 30.0, np.nan],
+        }
+    )
+    x, t_x, big_t, bought = bgnbd_summaries(frame)
+    assert bought.tolist() == [False, True, True, False]
+    assert x.tolist() == [0.0, 0.0, 3.0, 0.0]
+    assert t_x.tolist() == [0.0, 0.0, 70.0, 0.0]
+    assert big_t.tolist() == [0.0, 10.0, 100.0, 0.0]
 
 
 def test_baseline_ranks_frequent_recent_buyers_first() -> None:

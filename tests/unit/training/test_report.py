@@ -64,6 +64,8 @@ def segmentation_frame(n_users: int, seed: int = 0) -> pd.DataFrame:
         "cart_adds_30d": 8 * activity * (0.5 + buying),
         "conversion_rate_30d": 0.05 * buying,
         "hours_since_last_event": 200 / activity,
+        "orders_lifetime": 1 + 4 * buying,
+        "days_since_last_purchase": 20 / (0.1 + buying),
     }
     values = np.column_stack([base[n] for n in SEGMENTATION_FEATURES]) * noise
     frame = pd.DataFrame(values, columns=list(SEGMENTATION_FEATURES))
