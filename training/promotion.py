@@ -220,13 +220,18 @@ def judge_segmenter(
     sample_size: int = 5000,
     seed: int = 0,
 ) -> Decision:
-    """Silhouette of both assignments of the same users, in the challenger's space."""
+    """Silhouette of both assignments of the same users, in the challenger's space.
+
+    Scored on distinct feature vectors, as the segmenter chooses k: thousands of
+    identical users (one-time buyers of a purchase-only log) would otherwise
+    inflate both models' silhouettes and hide which one separates the rest.
+    """
     name, metric = SEGMENTER_MODEL, "silhouette"
     walkover = _walkover(name, metric, challenger, champion)
     if walkover is not None:
         return walkover
     assert champion is not None  # no champion is a walkover
-    data = frame[challenger.features].to_numpy(dtype=np.float64)
+    data = np.unique(frame[challenger.features].to_numpy(dtype=np.float64), axis=0)
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(data), size=min(sample_size, len(data)), replace=False)
     data = data[rows]
