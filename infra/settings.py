@@ -121,7 +121,25 @@ class Settings(BaseSettings):
         description="Processes for large backfills; 0 = one per core (at most 4).",
     )
     label_horizon_days: int = 7
-    snapshot_every_days: int = 1
+    snapshot_every_days: int = Field(
+        default=7,
+        ge=1,
+        description="Training snapshots: every user seen so far is snapshotted "
+        "every this many days (counted back from the last day of the data), or "
+        "less often when snapshot_grid_rows_per_event caps the rows.",
+    )
+    snapshot_grid_rows_per_event: float = Field(
+        default=1.0,
+        ge=0,
+        description="Training snapshots: the grid's spacing widens (whole days) "
+        "until it gives at most this many rows per event, so the training cost "
+        "grows with events, not users x days; 0 = no cap.",
+    )
+    snapshot_at_activity: bool = Field(
+        default=True,
+        description="Training snapshots: also snapshot each user at the end of "
+        "every day they had an event, so rows grow with events, not users x days.",
+    )
 
     # Scoring service (serving/).
     api_key: str | None = Field(
@@ -137,6 +155,12 @@ class Settings(BaseSettings):
     propensity_version: str | None = Field(
         default=None,
         description="Pin the propensity model to this tag; unset = the champion.",
+    )
+    stale_after_seconds: float = Field(
+        default=90 * 86_400.0,
+        gt=0,
+        description="/score and batch-score flag a user stale when their newest "
+        "event is older than this (90 days).",
     )
     model_poll_seconds: float = Field(
         default=2.0,

@@ -141,6 +141,13 @@ def import_(
     max_bad_rows_shown: Annotated[
         int, typer.Option(help="Bad rows to print (all go to the report).", min=0)
     ] = 20,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(
+            help="CSV delimiter: one character, tab, semicolon, pipe or whitespace "
+            "(runs of spaces/tabs); default: the mapping's, else sniffed."
+        ),
+    ] = None,
 ) -> None:
     """Import an event log into the contract's event file (see docs/importing.md)."""
     from rich.table import Table
@@ -161,6 +168,7 @@ def import_(
                 max_bytes=settings.max_event_bytes,
                 on_phase=lambda text: status.update(text),
                 min_ts=settings.min_event_time.timestamp(),
+                delimiter=delimiter,
             )
     except ImportFailed as exc:
         console.print(f"[red]import failed:[/] {exc}")
@@ -190,10 +198,14 @@ def import_(
     table.add_row("rejected", f"{summary.rejected:,}")
     for reason, count in summary.reasons.items():
         table.add_row(f"  {reason}", f"{count:,}")
+    for event_name, count in list(summary.unknown_event_types.items())[:10]:
+        table.add_row(f"    unknown {event_name!r}", f"{count:,}")
     if summary.skipped:
         table.add_row("skipped by mapping", f"{summary.skipped:,}")
     if summary.blank_lines:
         table.add_row("blank lines", f"{summary.blank_lines:,}")
+    if summary.delimiter:
+        table.add_row("delimiter", summary.delimiter)
     table.add_row("users", f"{summary.users:,}")
     if summary.ts_min is not None and summary.ts_max is not None:
         table.add_row("from", iso(summary.ts_min))
@@ -229,14 +241,80 @@ def train(
     seed_online: Annotated[
         bool, typer.Option(help="Also seed the online store from the backfill.")
     ] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote the propensity model even if it fails a baseline on the "
+            "holdout or loses to the champion.",
+        ),
+    ] = False,
 ) -> None:
     """Backfill, build point-in-time training sets, train and register both models."""
     from training.workflow import run_training
 
     settings = get_settings()
     path = events or settings.data_dir / "events.parquet"
-    summary = run_training(settings, path, seed_online=seed_online, console=console)
+    summary = run_training(
+        settings, path, seed_online=seed_online, console=console, force=force
+    )
     console.print_json(data=summary)
+
+
+@app.command("batch-score")
+def batch_score(
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Read time, ISO-8601 (no zone = UTC).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output file, .parquet or .csv.")],
+    users: Annotated[
+        Path | None,
+        typer.Option(help="Ids to score (text, .csv or .parquet with user_id)."),
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option(help="Event file (default: data dir).")
+    ] = None,
+) -> None:
+    """Score users as of a time from the event log, as /score would have then."""
+    from rich.progress import Progress
+
+    from segscore import batch_score as batch
+    from serving.models import ModelRefused
+
+    try:
+        moment = batch.parse_as_of(as_of)
+        batch.check_output(out)
+    except ValueError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    with Progress(console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total or None)
+            progress.update(tasks[stage], completed=done)
+
+        try:
+            result = batch.batch_score(
+                get_settings(), moment, out, events, users, advance
+            )
+        except (ModelRefused, FileNotFoundError, ValueError) as exc:
+            console.print(
+                f"error: {exc}", markup=False, highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
+    console.print_json(
+        data={
+            "out": str(result.path),
+            "as_of": as_of,
+            "users": result.users,
+            "cold_starts": result.cold_starts,
+            "stale": result.stale,
+            "events_used": result.events_used,
+            "model_versions": result.model_versions,
+        }
+    )
 
 
 @app.command()

@@ -3,8 +3,10 @@
 Users come in order of first appearance, each user's events in event-time order;
 the columns are the compact arrays :func:`~training.replay.replay_chunk` reads
 (codes, floats with NaN for missing), cheap to slice and to send to a worker
-process. Each user's snapshot rows take one known range of the output tables, so
-a chunk of consecutive users writes one range.
+process. Each user has their own snapshot instants (the grid instants from their
+first event on, plus the end of each day they were active when asked), and their
+rows take one known range of the output tables, so a chunk of consecutive users
+writes one range.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.events import EventType
+from core.user_state import DAY
 from training.replay import EVENT_TYPES, Chunk
 
 # Events plus snapshot rows per chunk of users: about a tenth of a second of work,
@@ -32,17 +35,18 @@ class Users:
         ids: User ids (object array).
         event_counts: Events per user.
         first_events: Per user, the position of their first event in time order.
-        first_snapshots: Per user, the first snapshot at or after their first event.
-        rows: Snapshot rows per user (one per snapshot from the first on).
+        rows: Snapshot rows per user.
         first_rows: Per user, the output row of their first snapshot row.
+        instants: Every row's snapshot instant (epoch seconds), grouped by user,
+            ascending within a user.
     """
 
     ids: np.ndarray
     event_counts: np.ndarray
     first_events: np.ndarray
-    first_snapshots: np.ndarray
     rows: np.ndarray
     first_rows: np.ndarray
+    instants: np.ndarray
 
     @property
     def total_rows(self) -> int:
@@ -57,10 +61,67 @@ def no_users() -> Users:
         ids=np.zeros(0, dtype=object),
         event_counts=nothing,
         first_events=nothing,
-        first_snapshots=nothing,
         rows=nothing,
         first_rows=nothing,
+        instants=np.zeros(0, dtype=np.float64),
     )
+
+
+def activity_instants(ts: np.ndarray, until: float) -> np.ndarray:
+    """The end of each event's UTC day (its next 00:00; itself when at 00:00).
+
+    The first daily instant whose snapshot sees the event: a snapshot at S reads
+    the events at or before S.
+
+    Args:
+        ts: Event times, epoch seconds.
+        until: The latest instant kept.
+
+    Returns:
+        One instant per event (same order), NaN where it would fall after
+        ``until``.
+    """
+    ends = np.ceil(ts / DAY) * DAY
+    return np.where(ends <= until, ends, np.nan)
+
+
+def _user_instants(
+    codes: np.ndarray,
+    ts: np.ndarray,
+    first_events: np.ndarray,
+    grid: np.ndarray,
+    activity_until: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's snapshot instants: grid from their first event on, plus activity.
+
+    Args:
+        codes: User codes of the events, grouped by user (code order).
+        ts: Event times in the same order, ascending within a user.
+        first_events: Per user, the position of their first event.
+        grid: Grid instants, ascending.
+        activity_until: When given, the end of every active day up to it too.
+
+    Returns:
+        The rows' user codes and instants, grouped by user, ascending and
+        distinct within a user.
+    """
+    n_users = len(first_events)
+    first_grid = np.searchsorted(grid, ts[first_events], side="left")
+    grid_rows = len(grid) - first_grid
+    user = np.repeat(np.arange(n_users), grid_rows)
+    starts = np.cumsum(grid_rows) - grid_rows
+    instants = grid[np.arange(len(user)) - np.repeat(starts - first_grid, grid_rows)]
+    if activity_until is None:
+        return user, instants
+    active = activity_instants(ts, activity_until)
+    kept = ~np.isnan(active)
+    user = np.concatenate((user, codes[kept]))
+    instants = np.concatenate((instants, active[kept]))
+    order = np.lexsort((instants, user))
+    user, instants = user[order], instants[order]
+    distinct = np.ones(len(user), dtype=bool)
+    distinct[1:] = (user[1:] != user[:-1]) | (instants[1:] != instants[:-1])
+    return user[distinct], instants[distinct]
 
 
 def _text(events: pd.DataFrame, name: str, order: np.ndarray) -> np.ndarray:
@@ -76,7 +137,7 @@ def _text(events: pd.DataFrame, name: str, order: np.ndarray) -> np.ndarray:
 
 
 def sorted_events(
-    events: pd.DataFrame, snaps: list[float]
+    events: pd.DataFrame, snaps: list[float], activity_until: float | None = None
 ) -> tuple[Users, dict[str, np.ndarray]]:
     """Users and their event columns, grouped by user and by time within a user.
 
@@ -88,7 +149,11 @@ def sorted_events(
     Args:
         events: Validated events with the contract columns, ``ts`` in epoch
             seconds, at least one.
-        snaps: Snapshot instants, epoch seconds, ascending.
+        snaps: Grid instants, epoch seconds, ascending: every user gets those
+            at or after their first event.
+        activity_until: When given, every user also gets the end of each UTC
+            day with one of their events (see :func:`activity_instants`) up to
+            this instant.
 
     Returns:
         The users and their event columns, in the users' order.
@@ -131,17 +196,21 @@ def sorted_events(
     event_counts = np.bincount(codes, minlength=len(uniques))
     sorted_ts = ts[order]
     first_events = np.cumsum(event_counts) - event_counts
-    first_snapshots = np.searchsorted(
-        np.asarray(snaps, dtype=np.float64), sorted_ts[first_events], side="left"
+    row_users, instants = _user_instants(
+        codes[order],
+        sorted_ts,
+        first_events,
+        np.asarray(snaps, dtype=np.float64),
+        activity_until,
     )
-    rows = len(snaps) - first_snapshots
+    rows = np.bincount(row_users, minlength=len(uniques))
     users = Users(
         ids=np.asarray(uniques, dtype=object),
         event_counts=event_counts,
         first_events=first_events,
-        first_snapshots=first_snapshots,
         rows=rows,
         first_rows=np.cumsum(rows) - rows,
+        instants=instants,
     )
     columns = {
         "event_id": _text(events, "event_id", order),
@@ -183,12 +252,15 @@ def cut_chunks(
     for start, stop in itertools.pairwise(bounds.tolist()):
         first = int(users.first_events[start])
         last = first + int(users.event_counts[start:stop].sum())
+        first_row = int(users.first_rows[start])
+        rows = int(users.rows[start:stop].sum())
         chunks.append(
             Chunk(
-                first_row=int(users.first_rows[start]),
-                rows=int(users.rows[start:stop].sum()),
+                first_row=first_row,
+                rows=rows,
                 event_counts=users.event_counts[start:stop],
-                first_snapshots=users.first_snapshots[start:stop],
+                user_rows=users.rows[start:stop],
+                instants=users.instants[first_row : first_row + rows],
                 **{name: values[first:last] for name, values in columns.items()},
             )
         )

@@ -62,7 +62,6 @@ def table_views(
 
 def _replay_into(
     chunk: Chunk,
-    snaps: list[float],
     lateness_seconds: int,
     stream: np.ndarray,
     history: np.ndarray,
@@ -71,7 +70,6 @@ def _replay_into(
     end = chunk.first_row + chunk.rows
     return replay_chunk(
         chunk,
-        snaps,
         lateness_seconds,
         memoryview(stream[chunk.first_row : end].reshape(-1).view(np.uint8)),
         memoryview(history[chunk.first_row : end].reshape(-1).view(np.uint8)),
@@ -80,7 +78,6 @@ def _replay_into(
 
 def replay_here(
     chunks: list[Chunk],
-    snaps: list[float],
     lateness_seconds: int,
     total_rows: int,
     on_progress: Callable[[int, int], None] | None,
@@ -89,7 +86,6 @@ def replay_here(
 
     Args:
         chunks: The chunks, in user order.
-        snaps: Snapshot instants, epoch seconds, ascending.
         lateness_seconds: The stream worker's allowed lateness.
         total_rows: Rows of each table (every chunk's rows).
         on_progress: Called after each chunk with (users done, users in all).
@@ -109,7 +105,7 @@ def replay_here(
     done = 0
     results = []
     for chunk in chunks:
-        results.append(_replay_into(chunk, snaps, lateness_seconds, stream, history))
+        results.append(_replay_into(chunk, lateness_seconds, stream, history))
         done += chunk.users
         if on_progress is not None:
             on_progress(done, total)
@@ -132,8 +128,8 @@ def _shared_directory(size: int) -> str | None:
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     """``workers - 1`` spawned processes, started at once; ``None`` for one worker.
 
-    Started before the events are prepared, so that their start-up (a fresh
-    interpreter importing :mod:`training.replay`) overlaps with that work.
+    Each first runs an empty task, so that its start-up (a fresh interpreter
+    importing :mod:`training.replay`) overlaps with cutting the chunks.
     """
     if workers <= 1:
         yield None
@@ -150,7 +146,6 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 def replay_parallel(
     pool: ProcessPoolExecutor,
     chunks: list[Chunk],
-    snaps: list[float],
     lateness_seconds: int,
     total_rows: int,
     on_progress: Callable[[int, int], None] | None,
@@ -168,7 +163,6 @@ def replay_parallel(
     Args:
         pool: The worker processes (see :func:`worker_pool`).
         chunks: The chunks, in user order.
-        snaps: Snapshot instants, epoch seconds, ascending.
         lateness_seconds: The stream worker's allowed lateness.
         total_rows: Rows of each table (every chunk's rows).
         on_progress: Called now and then with (users done, users in all).
@@ -187,7 +181,6 @@ def replay_parallel(
         parts = _replay_shared(
             pool,
             chunks,
-            snaps,
             lateness_seconds,
             (path, total_rows),
             mmap.mmap(fd, size) if size else b"",
@@ -207,7 +200,6 @@ def replay_parallel(
 def _replay_shared(
     pool: ProcessPoolExecutor,
     chunks: list[Chunk],
-    snaps: list[float],
     lateness_seconds: int,
     table_file: tuple[str, int],
     shared: mmap.mmap | bytes,
@@ -223,7 +215,7 @@ def _replay_shared(
     total = sum(chunk.users for chunk in chunks)
     results: list[Replayed | None] = [None] * len(chunks)
     futures = [
-        pool.submit(replay_to_file, chunk, snaps, lateness_seconds, path, total_rows)
+        pool.submit(replay_to_file, chunk, lateness_seconds, path, total_rows)
         for chunk in chunks
     ]
     try:
@@ -231,7 +223,7 @@ def _replay_shared(
         while mine > 0 and futures[mine - 1].cancel():
             mine -= 1
             results[mine] = _replay_into(
-                chunks[mine], snaps, lateness_seconds, stream, history
+                chunks[mine], lateness_seconds, stream, history
             )
             if on_progress is not None:
                 on_progress(_users_done(chunks, futures, mine), total)

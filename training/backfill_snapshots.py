@@ -1,15 +1,14 @@
 """The backfill's snapshot tables as frames, and as the offline store's Parquet files.
 
 A table's rows come grouped by user (in :class:`~training.backfill_chunks.Users`
-order), by instant within a user; the frames and files have ``user_id``,
-``event_timestamp`` (UTC) and one float64 column per feature, the schema the Feast
-file sources read.
+order), by instant within a user (each user at their own instants); the frames and
+files have ``user_id``, ``event_timestamp`` (UTC) and one float64 column per
+feature, the schema the Feast file sources read.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ WRITE_SLICE_ROWS = 262_144  # rows per Parquet row group of the offline files
 
 
 def snapshot_frame(
-    users: Users, snaps: Sequence[float], values: np.ndarray, columns: tuple[str, ...]
+    users: Users, values: np.ndarray, columns: tuple[str, ...]
 ) -> pd.DataFrame:
     """A snapshot table: user_id, event_timestamp (UTC), float64 features.
 
@@ -31,22 +30,18 @@ def snapshot_frame(
     without a copy.
 
     Args:
-        users: The users whose rows ``values`` holds, in their order.
-        snaps: Snapshot instants, epoch seconds, ascending.
+        users: The users whose rows ``values`` holds, in their order, with each
+            row's instant.
         values: The table, one row per snapshot row.
         columns: The feature names of ``values``' columns.
 
     Returns:
         The frame, rows in ``values``' order.
     """
-    snap_index = np.arange(users.total_rows) - np.repeat(
-        users.first_rows - users.first_snapshots, users.rows
-    )
-    # Each instant converted once, then picked per row: converting 2.7M times
-    # took a quarter of a second per table.
-    instants = np.asarray(snaps, dtype=np.float64)
-    at = pd.to_datetime((instants * 1e6).astype(np.int64), unit="us", utc=True)
-    stamps = at[snap_index]
+    # Whole microseconds (the files' unit), as nanoseconds viewed as datetimes:
+    # pd.to_datetime on the numbers took ten times as long.
+    nanos = np.round(users.instants * 1e6).astype(np.int64) * 1000
+    stamps = pd.DatetimeIndex(nanos.view("datetime64[ns]")).tz_localize("UTC")
     frame = pd.DataFrame(values, columns=list(columns), copy=False)
     frame.insert(0, "event_timestamp", stamps)
     frame.insert(

@@ -107,6 +107,89 @@ def purchase_labels(
     return frame
 
 
+def snapshot_labels(
+    events: pd.DataFrame,
+    rows: pd.DataFrame,
+    horizon_days: int,
+    data_end: float | None = None,
+) -> pd.DataFrame:
+    """Entity rows ``(user_id, event_timestamp, label)`` for given snapshot rows.
+
+    For the backfill's own (user, instant) rows, whatever instants each user
+    has: each row S whose horizon ends by ``data_end`` gets ``label = 1`` when
+    the user has a purchase in ``(S, S + horizon]``. Over every user at every
+    grid instant this is :func:`purchase_labels`.
+
+    Args:
+        events: Events with at least ``user_id``, ``event_type`` and ``ts`` (epoch
+            seconds).
+        rows: ``user_id`` and ``event_timestamp`` (UTC) of the snapshot rows;
+            other columns are ignored.
+        horizon_days: Label horizon in days.
+        data_end: The last instant the data covers; defaults to the latest event.
+
+    Returns:
+        The entity frame, ``event_timestamp`` as UTC datetimes and ``label`` int8,
+        ordered by snapshot, then as in ``rows``.
+    """
+    columns = ["user_id", "event_timestamp", "label"]
+    if events.empty or rows.empty:
+        return _empty(columns)
+    ts = events["ts"].to_numpy(dtype=np.float64)
+    end = float(ts.max()) if data_end is None else float(data_end)
+    horizon = horizon_days * DAY
+    stamps = pd.Series(pd.to_datetime(rows["event_timestamp"], utc=True))
+    instants = stamps.dt.as_unit("us").astype("int64").to_numpy() / 1e6
+    kept = np.flatnonzero(instants + horizon <= end)
+    if not len(kept):
+        log.warning(
+            "labels: no snapshot has a full %d-day horizon before %s",
+            horizon_days,
+            pd.Timestamp(end, unit="s", tz="UTC"),
+        )
+        return _empty(columns)
+    kept = kept[np.argsort(instants[kept], kind="stable")]
+    row_codes, users = pd.factorize(rows["user_id"].to_numpy(dtype=object)[kept])
+    is_purchase = (
+        events["event_type"].astype(str) == EventType.PURCHASE.value
+    ).to_numpy()
+    purchase_codes = pd.Index(users).get_indexer(
+        events["user_id"].to_numpy(dtype=object)
+    )
+    bought = is_purchase & (purchase_codes >= 0)
+    # The first purchase strictly after each snapshot, per user.
+    purchases = pd.DataFrame(
+        {"user": purchase_codes[bought], "next_purchase": ts[bought]}
+    ).sort_values("next_purchase", kind="stable")
+    snapshots = pd.DataFrame({"user": row_codes, "at": instants[kept]})
+    nearest = pd.merge_asof(
+        snapshots,
+        purchases,
+        left_on="at",
+        right_on="next_purchase",
+        by="user",
+        direction="forward",
+        allow_exact_matches=False,
+    )
+    label = (nearest["next_purchase"].to_numpy() <= instants[kept] + horizon).astype(
+        np.int8
+    )
+    frame = pd.DataFrame(
+        {
+            "user_id": users[row_codes],
+            "event_timestamp": stamps.array[kept],
+            "label": label,
+        }
+    )
+    log.info(
+        "labels: %d of %d rows have a full horizon, positive rate %.3f",
+        len(frame),
+        len(rows),
+        float(frame["label"].mean()),
+    )
+    return frame
+
+
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(
         {

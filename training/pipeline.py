@@ -33,9 +33,20 @@ from core.names import (
 from core.registry import PropensityBundle, SegmenterBundle
 from core.user_state import UserState
 from infra.settings import Settings
-from training.backfill import BackfillResult, backfill, snapshot_grid, write_offline
-from training.labels import labelled_snapshots, purchase_labels
-from training.promotion import Decision, judge_propensity, judge_segmenter
+from training.backfill import (
+    BackfillResult,
+    backfill,
+    snapshot_instants,
+    snapshot_plan,
+    write_offline,
+)
+from training.labels import labelled_snapshots, snapshot_labels
+from training.promotion import (
+    Decision,
+    baseline_gate,
+    judge_propensity,
+    judge_segmenter,
+)
 from training.propensity import fit_propensity
 from training.segmenter import fit_segmenter
 from training.training_set import (
@@ -61,7 +72,7 @@ class TrainResult:
         states: Each user's feature state after the last event, for seeding the
             online path.
         backfill: The snapshot tables written to the offline store.
-        snapshots: Snapshot instants, epoch seconds.
+        snapshots: Every instant with a snapshot row (grid and activity), epoch seconds.
         window: First and last event time, epoch seconds.
         segmentation_frame: The users' latest features the segmenter was fit on.
         decisions: The champion/challenger verdicts (empty without promotion).
@@ -136,6 +147,7 @@ def train(
     promote: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
     backfill_workers: int = 1,
+    force: bool = False,
 ) -> TrainResult:
     """Backfill, build training sets through Feast, fit, store and promote.
 
@@ -151,6 +163,8 @@ def train(
             with (stage, 0, 0) when a stage without a count starts.
         backfill_workers: Processes for large backfills (see
             :func:`training.backfill.backfill`; 0 means one per core).
+        force: Promote the propensity model even when it fails a baseline on
+            its holdout or loses to the champion.
 
     Returns:
         The fitted models (with their store tags), final user states, backfill
@@ -169,7 +183,8 @@ def train(
 
     ts = events["ts"].to_numpy(dtype=np.float64)
     window = (float(ts.min()), float(ts.max()))
-    snapshots = snapshot_grid(*window, settings.snapshot_every_days)
+    grid, activity_until = snapshot_plan(events, settings)
+    snapshots = snapshot_instants(grid, ts, activity_until)
     if not snapshots:
         raise ValueError(
             f"events: {iso(window[0])}..{iso(window[1])} contains no snapshot instant"
@@ -189,10 +204,11 @@ def train(
 
     result = backfill(
         events,
-        snapshots,
+        grid,
         settings.allowed_lateness_seconds,
         on_progress=lambda done, total: stage("backfill", done, total),
         workers=backfill_workers,
+        activity_until=activity_until,
     )
     stage("training sets and models")
     lap("backfill")
@@ -214,8 +230,8 @@ def train(
         )
     lap("segmenter_fit")
 
-    entities = purchase_labels(
-        events, snapshots, settings.label_horizon_days, data_end=window[1]
+    entities = snapshot_labels(
+        events, result.stream, settings.label_horizon_days, data_end=window[1]
     )
     prop_frame = training_frame(store, entities, PROPENSITY_SERVICE)
     lap("propensity_set")
@@ -252,13 +268,16 @@ def train(
             "features": list(model_features(PROPENSITY_SERVICE)),
             "n_rows": len(prop_frame),
             "label_horizon_days": settings.label_horizon_days,
+            "gate": baseline_gate(propensity.metrics).summary,
         },
     )
     decisions: list[Decision] = []
     if promote:
         decisions = [
             judge_segmenter(segmenter, previous_segmenter, seg_frame),
-            judge_propensity(propensity, _champion_propensity(settings)),
+            judge_propensity(
+                propensity, _champion_propensity(settings), force=force
+            ),
         ]
         for decision, name in zip(
             decisions, (registry.SEGMENTER, registry.PROPENSITY), strict=True

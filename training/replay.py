@@ -5,8 +5,9 @@ imports this module (numpy and the stream modules only) before its first task, a
 everything a task needs travels as compact columns (:class:`Chunk`), not as a
 DataFrame or event objects.
 
-A chunk is a run of consecutive users (in the backfill's user order) whose snapshot
-rows occupy one known range of the output tables, so a chunk's rows are written
+A chunk is a run of consecutive users (in the backfill's user order), each with
+their own snapshot instants, whose snapshot rows occupy one known range of the
+output tables, so a chunk's rows are written
 straight to their place -- by the process that replayed them -- and nothing is
 reordered or concatenated afterwards.
 """
@@ -44,10 +45,11 @@ class Chunk:
 
     Attributes:
         first_row: Output row of the chunk's first snapshot row.
-        rows: Snapshot rows of the chunk (what the users' first snapshots imply).
+        rows: Snapshot rows of the chunk.
         event_counts: Events per user.
-        first_snapshots: Per user, the index of the first snapshot at or after the
-            user's first event.
+        user_rows: Snapshot rows per user.
+        instants: The rows' snapshot instants (epoch seconds), grouped by user,
+            ascending within a user.
         event_id: Event ids (object array; ``None`` when missing).
         event_type: Codes into :data:`EVENT_TYPES`.
         ts: Event times, epoch seconds.
@@ -61,7 +63,8 @@ class Chunk:
     first_row: int
     rows: int
     event_counts: np.ndarray
-    first_snapshots: np.ndarray
+    user_rows: np.ndarray
+    instants: np.ndarray
     event_id: np.ndarray
     event_type: np.ndarray
     ts: np.ndarray
@@ -129,20 +132,18 @@ def _optional(values: np.ndarray) -> list[float | None]:
 
 def replay_chunk(
     chunk: Chunk,
-    snaps: list[float],
     lateness_seconds: int,
     stream_out: memoryview | bytearray,
     history_out: memoryview | bytearray,
 ) -> Replayed:
-    """Fold each user's events in order, emitting every snapshot on the way.
+    """Fold each user's events in order, emitting their snapshots on the way.
 
     The snapshot at instant S is read before the first event later than S is
-    applied, so no row sees the future; a user's rows start at the first snapshot
-    at or after their first event.
+    applied, so no row sees the future; each user's rows are at their own
+    instants (``chunk.instants``).
 
     Args:
-        chunk: The users and their sorted events.
-        snaps: Snapshot instants, ascending.
+        chunk: The users, their sorted events and their snapshot instants.
         lateness_seconds: The stream worker's allowed lateness.
         stream_out: Where the chunk's stream rows go, :func:`table_bytes` long.
         history_out: Where its history rows go, likewise.
@@ -152,7 +153,9 @@ def replay_chunk(
     """
     if (len(stream_out), len(history_out)) != table_bytes(chunk.rows):
         raise ValueError(f"replay: output buffers do not fit {chunk.rows} rows")
-    n_snaps = len(snaps)
+    if len(chunk.instants) != chunk.rows:
+        raise ValueError(f"replay: {len(chunk.instants)} instants, {chunk.rows} rows")
+    snaps = chunk.instants.tolist()
     nan = math.nan
     pack_stream, stream_size = STREAM_ROW.pack_into, STREAM_ROW.size
     pack_history, history_size = HISTORY_ROW.pack_into, HISTORY_ROW.size
@@ -168,16 +171,17 @@ def replay_chunk(
     )
     states: list[UserState] = []
     applied = duplicate = late = 0
-    row = 0
-    for n_events, k in zip(
-        chunk.event_counts.tolist(), chunk.first_snapshots.tolist(), strict=True
+    row = 0  # the next row, and the index of its instant in ``snaps``
+    for n_events, n_rows in zip(
+        chunk.event_counts.tolist(), chunk.user_rows.tolist(), strict=True
     ):
         state = UserState()
+        stop = row + n_rows
         for event_id, etype, ts, session, category, price, revenue in islice(
             events, n_events
         ):
-            while k < n_snaps and snaps[k] < ts:
-                snap = snaps[k]
+            while row < stop and snaps[row] < ts:
+                snap = snaps[row]
                 pack_stream(
                     stream_out, row * stream_size, *stream_values(state, snap, nan)
                 )
@@ -185,7 +189,6 @@ def replay_chunk(
                     history_out, row * history_size, *history_values(state, snap, nan)
                 )
                 row += 1
-                k += 1
             outcome = apply_fields(
                 state,
                 event_id,
@@ -203,7 +206,8 @@ def replay_chunk(
                 duplicate += 1
             else:
                 late += 1
-        for snap in snaps[k:]:
+        while row < stop:
+            snap = snaps[row]
             pack_stream(stream_out, row * stream_size, *stream_values(state, snap, nan))
             pack_history(
                 history_out, row * history_size, *history_values(state, snap, nan)
@@ -220,7 +224,7 @@ def worker_ready() -> None:
 
 
 def replay_to_file(
-    chunk: Chunk, snaps: list[float], lateness_seconds: int, path: str, total_rows: int
+    chunk: Chunk, lateness_seconds: int, path: str, total_rows: int
 ) -> Replayed:
     """A worker process's task: replay a chunk, its rows into the shared table file.
 
@@ -232,7 +236,7 @@ def replay_to_file(
     stream_size, history_size = table_bytes(chunk.rows)
     stream, history = bytearray(stream_size), bytearray(history_size)
     with collector_paused():
-        replayed = replay_chunk(chunk, snaps, lateness_seconds, stream, history)
+        replayed = replay_chunk(chunk, lateness_seconds, stream, history)
     stream_at = chunk.first_row * STREAM_ROW.size
     history_at = table_bytes(total_rows)[0] + chunk.first_row * HISTORY_ROW.size
     fd = os.open(path, os.O_WRONLY)

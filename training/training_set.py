@@ -58,7 +58,7 @@ def complete_features(
 
     A missing stored value (NaN) means the user had no row in the view at that
     time: window counts become 0 and timestamps stay unknown, which
-    ``request_features`` turns into the age cap -- the same reading serving gives
+    ``request_features`` reads as "never" (see there) -- the same reading serving gives
     an unseen user.
 
     Args:

@@ -6,10 +6,11 @@ Kaggle data's mix of view / cart / remove_from_cart / purchase -- then runs, in 
 fresh child process so its peak memory is the pipeline's own:
 
 1. ``segscore import`` (:func:`training.event_import.import_events`),
-2. the backfill with the stream worker's feature functions, snapshots daily,
+2. the backfill with the stream worker's feature functions, snapshots as the
+   training run takes them (:func:`training.backfill.snapshot_plan`),
 3. the offline-store write (Parquet files Feast reads),
 4. both training sets through Feast ``get_historical_features`` (segmentation:
-   every user at the last snapshot; propensity: every labelled (user, snapshot)).
+   every user at the last snapshot; propensity: every labelled snapshot row).
 
 ``seconds`` is the wall time of 1-4 (generating the input is not counted).
 ``peak_rss_mb`` is the most memory the pipeline held at once: the larger of the
@@ -130,9 +131,9 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     from core.store.feast_config import feature_store
     from feature_repo.apply import apply_repo
     from infra.settings import get_settings
-    from training.backfill import backfill, snapshot_grid, write_offline
+    from training.backfill import backfill, snapshot_plan, write_offline
     from training.event_import import import_events
-    from training.labels import purchase_labels
+    from training.labels import snapshot_labels
     from training.training_set import latest_population, training_frame
 
     settings = get_settings()
@@ -156,28 +157,30 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
     events = read_events(events_path)
     lap("import_s")
     ts = events["ts"].to_numpy()
-    snaps = snapshot_grid(
-        float(ts.min()), float(ts.max()), settings.snapshot_every_days
-    )
+    grid, activity_until = snapshot_plan(events, settings)
     result = backfill(
         events,
-        snaps,
+        grid,
         settings.allowed_lateness_seconds,
         workers=settings.backfill_workers,
+        activity_until=activity_until,
     )
     lap("backfill_s")
     write_offline(result, settings)
     lap("write_offline_s")
     population = latest_population(result.stream)
     snapshot_rows = len(result.stream)
+    snapshot_instants = result.stream["event_timestamp"].nunique()
+    rows = result.stream[["user_id", "event_timestamp"]]
     # From here on the offline files are the features; holding the tables too
     # would only add to the peak.
     del result
     segmentation = training_frame(store, population, SEGMENTATION_SERVICE)
     lap("segmentation_set_s")
-    entities = purchase_labels(
-        events, snaps, settings.label_horizon_days, data_end=float(ts.max())
+    entities = snapshot_labels(
+        events, rows, settings.label_horizon_days, data_end=float(ts.max())
     )
+    del rows
     del events
     propensity = training_frame(store, entities, PROPENSITY_SERVICE)
     lap("propensity_set_s")
@@ -186,7 +189,8 @@ def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
             **stages,
             "imported_events": imported.summary.accepted,
             "rejected_rows": imported.summary.rejected,
-            "snapshots": len(snaps),
+            "snapshots": snapshot_instants,
+            "grid_instants": len(grid),
             "snapshot_rows": snapshot_rows,
             "segmentation_rows": len(segmentation),
             "propensity_rows": len(propensity),

@@ -234,7 +234,7 @@ def test_the_asof_store_builds_the_same_set_as_feasts_own_duckdb_store(
     # past the views' TTLs and repeated rows.
     settings, store, _, _, result = trained
     stream = result.backfill.stream
-    snaps = stream["event_timestamp"].unique()
+    snaps = np.sort(stream["event_timestamp"].unique())  # rows come by user
     users = stream["user_id"].unique()[:60]
     instants = [
         snaps[0] - pd.Timedelta(hours=1),

@@ -16,10 +16,15 @@ from core.feature_catalog import (
     STREAM_FEATURES,
     stored_features,
 )
-from core.feature_math import AGE_CAP_SECONDS
 from infra.settings import Settings
-from training.backfill import backfill, snapshot_grid, write_offline
-from training.labels import labelled_snapshots, purchase_labels
+from training.backfill import (
+    backfill,
+    capped_grid,
+    grid_rows,
+    snapshot_grid,
+    write_offline,
+)
+from training.labels import labelled_snapshots, purchase_labels, snapshot_labels
 from training.training_set import complete_features
 
 DAY = 86_400
@@ -174,14 +179,15 @@ def test_missing_stored_values_read_as_no_activity() -> None:
     stored["last_event_ts"] = [np.nan, S1 - 7200]
     stored["last_purchase_ts"] = [np.nan, np.nan]
     stored["first_seen_ts"] = [np.nan, T0]
+    stored["first_purchase_ts"] = [np.nan, np.nan]
     out = complete_features(stored, PROPENSITY_FEATURES, np.array([S1, S1]))
     assert list(out.columns) == list(PROPENSITY_FEATURES)
     assert out.loc[0, "events_7d"] == 0 and out.loc[0, "orders_90d"] == 0
     assert out.loc[1, "events_7d"] == 4
-    assert out.loc[0, "hours_since_last_event"] == AGE_CAP_SECONDS / 3600
+    assert out.loc[0, "hours_since_last_event"] == 0.0  # never seen
     assert out.loc[1, "hours_since_last_event"] == pytest.approx(2.0)
     assert out.loc[1, "tenure_days"] == pytest.approx(1.0)
-    assert out.loc[1, "days_since_last_purchase"] == AGE_CAP_SECONDS / DAY
+    assert out.loc[1, "days_since_last_purchase"] == pytest.approx(1.0)  # tenure
 
 
 def test_missing_stored_columns_are_an_error() -> None:
@@ -241,8 +247,9 @@ def test_parallel_backfill_equals_the_serial_one() -> None:
     # ascending), the same states in the same order, bit for bit, whichever
     # process replayed which users.
     events = _simulated(60, 10)
-    snaps = snapshot_grid(T0, T0 + 8 * DAY)
-    serial = backfill(events, snaps, 600, workers=1)
+    snaps = snapshot_grid(T0, T0 + 8 * DAY, every_days=3, from_end=True)
+    until = snaps[-1]  # each user at their own instants: grid and activity
+    serial = backfill(events, snaps, 600, workers=1, activity_until=until)
     for workers in (2, 3):
         calls: list[tuple[int, int]] = []
         parallel = backfill(
@@ -251,7 +258,8 @@ def test_parallel_backfill_equals_the_serial_one() -> None:
             600,
             on_progress=lambda d, t: calls.append((d, t)),  # noqa: B023
             workers=workers,
-            parallel_from_events=0,
+            parallel_from_work=0,
+            activity_until=until,
         )
         assert calls[-1] == (len(serial.states), len(serial.states))
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
@@ -265,7 +273,7 @@ def test_parallel_backfill_equals_the_serial_one() -> None:
 
 
 def test_no_events_give_empty_tables() -> None:
-    result = backfill(_events([]), [T0, S1], 600, workers=2, parallel_from_events=0)
+    result = backfill(_events([]), [T0, S1], 600, workers=2, parallel_from_work=0)
     assert len(result.stream) == len(result.history) == 0
     assert list(result.stream.columns[:2]) == ["user_id", "event_timestamp"]
     assert result.states == {}
@@ -281,17 +289,158 @@ def test_worker_tasks_write_their_rows_in_place(tmp_path) -> None:
 
     events = _simulated(40, 6)
     snaps = snapshot_grid(T0, T0 + 5 * DAY)
-    users, columns = sorted_events(events, snaps)
+    users, columns = sorted_events(events, snaps, activity_until=snaps[-1])
     chunks = cut_chunks(users, columns, 5)
     assert len(chunks) == 5
-    stream, history, here = replay_here(chunks, snaps, 600, users.total_rows, None)
+    stream, history, here = replay_here(chunks, 600, users.total_rows, None)
     path = tmp_path / "tables"
     path.write_bytes(bytes(sum(table_bytes(users.total_rows))))
     there = {
-        i: replay_to_file(chunk, snaps, 600, str(path), users.total_rows)
+        i: replay_to_file(chunk, 600, str(path), users.total_rows)
         for i, chunk in reversed(list(enumerate(chunks)))
     }
     stream_file, history_file = table_views(path.read_bytes(), users.total_rows)
     assert stream_file.tobytes() == stream.tobytes()
     assert history_file.tobytes() == history.tobytes()
     assert [there[i].states for i in range(len(chunks))] == [r.states for r in here]
+
+
+def test_grid_from_the_end_keeps_the_newest_day() -> None:
+    assert snapshot_grid(T0 + 5, S3, every_days=2, from_end=True) == [S1, S3]
+    assert snapshot_grid(T0 + 5, S3 - 1, every_days=2, from_end=True) == [S2]
+    assert snapshot_grid(T0 + 5, S3, from_end=True) == snapshot_grid(T0 + 5, S3)
+
+
+def test_capped_grid_widens_to_the_row_budget() -> None:
+    rng = np.random.default_rng(2)
+    end = T0 + 730 * DAY + 500
+    first_seen = T0 + rng.uniform(0, 730 * DAY, 1_000)
+    weekly = capped_grid(first_seen, end, 7, None)
+    assert np.diff(weekly).tolist() == [7 * DAY] * (len(weekly) - 1)
+    assert weekly[-1] == T0 + 730 * DAY
+    capped = capped_grid(first_seen, end, 7, 5_000)
+    spacing = set(np.diff(capped).tolist())
+    assert len(spacing) == 1 and spacing.pop() % DAY == 0
+    assert len(capped) < len(weekly) and capped[-1] == weekly[-1]
+    assert grid_rows(capped, first_seen) <= 5_000 < grid_rows(weekly, first_seen)
+    # A budget below one row per user still keeps the newest instant for all.
+    assert capped_grid(first_seen, end, 7, 10) == [T0 + 730 * DAY]
+
+
+def _plan(events: pd.DataFrame, grid: list[float], until: float) -> list[tuple]:
+    """Each user's expected (user, instant) rows: grid from first event, activity."""
+    expected = []
+    for user in pd.unique(events["user_id"]):
+        ts = events.loc[events["user_id"] == user, "ts"].to_numpy()
+        ends = {float(math.ceil(t / DAY) * DAY) for t in ts}
+        mine = {g for g in grid if g >= ts.min()} | {e for e in ends if e <= until}
+        expected += [(user, s) for s in sorted(mine)]
+    return expected
+
+
+def test_rows_grow_with_events_not_users_times_days() -> None:
+    # 400 customers with one or two purchases somewhere in two years.
+    rng = np.random.default_rng(8)
+    log = []
+    for i in range(400):
+        for j in range(1 + i % 2):
+            at = T0 + float(rng.uniform(0, 730 * DAY))
+            log.append((f"e{i}-{j}", f"c{i}", "purchase", at, 10.0))
+    events = _events(log)
+    end = float(events["ts"].max())
+    first_seen = events.groupby("user_id", sort=False)["ts"].min().to_numpy()
+    grid = capped_grid(first_seen, end, 7, 2.0 * len(events))
+    result = backfill(events, grid, 600, activity_until=grid[-1])
+    rows = list(
+        zip(
+            result.stream["user_id"],
+            (result.stream["event_timestamp"].astype("int64") / 1e9).tolist(),
+            strict=True,
+        )
+    )
+    assert rows == _plan(events, grid, grid[-1])
+    # At most the grid budget plus one row per event, against ~146k for a
+    # daily snapshot of everyone seen.
+    assert len(rows) <= 3 * len(events)
+    assert len(result.history) == len(rows)
+    # A customer with one purchase: the grid from then on and its day's end.
+    once = result.stream[result.stream["user_id"] == "c0"]
+    assert len(once) <= len(grid) + 1
+    assert once["event_timestamp"].min() >= pd.Timestamp(
+        events.loc[events["user_id"] == "c0", "ts"].min(), unit="s", tz="UTC"
+    )
+
+
+def test_sampled_rows_equal_feature_math_at_their_instants() -> None:
+    from core.event_files import events_frame
+    from core.feature_math import history_values, stream_values
+    from core.user_state import UserState, apply_event
+    from segscore.simulator import simulate
+
+    sim = simulate(25, T0, T0 + 30 * DAY, seed=6).events
+    stream_log = [*sim, *sim[::7]]  # redelivered events: duplicates
+    events = events_frame(stream_log)
+    first_seen = events.groupby("user_id", sort=False)["ts"].min().to_numpy()
+    grid = capped_grid(first_seen, float(events["ts"].max()), 7, None)
+    until = grid[-1]
+    result = backfill(events, grid, 600, activity_until=until, workers=1)
+    instants = (result.stream["event_timestamp"].astype("int64") / 1e9).to_numpy()
+    assert list(zip(result.stream["user_id"], instants.tolist(), strict=True)) == (
+        _plan(events, grid, until)
+    )
+    by_user: dict[str, list] = {}
+    for event in sorted(stream_log, key=lambda e: e.ts):  # stable: file order
+        by_user.setdefault(event.user_id, []).append(event)
+    stream = result.stream.iloc[:, 2:].to_numpy()
+    history = result.history.iloc[:, 2:].to_numpy()
+    for i, (user, at) in enumerate(
+        zip(result.stream["user_id"], instants, strict=True)
+    ):
+        state = UserState()
+        for event in by_user[user]:
+            if event.ts > at:
+                break
+            apply_event(state, event, 600)
+        np.testing.assert_array_equal(stream[i], stream_values(state, at, math.nan))
+        np.testing.assert_array_equal(history[i], history_values(state, at, math.nan))
+    assert list(result.states) == list(pd.unique(events["user_id"]))
+
+
+def test_labels_of_sampled_rows_look_only_at_the_future(result) -> None:
+    events = _events(LOG)
+    rows = result.stream[["user_id", "event_timestamp"]]
+    labels = snapshot_labels(events, rows, 1, data_end=S3)
+    # The same rows as every user at every grid instant: the grid's labels.
+    grid = purchase_labels(events, [T0, S1, S2], 1, data_end=S3)
+    pd.testing.assert_frame_equal(
+        labels.sort_values(["event_timestamp", "user_id"]).reset_index(drop=True),
+        grid.reset_index(drop=True),
+    )
+    # u1 buys a minute after S1; u2's purchase at S2 is part of S2, not after.
+    u1_s1 = pd.Timestamp(S1, unit="s", tz="UTC")
+    u2_s2 = pd.Timestamp(S2, unit="s", tz="UTC")
+    picked = rows[rows["event_timestamp"].isin([u1_s1, u2_s2])]
+    picked = picked[
+        picked["user_id"] == np.where(picked["event_timestamp"] == u1_s1, "u1", "u2")
+    ]
+    labels = snapshot_labels(events, picked, 1, data_end=S3)
+    assert list(zip(labels["user_id"], labels["label"], strict=True)) == [
+        ("u1", 1),
+        ("u2", 0),
+    ]
+    shorter = snapshot_labels(events, rows, 2, data_end=S3)
+    assert set(shorter["event_timestamp"]) == {u1_s1}
+
+
+def test_the_plan_follows_the_cadence_settings() -> None:
+    from training.backfill import snapshot_plan
+
+    events = _simulated(20, 30)
+    end = float(events["ts"].max())
+    weekly = Settings(snapshot_grid_rows_per_event=0, snapshot_at_activity=False)
+    grid, until = snapshot_plan(events, weekly)
+    assert until is None
+    assert grid == snapshot_grid(float(events["ts"].min()), end, 7, from_end=True)
+    grid, until = snapshot_plan(events, Settings(snapshot_every_days=2))
+    assert until == grid[-1] == math.floor(end / DAY) * DAY
+    assert set(np.diff(grid)) == {2 * DAY}
