@@ -12,7 +12,7 @@ Limits (docs/events.md is the user-facing copy of these rules):
   wire (JSON has numbers for that); only CSV, which has no types, reads digits as
   numbers.
 * Accepted times lie between a floor (setting ``min_event_time``, default
-  2000-01-01 UTC; earlier is ``too_old``) and ``max_future_seconds`` after now
+  1990-01-01 UTC; earlier is ``too_old``) and ``max_future_seconds`` after now
   (later is ``future_ts``).
 * ``price`` and ``revenue`` lie in ``[0, MAX_AMOUNT]``, ``quantity`` in
   ``[1, MAX_QUANTITY]``, and a purchase's revenue derived as price x quantity
@@ -41,8 +41,8 @@ from pydantic import (
 
 # |ts| below this is epoch seconds, at or above it epoch milliseconds (see above).
 EPOCH_MS_THRESHOLD = 1e11
-# The default floor of event time (2000-01-01T00:00:00Z), as Settings.min_event_time.
-DEFAULT_MIN_TS = 946_684_800.0
+# The default floor of event time (1990-01-01T00:00:00Z), as Settings.min_event_time.
+DEFAULT_MIN_TS = 631_152_000.0
 # Largest price or revenue of one event: far above any real order, far below the
 # ~1.8e308 at which a user's sums would overflow to inf.
 MAX_AMOUNT = 1e9

@@ -111,8 +111,10 @@ class Settings(BaseSettings):
     max_future_seconds: int = 300
     max_event_bytes: int = 16_384
     min_event_time: datetime = Field(
-        default=datetime(2000, 1, 1, tzinfo=UTC),
-        description="Events timed before this are rejected with reason too_old.",
+        default=datetime(1990, 1, 1, tzinfo=UTC),
+        description="Events timed before this are rejected with reason too_old: "
+        "late enough to catch zero and unit-mistaken times (seconds read as "
+        "milliseconds land before 1973), early enough for old shops' logs.",
     )
 
     # Training (training/).

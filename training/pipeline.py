@@ -275,9 +275,7 @@ def train(
     if promote:
         decisions = [
             judge_segmenter(segmenter, previous_segmenter, seg_frame),
-            judge_propensity(
-                propensity, _champion_propensity(settings), force=force
-            ),
+            judge_propensity(propensity, _champion_propensity(settings), force=force),
         ]
         for decision, name in zip(
             decisions, (registry.SEGMENTER, registry.PROPENSITY), strict=True

@@ -195,7 +195,7 @@ def _detail(reason: str, min_ts: float = DEFAULT_MIN_TS) -> str:
         return (
             f"ts is before {datetime.fromtimestamp(min_ts, UTC).isoformat()}, the "
             "earliest event time accepted; to import older logs, set "
-            "SEGSCORE_MIN_EVENT_TIME (setting min_event_time), e.g. 1990-01-01"
+            "SEGSCORE_MIN_EVENT_TIME (setting min_event_time) to an earlier date"
         )
     rules = {
         "price": f"a number in [0, {MAX_AMOUNT:g}]",

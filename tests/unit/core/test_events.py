@@ -114,8 +114,8 @@ def test_epoch_seconds_and_milliseconds_are_told_apart_by_size() -> None:
     "ts",
     [
         "0001-01-01T00:00:00+00:00",
-        "1999-12-31T23:59:59.999Z",
-        946_684_799,
+        "1989-12-31T23:59:59.999Z",
+        631_151_999,
         0,
         -1,
         100_000_000_000,  # 1e11 is milliseconds: March 1973
@@ -128,7 +128,7 @@ def test_times_before_the_floor_are_too_old(ts: object) -> None:
     result = parse_event(valid(ts=ts), now=NOW)
     assert isinstance(result, Rejection), result
     assert result.reason == "too_old"
-    assert "2000-01-01T00:00:00+00:00" in result.detail
+    assert "1990-01-01T00:00:00+00:00" in result.detail
 
 
 def test_the_floor_is_a_parameter_and_matches_the_setting() -> None:

@@ -338,7 +338,8 @@ def test_unknown_event_names_are_counted_and_named(tmp_path: Path) -> None:
 def test_too_old_says_which_setting_to_change(tmp_path: Path) -> None:
     src = tmp_path / "CDNOW_master.txt"
     src.write_text(CDNOW)
-    result = import_events(src, tmp_path / "events.parquet", now=NOW)
+    floor_2000 = 946_684_800.0  # a floor later than the 1997-98 log
+    result = import_events(src, tmp_path / "events.parquet", now=NOW, min_ts=floor_2000)
     assert set(result.bad["reason"]) == {"too_old", "malformed_row"}
     assert "SEGSCORE_MIN_EVENT_TIME" in result.bad["detail"][0]
 
