@@ -528,6 +528,60 @@ def bench_training(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("quality")
+def bench_quality(
+    sets: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated, of: simulator, bgnbd_world, cdnow, completejourney."
+        ),
+    ] = "simulator,bgnbd_world,cdnow,completejourney",
+    sim_users: Annotated[int, typer.Option(min=20, help="Simulated shoppers.")] = 600,
+    sim_days: Annotated[int, typer.Option(min=14, help="Simulated days.")] = 28,
+    bgnbd_customers: Annotated[
+        int, typer.Option(min=100, help="Customers drawn from BG/NBD.")
+    ] = 5000,
+    bgnbd_days: Annotated[int, typer.Option(min=60, help="Days of the BG/NBD log.")] = (
+        365
+    ),
+    real_max_customers: Annotated[
+        int | None,
+        typer.Option(min=100, help="Sample real sets to this many customers."),
+    ] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option(min=1, help="Label horizon (default: the setting).")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 12,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+) -> None:
+    """Propensity and segment quality on simulated, BG/NBD-drawn and real logs."""
+    from segscore.bench.quality import print_result, run_quality
+    from segscore.bench.quality_sets import QualitySizes
+
+    sizes = QualitySizes(
+        sim_users=sim_users,
+        sim_days=sim_days,
+        bgnbd_customers=bgnbd_customers,
+        bgnbd_days=bgnbd_days,
+        real_max_customers=real_max_customers,
+        seed=seed,
+    )
+    chosen = [s.strip() for s in sets.split(",") if s.strip()]
+
+    def run() -> dict[str, Any]:
+        with console.status("bench quality") as status:
+            return run_quality(
+                chosen,
+                sizes,
+                horizon_days,
+                on_set=lambda name: status.update(f"import and train: {name}"),
+            )
+
+    _report_bench(console, run, print_result, json_out)
+
+
 @bench_app.command("serve")
 def bench_serve(
     users: Annotated[int, typer.Option(min=50, help="Simulated shoppers.")] = 1000,
