@@ -1,0 +1,243 @@
+"""``segscore bench``: the stream, serve, training and quality benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Benchmarks on real components.", no_args_is_help=True)
+console = Console()
+
+
+def _report_bench(
+    console: Console,
+    run: Callable[[], dict[str, Any]],
+    show: Callable[[Console, dict[str, Any]], None],
+    json_out: Path | None,
+) -> None:
+    """Run a service benchmark, print it, and write its flat JSON when asked.
+
+    A failed setup or an interrupt ends the command with one line, not a
+    traceback; the benchmark has already stopped what it started.
+    """
+    from segscore.bench.harness import BenchError, write_json_report
+
+    try:
+        result = run()
+    except BenchError as exc:
+        console.print(f"[red]bench failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; stopped everything the bench started")
+        raise typer.Exit(130) from None
+    show(console, result)
+    if json_out is not None:
+        write_json_report(json_out, result)
+        console.print(f"wrote {json_out}")
+
+
+@app.command("stream")
+def bench_stream(
+    events: Annotated[int, typer.Option(help="Backlog size.", min=1)] = 100_000,
+    rate: Annotated[
+        int, typer.Option(help="Offered events/s for freshness.", min=1)
+    ] = 5_000,
+    users: Annotated[int, typer.Option(help="Distinct users.", min=1)] = 10_000,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of paced producing.", min=0.5)
+    ] = 15.0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy the worker over the backlog (collapsed stacks)."),
+    ] = None,
+    batch_max_events: Annotated[
+        int | None, typer.Option(help="Override the worker's batch size limit.")
+    ] = None,
+    batch_max_seconds: Annotated[
+        float | None, typer.Option(help="Override the worker's batch time limit.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 7,
+    keep_home: Annotated[
+        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+    ] = False,
+) -> None:
+    """Broker -> Faust worker -> Redis: backlog throughput and freshness at a rate.
+
+    Starts its own stack in a temporary home and stops it at the end.
+    """
+    from segscore.bench.stream import (
+        BenchConfig,
+        flat,
+        print_result,
+        run_bench,
+    )
+
+    config = BenchConfig(
+        events=events,
+        rate=rate,
+        users=users,
+        duration=duration,
+        seed=seed,
+        batch_max_events=batch_max_events,
+        batch_max_seconds=batch_max_seconds,
+        profile=profile,
+        keep_home=keep_home,
+    )
+    _report_bench(
+        console, lambda: flat(run_bench(config, console)), print_result, json_out
+    )
+
+
+@app.command("training")
+def bench_training(
+    events: Annotated[int, typer.Option(min=1000, help="Rows to import.")] = 1_000_000,
+    users: Annotated[int, typer.Option(min=10, help="Distinct users.")] = 100_000,
+    days: Annotated[int, typer.Option(min=10, help="Days of history.")] = 30,
+    seed: Annotated[int, typer.Option()] = 7,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    keep_home: Annotated[bool, typer.Option(help="Keep the temporary home.")] = False,
+) -> None:
+    """Import -> backfill -> training sets on a generated log: time and peak memory."""
+    from rich.table import Table
+
+    from segscore.bench.harness import write_json_report
+    from segscore.bench.training import TrainingBenchConfig, run_training_bench
+
+    config = TrainingBenchConfig(
+        events=events, users=users, days=days, seed=seed, keep_home=keep_home
+    )
+    with console.status(f"import -> backfill -> training sets on {events:,} events"):
+        result = run_training_bench(config)
+    table = Table("metric", "value", title="segscore bench training")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if not result["meets_targets"]:
+        console.print(
+            f"[yellow]targets: <= {result['target_seconds']:.0f} s and <= "
+            f"{result['target_rss_mb']:.0f} MB; see the stage timings above[/]"
+        )
+    if json_out is not None:
+        write_json_report(json_out, result)
+        console.print(f"wrote {json_out}")
+
+
+@app.command("quality")
+def bench_quality(
+    sets: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated, of: simulator, bgnbd_world, cdnow, completejourney."
+        ),
+    ] = "simulator,bgnbd_world,cdnow,completejourney",
+    sim_users: Annotated[int, typer.Option(min=20, help="Simulated shoppers.")] = 600,
+    sim_days: Annotated[int, typer.Option(min=14, help="Simulated days.")] = 28,
+    bgnbd_customers: Annotated[
+        int, typer.Option(min=100, help="Customers drawn from BG/NBD.")
+    ] = 5000,
+    bgnbd_days: Annotated[int, typer.Option(min=60, help="Days of the BG/NBD log.")] = (
+        365
+    ),
+    real_max_customers: Annotated[
+        int | None,
+        typer.Option(min=100, help="Sample real sets to this many customers."),
+    ] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option(min=1, help="Label horizon (default: the setting).")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 12,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+) -> None:
+    """Propensity and segment quality on simulated, BG/NBD-drawn and real logs."""
+    from segscore.bench.quality import print_result, run_quality
+    from segscore.bench.quality_sets import QualitySizes
+
+    sizes = QualitySizes(
+        sim_users=sim_users,
+        sim_days=sim_days,
+        bgnbd_customers=bgnbd_customers,
+        bgnbd_days=bgnbd_days,
+        real_max_customers=real_max_customers,
+        seed=seed,
+    )
+    chosen = [s.strip() for s in sets.split(",") if s.strip()]
+
+    def run() -> dict[str, Any]:
+        with console.status("bench quality") as status:
+            return run_quality(
+                chosen,
+                sizes,
+                horizon_days,
+                on_set=lambda name: status.update(f"import and train: {name}"),
+            )
+
+    _report_bench(console, run, print_result, json_out)
+
+
+@app.command("serve")
+def bench_serve(
+    users: Annotated[int, typer.Option(min=50, help="Simulated shoppers.")] = 1000,
+    days: Annotated[float, typer.Option(min=1, help="Days of history.")] = 28.0,
+    single_requests: Annotated[
+        int, typer.Option(min=10, help="Sequential single-user requests (each).")
+    ] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 16,
+    duration: Annotated[
+        float, typer.Option(min=0.5, help="Seconds per throughput phase.")
+    ] = 10.0,
+    batch_requests: Annotated[
+        int, typer.Option(min=10, help="Sequential explained batches.")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    batch_concurrency: Annotated[
+        int, typer.Option(min=1, help="Connections in the unexplained batch phase.")
+    ] = 8,
+    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
+    seed: Annotated[int, typer.Option()] = 7,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON here.")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy a service worker over the run (collapsed stacks)."),
+    ] = None,
+    keep_home: Annotated[
+        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+    ] = False,
+) -> None:
+    """Scoring API over loopback HTTP, side by side with `feast serve`.
+
+    Starts its own Redis, simulates and trains, seeds the online store, starts the
+    BentoML service and Feast's feature server, and stops them all at the end.
+    """
+    from segscore.bench.serve import ServeBenchConfig, print_result, run_serve_bench
+
+    config = ServeBenchConfig(
+        users=users,
+        days=days,
+        seed=seed,
+        single_requests=single_requests,
+        concurrency=concurrency,
+        duration=duration,
+        batch_size=batch_size,
+        batch_requests=batch_requests,
+        batch_concurrency=batch_concurrency,
+        serve_workers=workers,
+        warmup_requests=min(200, single_requests),
+        profile=profile,
+        keep_home=keep_home,
+    )
+    _report_bench(
+        console, lambda: run_serve_bench(config, console), print_result, json_out
+    )
