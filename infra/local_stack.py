@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from infra.processes import spawn_logged
 from infra.settings import Settings
 
 
@@ -123,21 +123,6 @@ def _wait(check, what: str, timeout: float) -> None:
     raise StackError(f"{what} did not come up within {timeout:.0f}s")
 
 
-def _spawn(
-    cmd: list[str], log: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        # A new session, so Ctrl-C in the shell that ran `segscore up` leaves it alone.
-        return subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **env} if env else None,
-        )
-
-
 def redis_dir(home: Path) -> Path:
     """Where the local Redis keeps its append-only file."""
     return home / "redis"
@@ -174,7 +159,7 @@ def start_redis(home: Path, port: int | None = None) -> Service:
         "--protected-mode", "no",
     ]  # fmt: skip
     log = home / "logs" / "redis.log"
-    proc = _spawn(cmd, log)
+    proc = spawn_logged(cmd, log)
     url = f"redis://127.0.0.1:{port}/0"
     # Reachable is not enough: while it replays its AOF, Redis answers LOADING.
     _wait(lambda: proc.poll() is None and redis_reachable(url), "redis", 60)
@@ -206,7 +191,7 @@ def start_tansu(
         "--storage-engine", storage or "memory://tansu/",
     ]  # fmt: skip
     log = home / "logs" / "tansu.log"
-    proc = _spawn(cmd, log, env)
+    proc = spawn_logged(cmd, log, {**os.environ, **env} if env else None)
     _wait(lambda: proc.poll() is None and tcp_reachable("127.0.0.1", port), "tansu", 15)
     return Service("kafka", proc.pid, address, str(log))
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,30 @@ def process_env(
     return env
 
 
+def spawn_logged(
+    cmd: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen:
+    """Start ``cmd`` in its own session, stdout and stderr appended to ``log``.
+
+    A new session, so Ctrl-C in the shell that started it leaves it alone; the
+    caller stops it. ``env`` is the child's whole environment (``None``: this
+    one's).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def _log(settings: Settings, name: str) -> Path:
     path = settings.home / "logs" / f"{name}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,15 +71,9 @@ def start_worker(
         sys.executable, "-m", "faust", "-A", "streams.app", "worker",
         "-l", "info", "--without-web",
     ]  # fmt: skip
-    with _log(settings, name).open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            cwd=PROJECT_ROOT,
-            env=process_env(settings, extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn_logged(
+        cmd, _log(settings, name), process_env(settings, extra_env), PROJECT_ROOT
+    )
 
 
 def start_server(
@@ -65,15 +84,12 @@ def start_server(
         sys.executable, "-m", "bentoml", "serve", "serving.service:ScoringService",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    with _log(settings, f"server-{port}").open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            cwd=PROJECT_ROOT,
-            env=process_env(settings, extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn_logged(
+        cmd,
+        _log(settings, f"server-{port}"),
+        process_env(settings, extra_env),
+        PROJECT_ROOT,
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import platform
 import queue
@@ -32,6 +33,8 @@ import numpy as np
 import psutil
 from rich.console import Console
 from rich.table import Table
+
+from infra.processes import spawn_logged
 
 
 class BenchError(RuntimeError):
@@ -126,21 +129,6 @@ def machine_facts() -> dict[str, Any]:
 # --------------------------------------------------------------- child processes
 
 
-def spawn_logged(
-    cmd: Sequence[str], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen:
-    """Start ``cmd`` in its own session, stdout and stderr appended to ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            list(cmd),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def log_tail(path: Path, lines: int = 30) -> str:
     """The last ``lines`` lines of a log, or ``(no log)``."""
     try:
@@ -172,6 +160,28 @@ def wait_for_reply(
             if not proc.is_alive():
                 raise BenchError(died.format(exitcode=proc.exitcode)) from None
     raise BenchError(late)
+
+
+def run_in_child(target: Any, args: tuple[Any, ...], died: str) -> tuple[Any, float]:
+    """Run ``target(*args, box)`` in a spawned process and wait for its one reply.
+
+    Returns:
+        The reply the child put in ``box``, and the peak RSS (MB) of the child's
+        process tree, its own workers included, sampled while it ran.
+
+    Raises:
+        BenchError: The child exited without replying (``died``, see
+            :func:`wait_for_reply`).
+    """
+    ctx = mp.get_context("spawn")
+    box = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, box))
+    child.start()
+    assert child.pid is not None
+    with TreeMemory(child.pid) as tree:
+        reply = wait_for_reply(box, child, None, died=died)
+    child.join()
+    return reply, tree.peak_mb
 
 
 def child_pids(pid: int, cmdline_contains: str) -> list[int]:

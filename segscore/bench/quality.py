@@ -19,7 +19,6 @@ across the real sets that ran.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -33,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from segscore.bench.harness import BenchError, TreeMemory, wait_for_reply
+from segscore.bench.harness import BenchError, run_in_child
 from segscore.bench.quality_sets import (
     ALL_SETS,
     REAL_SETS,
@@ -173,23 +172,13 @@ def run_set(
             prepared = prepare_set(name, home / "source", sizes)
         except SetSkipped as exc:
             return {"skipped": str(exc)}
-        ctx = mp.get_context("spawn")
-        box = ctx.Queue()
-        child = ctx.Process(
-            target=_child, args=(str(home), prepared, horizon_days, box)
+        reply, tree_peak = run_in_child(
+            _child,
+            (str(home), prepared, horizon_days),
+            died=f"{name}: training child exited with {{exitcode}}",
         )
-        child.start()
-        assert child.pid is not None
-        with TreeMemory(child.pid) as tree:
-            reply = wait_for_reply(
-                box,
-                child,
-                None,
-                died=f"{name}: training child exited with {{exitcode}}",
-            )
-        child.join()
         reply["peak_rss_mb"] = round(
-            max(tree.peak_mb, reply.pop("peak_rss_process_mb")), 1
+            max(tree_peak, reply.pop("peak_rss_process_mb")), 1
         )
         reply["note"] = prepared.note
         return reply

@@ -25,12 +25,12 @@ import orjson
 from rich.console import Console
 
 from core.names import LIVE_VIEW
+from infra.processes import spawn_logged
 from segscore.bench.harness import (
     BenchError,
     bench_environment,
     child_pids,
     log_tail,
-    spawn_logged,
 )
 from segscore.http_client import LOOPBACK, post_score
 

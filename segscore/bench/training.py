@@ -22,7 +22,6 @@ separately (``setup_s``) since it does not grow with the data.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -39,7 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from core.names import PROPENSITY_SERVICE, SEGMENTATION_SERVICE
-from segscore.bench.harness import TreeMemory, wait_for_reply
+from segscore.bench.harness import run_in_child
 
 TARGET_SECONDS = 60.0
 TARGET_RSS_MB = 4096.0
@@ -217,22 +216,12 @@ def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
         started = time.perf_counter()
         write_ecommerce_csv(csv, config)
         generate_s = time.perf_counter() - started
-        ctx = mp.get_context("spawn")
-        box = ctx.Queue()
-        child = ctx.Process(
-            target=_pipeline, args=(str(home), str(csv), asdict(config), box)
+        result, tree_peak = run_in_child(
+            _pipeline,
+            (str(home), str(csv), asdict(config)),
+            died="benchmark child exited with {exitcode} (see above)",
         )
-        child.start()
-        assert child.pid is not None
-        with TreeMemory(child.pid) as tree:
-            result = wait_for_reply(
-                box,
-                child,
-                None,
-                died="benchmark child exited with {exitcode} (see above)",
-            )
-        child.join()
-        peak = round(max(result["peak_rss_mb"], tree.peak_mb), 1)
+        peak = round(max(result["peak_rss_mb"], tree_peak), 1)
         timed = (
             "import_s",
             "backfill_s",
@@ -248,7 +237,7 @@ def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
             "days": config.days,
             "seconds": seconds,
             "peak_rss_mb": peak,
-            "peak_rss_tree_sampled_mb": round(tree.peak_mb, 1),
+            "peak_rss_tree_sampled_mb": round(tree_peak, 1),
             "target_seconds": TARGET_SECONDS,
             "target_rss_mb": TARGET_RSS_MB,
             "meets_targets": seconds <= TARGET_SECONDS and peak <= TARGET_RSS_MB,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -196,28 +195,23 @@ def run_transaction_log_train(config: TransactionLogConfig) -> dict[str, Any]:
     does not grow with the data, is ``setup_s``); ``peak_rss_mb`` is the most the
     child held, or it and its backfill workers together (sampled every 50 ms).
     """
-    from segscore.bench.harness import TreeMemory, wait_for_reply
+    from segscore.bench.harness import run_in_child
 
     home = Path(tempfile.mkdtemp(prefix="segscore-bench-transactions-"))
     try:
         csv = home / "transactions.csv"
         transactions = write_transaction_log(csv, config)
-        ctx = mp.get_context("spawn")
-        box = ctx.Queue()
-        child = ctx.Process(target=_train_child, args=(str(home), str(csv), box))
-        child.start()
-        assert child.pid is not None
-        with TreeMemory(child.pid) as tree:
-            result = wait_for_reply(
-                box, child, None, died="training child exited with {exitcode}"
-            )
-        child.join()
+        result, tree_peak = run_in_child(
+            _train_child,
+            (str(home), str(csv)),
+            died="training child exited with {exitcode}",
+        )
         seconds = round(
             sum(v for k, v in result.items() if k.endswith("_s") and k != "setup_s"),
             2,
         )
         # The child's own peak, or the sampled tree's (its backfill workers too).
-        peak = round(max(tree.peak_mb, result["peak_rss_process_mb"]), 1)
+        peak = round(max(tree_peak, result["peak_rss_process_mb"]), 1)
         return {
             "customers": config.customers,
             "days": config.days,
