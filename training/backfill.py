@@ -143,6 +143,28 @@ def capped_grid(
         days = max(days + 1, math.ceil(days * rows / max(max_rows, 1.0)))
 
 
+def evaluation_cutoffs(first: float, end: float, horizon_days: int) -> list[float]:
+    """The fixed cut-offs the propensity model is tuned and judged at, ascending.
+
+    The holdout cut-off is the last 00:00 whose whole label horizon lies inside
+    the data (at or before ``end`` minus the horizon); the tuning cut-off is one
+    horizon earlier, so its labels end where the holdout's features do. Every
+    user seen by a cut-off has a row there, so the model is judged as a CRM team
+    would use it: everyone at one instant, not only those who happened to be
+    active (activity rows train, they are never the holdout).
+
+    Args:
+        first: The first event time, epoch seconds.
+        end: The last event time, epoch seconds.
+        horizon_days: The label horizon, days.
+
+    Returns:
+        ``[tune, holdout]``, without a cut-off before ``first``.
+    """
+    holdout = math.floor((end - horizon_days * DAY) / DAY) * DAY
+    return [float(t) for t in (holdout - horizon_days * DAY, holdout) if t >= first]
+
+
 def snapshot_plan(
     events: pd.DataFrame, settings: Settings
 ) -> tuple[list[float], float | None]:
@@ -151,8 +173,9 @@ def snapshot_plan(
     Every user seen so far on the grid of :func:`capped_grid` (spacing
     ``snapshot_every_days``, widened to ``snapshot_grid_rows_per_event`` rows per
     event; its newest instant is the last 00:00 of the data, so the segmentation
-    population is everyone seen by then), plus, with ``snapshot_at_activity``,
-    each user at the end of each day they were active, up to that instant.
+    population is everyone seen by then) and at the :func:`evaluation_cutoffs`
+    of ``label_horizon_days``, plus, with ``snapshot_at_activity``, each user at
+    the end of each day they were active, up to the newest grid instant.
 
     Args:
         events: Validated events (``user_id``, ``ts`` in epoch seconds), at least
@@ -163,12 +186,17 @@ def snapshot_plan(
         The grid and the ``activity_until`` to pass to :func:`backfill`.
     """
     budget = settings.snapshot_grid_rows_per_event * len(events)
+    ts = events["ts"]
     grid = capped_grid(
         events.groupby("user_id", sort=False)["ts"].min().to_numpy(np.float64),
-        float(events["ts"].max()),
+        float(ts.max()),
         settings.snapshot_every_days,
         budget or None,
     )
+    cutoffs = evaluation_cutoffs(
+        float(ts.min()), float(ts.max()), settings.label_horizon_days
+    )
+    grid = sorted({*grid, *cutoffs})
     activity_until = grid[-1] if grid and settings.snapshot_at_activity else None
     return grid, activity_until
 

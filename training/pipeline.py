@@ -36,6 +36,7 @@ from infra.settings import Settings
 from training.backfill import (
     BackfillResult,
     backfill,
+    evaluation_cutoffs,
     snapshot_instants,
     snapshot_plan,
     write_offline,
@@ -235,7 +236,12 @@ def train(
     )
     prop_frame = training_frame(store, entities, PROPENSITY_SERVICE)
     lap("propensity_set")
-    propensity = fit_propensity(prop_frame, settings.label_horizon_days)
+    cutoffs = evaluation_cutoffs(*window, settings.label_horizon_days)
+    propensity = fit_propensity(
+        prop_frame,
+        settings.label_horizon_days,
+        cutoffs=[pd.Timestamp(c, unit="s", tz="UTC") for c in cutoffs],
+    )
     lap("propensity_fit")
 
     common: dict[str, Any] = {

@@ -148,6 +148,61 @@ def temporal_split(
     return best
 
 
+def cutoff_split(
+    timestamps: pd.Series,
+    horizon_days: int,
+    cutoffs: Sequence[pd.Timestamp],
+    min_train_share: float = 0.5,
+) -> TemporalSplit | None:
+    """Split at fixed cut-offs: everyone at the last one is the holdout.
+
+    With a tuning cut-off one horizon earlier (see
+    :func:`training.backfill.evaluation_cutoffs`), the rows there tune and the
+    rows whose horizon ends by it train; when that trains on less than
+    ``min_train_share`` of the rows (a short history), the holdout's users are
+    shared by hash for tuning instead, and rows whose horizon ends by the
+    holdout cut-off train. Rows between are purged.
+
+    Args:
+        timestamps: Each row's snapshot instant.
+        horizon_days: Label horizon, days.
+        cutoffs: The cut-off instants (UTC); the latest is the holdout's.
+        min_train_share: Share of the rows the own-tuning layout must train on.
+
+    Returns:
+        The split, or None when the holdout cut-off has no rows or nothing
+        would train (then :func:`temporal_split` decides).
+    """
+    counts = pd.Series(pd.to_datetime(timestamps, utc=True)).value_counts()
+    counts = counts.sort_index()
+    present = sorted(c for c in pd.to_datetime(list(cutoffs), utc=True) if c in counts)
+    if not present:
+        return None
+    holdout = present[-1]
+    horizon = pd.Timedelta(days=horizon_days)
+    total = float(counts.sum())
+    layouts = [(present[-2], False)] if len(present) > 1 else []
+    layouts.append((holdout, True))
+    for tune_at, by_users in layouts:
+        train = [s for s in counts.index if s <= tune_at - horizon]
+        share = float(counts[train].sum()) / total if train else 0.0
+        if not train or (not by_users and share < min_train_share):
+            continue
+        return TemporalSplit(
+            train=train,
+            tune=[tune_at],
+            holdout=[holdout],
+            purged=[
+                s
+                for s in counts.index
+                if train[-1] < s < holdout and (by_users or s != tune_at)
+            ],
+            tune_by_users=by_users,
+            train_share=share,
+        )
+    return None
+
+
 def _layout(
     counts: pd.Series,
     horizon_days: int,
@@ -334,6 +389,7 @@ def fit_propensity(
     early_stopping_rounds: int = 30,
     seed: int = 0,
     threads: int = 0,
+    cutoffs: Sequence[pd.Timestamp] = (),
 ) -> PropensityBundle:
     """Fit, calibrate and evaluate the propensity booster.
 
@@ -349,6 +405,9 @@ def fit_propensity(
         early_stopping_rounds: Patience on the tuning log loss.
         seed: LightGBM seed.
         threads: LightGBM threads (0: one per core).
+        cutoffs: Fixed cut-offs (see :func:`cutoff_split`): everyone at the last
+            one is the holdout. Without them (or without rows there) the latest
+            ``holdout_fraction`` of rows is held out (:func:`temporal_split`).
 
     Returns:
         The bundle with its Platt calibration (fitted on the tuning rows, whose
@@ -358,9 +417,11 @@ def fit_propensity(
         the holdout scores (``evaluation``).
     """
     features = list(features)
-    split = temporal_split(
-        frame["event_timestamp"], horizon_days, holdout_fraction, tune_fraction
-    )
+    split = cutoff_split(frame["event_timestamp"], horizon_days, cutoffs)
+    if split is None:
+        split = temporal_split(
+            frame["event_timestamp"], horizon_days, holdout_fraction, tune_fraction
+        )
     train = frame[frame["event_timestamp"].isin(split.train)]
     tune = frame[frame["event_timestamp"].isin(split.tune)]
     holdout = frame[frame["event_timestamp"].isin(split.holdout)]
@@ -444,6 +505,8 @@ def fit_propensity(
         "n_train_snapshots": float(len(split.train)),
         "train_share": float(len(train) / len(frame)),
         "n_purged_snapshots": float(len(split.purged)),
+        "holdout_cutoff_ts": split.holdout[0].timestamp(),
+        "tuned_by_users": float(split.tune_by_users),
     }
     bgnbd_scores = _bgnbd_scores(train, holdout, horizon_days, metrics)
     if bgnbd_scores is not None:

@@ -20,6 +20,7 @@ from infra.settings import Settings
 from training.backfill import (
     backfill,
     capped_grid,
+    evaluation_cutoffs,
     grid_rows,
     snapshot_grid,
     write_offline,
@@ -443,4 +444,20 @@ def test_the_plan_follows_the_cadence_settings() -> None:
     assert grid == snapshot_grid(float(events["ts"].min()), end, 7, from_end=True)
     grid, until = snapshot_plan(events, Settings(snapshot_every_days=2))
     assert until == grid[-1] == math.floor(end / DAY) * DAY
-    assert set(np.diff(grid)) == {2 * DAY}
+    # The two evaluation cut-offs (7-day horizon) join the 2-day grid.
+    cutoffs = evaluation_cutoffs(float(events["ts"].min()), end, 7)
+    assert len(cutoffs) == 2 and set(cutoffs) <= set(grid)
+    two_day = snapshot_grid(float(events["ts"].min()), end, 2, from_end=True)
+    assert grid == sorted({*two_day, *cutoffs})
+    assert set(np.diff(cutoffs)) == {7 * DAY}
+    assert cutoffs[1] == math.floor((end - 7 * DAY) / DAY) * DAY
+
+
+def test_evaluation_cutoffs_keep_a_whole_horizon_inside_the_data() -> None:
+    end = T0 + 100 * DAY + 5 * 3600
+    tune, holdout = evaluation_cutoffs(T0, end, 30)
+    assert holdout == T0 + 70 * DAY and tune == T0 + 40 * DAY
+    assert holdout + 30 * DAY <= end < holdout + 31 * DAY
+    # History shorter than two horizons: only the holdout cut-off remains.
+    assert evaluation_cutoffs(T0 + 50 * DAY, end, 30) == [T0 + 70 * DAY]
+    assert evaluation_cutoffs(T0 + 80 * DAY, end, 30) == []

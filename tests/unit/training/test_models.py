@@ -22,6 +22,7 @@ from training.promotion import baseline_gate
 from training.propensity import (
     baseline_score,
     bgnbd_summaries,
+    cutoff_split,
     fit_propensity,
     lift_at,
     temporal_split,
@@ -278,6 +279,44 @@ def test_bgnbd_joins_the_baselines_when_its_inputs_exist(
     assert m["n_train"] >= 0.6 * len(bgnbd_frame) and m["n_purged_snapshots"] >= 3
     # Platt on the tuning slice: calibrated mean = tuning purchase rate.
     assert m["calibrated_mean_tune"] == pytest.approx(m["base_rate_tune"], abs=2e-3)
+
+
+def test_cutoff_split_holds_out_everyone_at_the_last_cutoff() -> None:
+    days = pd.Series(_days(120))
+    holdout, tune = days[112], days[105]
+    split = cutoff_split(days, 7, [tune, holdout])
+    assert split is not None and not split.tune_by_users
+    assert split.holdout == [holdout] and split.tune == [tune]
+    # Training labels end where tuning's features start; nothing later trains.
+    assert split.train == list(days[:99])
+    assert split.purged == [d for d in days[99:112] if d != tune]
+    assert days[113] not in split.train + split.purged  # past the holdout: unused
+    # Too little history before the tuning cut-off: the holdout's users are
+    # shared by hash for tuning, and training reaches to one horizon before it.
+    short = cutoff_split(days[:21], 7, [days[13], days[20]])
+    assert short is not None and short.tune_by_users and short.tune == [days[20]]
+    assert short.train == list(days[:14]) and short.purged == list(days[14:20])
+    # No row at the cut-off: the caller falls back to the row-share split.
+    assert cutoff_split(days[:50], 7, [days[105], days[112]]) is None
+
+
+def test_fit_at_cutoffs_scores_the_whole_population_there(
+    bgnbd_frame: pd.DataFrame,
+) -> None:
+    instants = sorted(bgnbd_frame["event_timestamp"].unique())
+    holdout, tune = instants[-1], instants[-5]  # weekly rows, 28-day horizon
+    bundle = fit_propensity(
+        bgnbd_frame, 28, features=BGNBD_FEATURES, threads=1, cutoffs=[tune, holdout]
+    )
+    m = bundle.metrics
+    at_holdout = bgnbd_frame[bgnbd_frame["event_timestamp"] == holdout]
+    assert m["n_holdout"] == len(at_holdout) and not m["tuned_by_users"]
+    assert m["n_tune"] == (bgnbd_frame["event_timestamp"] == tune).sum()
+    assert m["holdout_cutoff_ts"] == pd.Timestamp(holdout).timestamp()
+    assert set(bundle.evaluation.frame["user_id"]) == set(at_holdout["user_id"])
+    trained = bgnbd_frame["event_timestamp"] <= tune - pd.Timedelta(days=28)
+    assert m["n_train"] == trained.sum()
+    assert m["roc_auc"] > 0.7
 
 
 def test_without_bgnbd_inputs_the_gate_says_so(bgnbd_frame: pd.DataFrame) -> None:
