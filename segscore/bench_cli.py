@@ -143,7 +143,7 @@ def bench_quality(
     sim_days: Annotated[int, typer.Option(min=14, help="Simulated days.")] = 28,
     bgnbd_customers: Annotated[
         int, typer.Option(min=100, help="Customers drawn from BG/NBD.")
-    ] = 5000,
+    ] = 20_000,
     bgnbd_days: Annotated[int, typer.Option(min=60, help="Days of the BG/NBD log.")] = (
         365
     ),

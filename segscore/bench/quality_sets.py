@@ -48,7 +48,10 @@ class QualitySizes:
     Attributes:
         sim_users: Simulated shoppers.
         sim_days: Days of simulated history.
-        bgnbd_customers: Customers drawn from the BG/NBD process.
+        bgnbd_customers: Customers drawn from the BG/NBD process: enough that
+            the holdout holds ~700 buyers at a 7-day horizon (with
+            5,000 it held ~170, and the AUC gap to the true model was noise of
+            about +-0.02).
         bgnbd_days: Days of the BG/NBD log.
         real_max_customers: Keep at most this many customers of a real set (a
             fixed sample by id); None keeps all.
@@ -57,7 +60,7 @@ class QualitySizes:
 
     sim_users: int = 600
     sim_days: int = 28
-    bgnbd_customers: int = 5_000
+    bgnbd_customers: int = 20_000
     bgnbd_days: int = 365
     real_max_customers: int | None = None
     seed: int = 12
