@@ -168,6 +168,13 @@ HISTORY_FEATURES: tuple[FeatureSpec, ...] = (
         Group.HISTORY,
     ),
     FeatureSpec(
+        "previous_purchase_ts",
+        "Start (00:00 UTC) of the second-latest distinct UTC purchase day by the "
+        "read's day (missing with fewer than two purchase days)",
+        "epoch s",
+        Group.HISTORY,
+    ),
+    FeatureSpec(
         "first_seen_ts", "Event time of the first event", "epoch s", Group.HISTORY
     ),
 )
@@ -203,6 +210,13 @@ REQUEST_FEATURES: tuple[FeatureSpec, ...] = (
         "days",
         Group.REQUEST,
     ),
+    FeatureSpec(
+        "days_since_previous_purchase",
+        "Days from the start of the second-latest purchase day to the read time "
+        "(fewer than two purchase days: equals tenure_days)",
+        "days",
+        Group.REQUEST,
+    ),
 )
 
 # Not a model input: the serialized state the stream features are read from.
@@ -214,7 +228,13 @@ CATALOGUE: dict[str, FeatureSpec] = {
 
 # Timestamps are stored so ages can be derived at read time; models never see them raw.
 TIMESTAMP_FEATURES = frozenset(
-    {"last_event_ts", "last_purchase_ts", "first_seen_ts", "first_purchase_ts"}
+    {
+        "last_event_ts",
+        "last_purchase_ts",
+        "first_seen_ts",
+        "first_purchase_ts",
+        "previous_purchase_ts",
+    }
 )
 
 SEGMENTATION_FEATURES: tuple[str, ...] = (
@@ -268,6 +288,7 @@ PROPENSITY_FEATURES: tuple[str, ...] = (
     "purchase_gap_mean_days",
     "purchase_gap_std_days",
     "days_since_first_purchase",
+    "days_since_previous_purchase",
 )
 
 
@@ -295,6 +316,7 @@ REQUEST_SOURCES: dict[str, tuple[str, ...]] = {
         "last_purchase_ts",
         "first_seen_ts",
     ),
+    "days_since_previous_purchase": ("previous_purchase_ts", "first_seen_ts"),
 }
 
 

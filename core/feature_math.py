@@ -183,23 +183,37 @@ def history_values(
 
     The one implementation of the group, like :func:`stream_values`; ``missing``
     stands for a timestamp unknown as of ``as_of`` (``first_purchase_ts`` of a
-    user who never purchased, ``first_seen_ts`` of one never seen).
+    user who never purchased, ``previous_purchase_ts`` of one with fewer than
+    two purchase days, ``first_seen_ts`` of one never seen).
     """
     today = floor(as_of) // DAY
     # Days overlapping [T - 90d, T]: the current day and the 90 before it.
     orders = revenue = orders_30 = sessions_30 = views_30 = adds_30 = 0.0
     purchase_days = purchase_days_30 = active_days_30 = 0
     later = False
+    # The two latest bucketed purchase days by the read's day (-1: none).
+    latest_day = previous_day = -1
     for day, bucket in state.days.items():
         age = today - day
         if not 0 <= age <= 90:
-            later = later or (age < 0 and bucket[D_PURCHASES] > 0)
+            if bucket[D_PURCHASES] > 0:
+                if age < 0:
+                    later = True
+                elif day > latest_day:
+                    latest_day, previous_day = day, latest_day
+                elif day > previous_day:
+                    previous_day = day
             continue
         # One unpack (slot order, D_PURCHASES .. D_EVENTS) instead of six lookups.
         purchases, day_revenue, sessions, views, adds, events = bucket
         orders += purchases
         revenue += day_revenue
-        purchase_days += purchases > 0
+        if purchases > 0:
+            purchase_days += 1
+            if day > latest_day:
+                latest_day, previous_day = day, latest_day
+            elif day > previous_day:
+                previous_day = day
         if age <= 30:
             orders_30 += purchases
             sessions_30 += sessions
@@ -227,6 +241,8 @@ def history_values(
         days_all = 0
     if first_purchase is None or first_purchase > as_of:
         first_purchase = missing
+    if previous_day < 0:
+        previous_day = _previous_pruned_purchase_day(state, today, latest_day)
     gaps = days_all - 1
     gap_mean = gap_sum / gaps if gaps > 0 else 0.0
     # Population variance from the sums; rounding can make it a hair negative.
@@ -247,8 +263,31 @@ def history_values(
         gap_mean,
         math.sqrt(gap_var) if gap_var > 0.0 else 0.0,
         first_purchase,
+        float(previous_day * DAY) if previous_day >= 0 else missing,
         first if first is not None and first <= as_of else missing,
     )
+
+
+def _previous_pruned_purchase_day(state: UserState, today: int, latest: int) -> int:
+    """The second-latest purchase day by ``today`` when at most one is bucketed.
+
+    The purchase days known as of ``today`` chain as ``[pruned previous, pruned,
+    *bucketed ones up to today]``, since every pruned day precedes every bucket
+    (see :class:`UserState`); ``latest`` is the one bucketed day, or -1. Exact
+    for reads within 90 days of the newest event, like the other lifetime facts;
+    a read before a pruned purchase day leaves it out.
+
+    Returns:
+        A UTC day index, or -1 with fewer than two purchase days.
+    """
+    chain = [
+        day
+        for day in (state.pruned_previous_purchase_day, state.pruned_purchase_day)
+        if day is not None and day <= today
+    ]
+    if latest >= 0:
+        chain.append(latest)
+    return chain[-2] if len(chain) > 1 else -1
 
 
 def _lifetime_before(
@@ -302,6 +341,7 @@ def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
         purchase_gap_mean_days,
         purchase_gap_std_days,
         first_purchase_ts,
+        previous_purchase_ts,
         first_seen_ts,
     ) = history_values(state, as_of)
     return {
@@ -320,6 +360,7 @@ def history_features(state: UserState, as_of: float) -> dict[str, float | None]:
         "purchase_gap_mean_days": purchase_gap_mean_days,
         "purchase_gap_std_days": purchase_gap_std_days,
         "first_purchase_ts": first_purchase_ts,
+        "previous_purchase_ts": previous_purchase_ts,
         "first_seen_ts": first_seen_ts,
     }
 
@@ -337,6 +378,8 @@ def request_features(
     whole known life": never purchased gives ``days_since_first_purchase`` =
     ``days_since_last_purchase`` = ``tenure_days`` (with ``orders_lifetime`` 0);
     a first purchase unknown but a last one known gives the last one's age.
+    Fewer than two purchase days (no ``previous_purchase_ts``) likewise gives
+    ``days_since_previous_purchase`` = ``tenure_days``.
     No ``last_event_ts`` likewise reads as the tenure (in hours). Never seen (no
     ``first_seen_ts`` either) gives 0 for every age: a cold start, which scoring
     gives population defaults anyway. A timestamp after the read (a
@@ -348,9 +391,9 @@ def request_features(
         as_of: Read instant(s), epoch seconds.
 
     Returns:
-        ``hours_since_last_event``, ``tenure_days``, ``days_since_first_purchase``
-        and ``days_since_last_purchase``: floats for one user, else arrays of
-        the broadcast shape of the inputs.
+        ``hours_since_last_event``, ``tenure_days``, ``days_since_first_purchase``,
+        ``days_since_last_purchase`` and ``days_since_previous_purchase``: floats
+        for one user, else arrays of the broadcast shape of the inputs.
     """
     values = {
         key: np.asarray(
@@ -372,6 +415,8 @@ def request_features(
     first_purchase = np.where(np.isnan(first_purchase), last_purchase, first_purchase)
     first_purchase = np.where(np.isnan(first_purchase), tenure, first_purchase)
     last_purchase = np.where(np.isnan(last_purchase), first_purchase, last_purchase)
+    previous_purchase = age("previous_purchase_ts")
+    previous_purchase = np.where(np.isnan(previous_purchase), tenure, previous_purchase)
     last_event = age("last_event_ts")
     last_event = np.where(np.isnan(last_event), tenure, last_event)
     ages = {
@@ -379,6 +424,7 @@ def request_features(
         "days_since_last_purchase": last_purchase / DAY,
         "tenure_days": tenure / DAY,
         "days_since_first_purchase": first_purchase / DAY,
+        "days_since_previous_purchase": previous_purchase / DAY,
     }
     if not shape:
         return {name: float(value) for name, value in ages.items()}
@@ -393,4 +439,5 @@ _AGE_SOURCES = (
     "last_purchase_ts",
     "first_seen_ts",
     "first_purchase_ts",
+    "previous_purchase_ts",
 )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import pairwise
 from math import floor
 from operator import itemgetter
 from typing import Any
@@ -108,8 +107,12 @@ class UserState:
     purchase_gap_sum: float = 0.0
     purchase_gap_sq_sum: float = 0.0
     # The latest purchase day whose bucket was pruned: the neighbour an
-    # out-of-order purchase needs when no kept bucket precedes it.
+    # out-of-order purchase needs when no kept bucket precedes it. With the one
+    # pruned before it, a read finds the second-latest purchase day (a feature)
+    # even when one or no kept bucket holds a purchase. Every pruned day precedes
+    # every kept bucket: no event old enough to land before them is accepted.
     pruned_purchase_day: int | None = None
+    pruned_previous_purchase_day: int | None = None
     seen: dict[str, float] = field(default_factory=dict)  # event id -> time
     # Highest source offset applied, per source partition ("topic:partition", see
     # :func:`source_key`). Offsets only order records within one partition, so a
@@ -146,6 +149,7 @@ class UserState:
                     self.purchase_gap_sum,
                     self.purchase_gap_sq_sum,
                     self.pruned_purchase_day,
+                    self.pruned_previous_purchase_day,
                 ],
                 "s": self.seen if with_dedupe else {},
                 "o": self.offsets if with_dedupe else {},
@@ -190,9 +194,7 @@ class UserState:
             offsets=_offsets(raw.get("o")),
         )
         lifetime = raw.get("l")
-        if lifetime is None:
-            _derive_lifetime(state)
-        else:
+        if lifetime is not None:
             (
                 state.orders_lifetime,
                 state.revenue_lifetime,
@@ -201,38 +203,21 @@ class UserState:
                 state.purchase_gap_sum,
                 state.purchase_gap_sq_sum,
                 state.pruned_purchase_day,
-            ) = lifetime
+            ) = lifetime[:7]
+        if lifetime is not None and len(lifetime) > 7:
+            state.pruned_previous_purchase_day = lifetime[7]
+        else:
+            # Imported here, not at the top: that module builds on this one.
+            from core.lifetime_from_buckets import (
+                derive_lifetime,
+                derive_pruned_previous_day,
+            )
+
+            if lifetime is None:
+                derive_lifetime(state)
+            else:
+                state.pruned_previous_purchase_day = derive_pruned_previous_day(state)
         return state
-
-
-def _derive_lifetime(state: UserState) -> None:
-    """Lifetime facts of a state stored before it kept them: what it still holds.
-
-    An approximation, since such a state forgot everything older than its day
-    buckets (90 days): the lifetime facts cover the bucketed purchase days, plus
-    the day of ``last_purchase_ts`` when no bucket holds a purchase (one order of
-    unknown revenue, then). ``first_purchase_ts`` is the start of the earliest
-    such day, or ``first_seen_ts`` when that is later the same day (at most a
-    day early), or ``last_purchase_ts`` for the unbucketed case. From then on
-    the facts are exact increments on top of these.
-    """
-    days = sorted(k for k, bucket in state.days.items() if bucket[D_PURCHASES])
-    state.orders_lifetime = sum(state.days[k][D_PURCHASES] for k in days)
-    state.revenue_lifetime = sum(state.days[k][D_REVENUE] for k in days)
-    if days:
-        first = float(days[0] * DAY)
-        if state.first_seen_ts is not None and state.first_seen_ts > first:
-            first = min(state.first_seen_ts, first + DAY - 1)
-        state.first_purchase_ts = first
-    elif state.last_purchase_ts is not None:
-        days = [floor(state.last_purchase_ts) // DAY]
-        state.orders_lifetime = 1.0
-        state.first_purchase_ts = state.last_purchase_ts
-        state.pruned_purchase_day = days[0]
-    state.purchase_days_lifetime = len(days)
-    gaps = [float(b - a) for a, b in pairwise(days)]
-    state.purchase_gap_sum = sum(gaps)
-    state.purchase_gap_sq_sum = sum(g * g for g in gaps)
 
 
 def _offsets(stored: Any) -> dict[str, int]:
@@ -554,18 +539,18 @@ def _prune_windows(state: UserState, oldest: float) -> float:
 
 
 def _drop_days_below(state: UserState, low: int) -> float:
-    """:func:`_drop_below` for the day buckets, remembering the latest purchase day.
+    """:func:`_drop_below` for the day buckets, keeping the two latest purchase days.
 
     ``state.days`` must not be empty.
     """
     days = state.days
     first: float = min(days)
     if first < low:
-        for key in [k for k in days if k < low]:
+        # In day order: each pruned purchase day is the latest pruned so far.
+        for key in sorted(k for k in days if k < low):
             if days.pop(key)[D_PURCHASES]:
-                pruned = state.pruned_purchase_day
-                if pruned is None or key > pruned:
-                    state.pruned_purchase_day = key
+                state.pruned_previous_purchase_day = state.pruned_purchase_day
+                state.pruned_purchase_day = key
         first = min(days, default=math.inf)
     return first
 

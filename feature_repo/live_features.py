@@ -81,17 +81,19 @@ def live_state_features(inputs: dict[str, list]) -> dict[str, list]:
 def _sample_state_blob() -> bytes:
     """A real state in which every derived feature has a value (no ``None``)."""
     state = UserState()
-    event = Event(
-        event_id="schema-sample",
-        user_id="schema-sample",
-        event_type=EventType.PURCHASE,
-        ts=1_700_000_000_000,  # epoch milliseconds, as on the wire
-        price=10.0,
-        revenue=10.0,
-        session_id="schema-sample",
-        category="schema-sample",
-    )
-    apply_event(state, event, lateness_seconds=0)
+    # Purchases on two days: ``previous_purchase_ts`` needs a second one.
+    for i, ts in enumerate((1_699_900_000_000, 1_700_000_000_000)):
+        event = Event(
+            event_id=f"schema-sample-{i}",
+            user_id="schema-sample",
+            event_type=EventType.PURCHASE,
+            ts=ts,  # epoch milliseconds, as on the wire
+            price=10.0,
+            revenue=10.0,
+            session_id="schema-sample",
+            category="schema-sample",
+        )
+        apply_event(state, event, lateness_seconds=0)
     return state.to_bytes(with_dedupe=False)
 
 

@@ -240,6 +240,7 @@ _AGE_NAMES = (
     "tenure_days",
     "days_since_first_purchase",
     "days_since_last_purchase",
+    "days_since_previous_purchase",
 )
 
 
@@ -251,15 +252,26 @@ _AGE_NAMES = (
                 "last_event_ts": T0 - 400 * DAY,
                 "first_seen_ts": T0 - 401 * DAY,
                 "first_purchase_ts": T0 - 401 * DAY,
+                "previous_purchase_ts": T0 - 400.5 * DAY,
                 "last_purchase_ts": T0 - 400 * DAY,
             },
-            (400 * 24, 401, 401, 400),
+            (400 * 24, 401, 401, 400, 400.5),
             id="uncapped-400-days",
         ),
         pytest.param(
             {"last_event_ts": T0 - DAY, "first_seen_ts": T0 - 400 * DAY},
-            (24, 400, 400, 400),
+            (24, 400, 400, 400, 400),
             id="never-purchased-reads-as-the-whole-life",
+        ),
+        pytest.param(
+            {
+                "last_event_ts": T0 - DAY,
+                "first_seen_ts": T0 - 50 * DAY,
+                "first_purchase_ts": T0 - 10 * DAY,
+                "last_purchase_ts": T0 - 10 * DAY,
+            },
+            (24, 50, 10, 10, 50),
+            id="one-purchase-day-has-no-previous-one-reads-as-the-tenure",
         ),
         pytest.param(
             {
@@ -267,23 +279,24 @@ _AGE_NAMES = (
                 "first_seen_ts": T0 - 50 * DAY,
                 "last_purchase_ts": T0 - 2 * DAY,
             },
-            (24, 50, 2, 2),
+            (24, 50, 2, 2, 50),
             id="first-purchase-unknown-falls-back-to-the-last",
         ),
         pytest.param(
             {"first_seen_ts": T0 - 3 * DAY},
-            (3 * 24, 3, 3, 3),
+            (3 * 24, 3, 3, 3, 3),
             id="no-last-event-reads-as-the-tenure",
         ),
-        pytest.param({}, (0, 0, 0, 0), id="never-seen-is-zero"),
+        pytest.param({}, (0, 0, 0, 0, 0), id="never-seen-is-zero"),
         pytest.param(
             {
                 "last_event_ts": T0 + HOUR,
                 "first_seen_ts": T0 + HOUR,
                 "first_purchase_ts": T0 + HOUR,
+                "previous_purchase_ts": T0 + HOUR,
                 "last_purchase_ts": T0 + HOUR,
             },
-            (0, 0, 0, 0),
+            (0, 0, 0, 0, 0),
             id="after-the-read-is-zero",
         ),
     ],
@@ -469,6 +482,7 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
     purchase = [None, T0 - 3 * DAY, T0 - 1.0, None]
     first = [T0 - 10 * DAY, T0 - 1.0, None, T0 - 365 * DAY]
     first_purchase = [None, T0 - 5 * DAY, None, None]
+    previous = [None, T0 - 4 * DAY, None, None]
     as_of = [T0, T0 + 1.0, T0, T0 + 0.25]
     one_by_one = [
         request_features(
@@ -477,11 +491,12 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
                 "last_purchase_ts": b,
                 "first_seen_ts": c,
                 "first_purchase_ts": d,
+                "previous_purchase_ts": e,
             },
             t,
         )
-        for a, b, c, d, t in zip(
-            last, purchase, first, first_purchase, as_of, strict=True
+        for a, b, c, d, e, t in zip(
+            last, purchase, first, first_purchase, previous, as_of, strict=True
         )
     ]
     assert all(isinstance(v, float) for row in one_by_one for v in row.values())
@@ -495,6 +510,7 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
             "last_purchase_ts": column(purchase),
             "first_seen_ts": column(first),
             "first_purchase_ts": column(first_purchase),
+            "previous_purchase_ts": column(previous),
         },
         np.array(as_of),
     )
@@ -507,6 +523,10 @@ def test_request_features_give_the_same_ages_for_one_user_or_many() -> None:
     assert one_by_one[3]["tenure_days"] == pytest.approx(365.0, abs=1e-5)
     assert one_by_one[3]["days_since_last_purchase"] == one_by_one[3]["tenure_days"]
     assert one_by_one[1]["days_since_first_purchase"] == pytest.approx(5.0, abs=1e-4)
+    assert one_by_one[1]["days_since_previous_purchase"] == pytest.approx(4.0, abs=1e-4)
+    # Fewer than two purchase days: the tenure, in both forms.
+    assert one_by_one[3]["days_since_previous_purchase"] == one_by_one[3]["tenure_days"]
+    assert one_by_one[0]["days_since_previous_purchase"] == pytest.approx(10.0)
 
 
 # Gaps from sub-second to weeks, and steps back within and beyond the lateness:

@@ -74,6 +74,9 @@ def test_out_of_order_purchases_give_the_in_order_lifetime(
     assert lifetime(shuffled) == lifetime(in_order)
     read_at = T0 + max(days) * DAY
     assert history_features(shuffled, read_at) == history_features(in_order, read_at)
+    assert (
+        shuffled.pruned_previous_purchase_day == in_order.pruned_previous_purchase_day
+    )
 
 
 def test_gap_statistics_over_distinct_purchase_days() -> None:
@@ -114,6 +117,9 @@ def test_lifetime_facts_survive_serialization() -> None:
         decoded = UserState.from_bytes(blob)
         assert lifetime(decoded) == lifetime(state)
         assert decoded.pruned_purchase_day == state.pruned_purchase_day
+        assert (
+            decoded.pruned_previous_purchase_day == state.pruned_previous_purchase_day
+        )
 
 
 def _old_blob(state: UserState) -> bytes:
@@ -211,3 +217,12 @@ def test_any_arrival_within_the_lateness_gives_the_in_order_lifetime(
     assert shuffled.purchase_days_lifetime == len(days)
     assert shuffled.purchase_gap_sum == sum(gaps)
     assert shuffled.purchase_gap_sq_sum == sum(g * g for g in gaps)
+    pruned = ("pruned_purchase_day", "pruned_previous_purchase_day")
+    assert [getattr(shuffled, n) for n in pruned] == [
+        getattr(in_order, n) for n in pruned
+    ]
+    # The second-latest purchase day, whatever was pruned on the way.
+    read_at = max(e[1] for e in events)
+    expected = float(days[-2] * DAY) if len(days) > 1 else None
+    for state in (shuffled, in_order, UserState.from_bytes(shuffled.to_bytes())):
+        assert history_features(state, read_at)["previous_purchase_ts"] == expected

@@ -201,6 +201,26 @@ def test_stream_only_user_reads_real_history_from_the_state(models: ScoringModel
         assert user[name] == history[name], name
 
 
+def test_the_previous_purchase_age_is_read_from_the_state_or_the_row(
+    models: ScoringModels,
+):
+    # Purchases on two days, 40 and 3 days back: the previous one's day start.
+    first = AS_OF - 40 * DAY
+    state = _stream_only_state(
+        "repeat", [("purchase", first), ("purchase", AS_OF - 3 * DAY)]
+    )
+    row = dict.fromkeys(HISTORY_NAMES, 0.0)
+    row.update(first_seen_ts=AS_OF - 50 * DAY, previous_purchase_ts=AS_OF - 20 * DAY)
+    stored = _online_read([state.to_bytes(with_dedupe=False), None], [None, row])
+    (from_state, from_row), cold = _inputs_by_name(models, stored, 2, AS_OF)
+
+    assert "previous_purchase_ts" in models.stored_features
+    assert cold == [False, False]
+    expected = (AS_OF - (first - first % DAY)) / DAY
+    assert from_state["days_since_previous_purchase"] == pytest.approx(expected)
+    assert from_row["days_since_previous_purchase"] == pytest.approx(20.0)
+
+
 def test_stream_only_user_without_purchases_has_zero_orders(models: ScoringModels):
     state = _stream_only_state("browser", [("product_view", AS_OF - 120)])
     stored = _online_read([state.to_bytes(with_dedupe=False)], [None])
@@ -212,6 +232,7 @@ def test_stream_only_user_without_purchases_has_zero_orders(models: ScoringModel
         assert models.propensity.defaults[name] != 0.0
     assert user["days_since_last_purchase"] == pytest.approx(120 / DAY)
     assert user["tenure_days"] == pytest.approx(120 / DAY)
+    assert user["days_since_previous_purchase"] == user["tenure_days"]
 
 
 def test_the_state_wins_over_a_stale_history_row(models: ScoringModels):
