@@ -36,19 +36,23 @@ from training.training_set import latest_per_user
 
 log = logging.getLogger(__name__)
 
+# Small, heavily subsampled trees: snapshots of one user are near-duplicates and
+# purchase signals are few, so deep trees memorise users. On the fixed-cut-off
+# holdouts of bench quality, 7 leaves, half the features per tree and leaves of
+# up to 200 rows beat 31 leaves of 50 rows by +0.004 ROC-AUC on CDNOW and
+# +0.005 on the BG/NBD-drawn log, and tied on completejourney.
 PARAMS: dict[str, object] = {
     "objective": "binary",
-    "learning_rate": 0.03,
-    "num_leaves": 31,
-    # Snapshots of one user are near-duplicates; bigger leaves stop the trees
-    # from memorising individual users.
-    "min_data_in_leaf": 50,
-    "feature_fraction": 0.9,
+    "learning_rate": 0.05,
+    "num_leaves": 7,
+    "feature_fraction": 0.5,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
     "verbose": -1,
 }
+# Leaves hold at least this share of the training rows (20..200 rows).
+LEAF_ROWS_SHARE = 1 / 300
 
 
 @dataclass(frozen=True)
@@ -385,7 +389,7 @@ def fit_propensity(
     features: Sequence[str] = PROPENSITY_FEATURES,
     holdout_fraction: float = 0.15,
     tune_fraction: float = 0.15,
-    num_boost_round: int = 300,
+    num_boost_round: int = 500,
     early_stopping_rounds: int = 30,
     seed: int = 0,
     threads: int = 0,
@@ -444,7 +448,13 @@ def fit_propensity(
     y_tune = tune["label"].to_numpy(dtype=np.int8)
     y_hold = holdout["label"].to_numpy(dtype=np.int8)
 
-    params = {**PARAMS, "seed": seed, "num_threads": threads}
+    min_leaf = int(np.clip(len(train) * LEAF_ROWS_SHARE, 20, 200))
+    params = {
+        **PARAMS,
+        "min_data_in_leaf": min_leaf,
+        "seed": seed,
+        "num_threads": threads,
+    }
     x_train = train[features].to_numpy(dtype=np.float64)
     train_set = lgb.Dataset(
         x_train, label=y_train, feature_name=features, free_raw_data=False
