@@ -34,6 +34,7 @@ def test_summarise_metrics_margin_is_over_the_best_baseline() -> None:
     out = summarise_metrics(metrics)
     assert out["best_baseline_roc_auc"] == 0.78
     assert out["margin"] == pytest.approx(0.02)
+    assert out["textbook_margin"] == pytest.approx(0.05)  # over the heuristic
     assert out["bgnbd_roc_auc"] is None  # not fitted: not a baseline to beat
 
 
@@ -88,6 +89,11 @@ def test_bench_quality_tiny(run_command, tmp_path: Path) -> None:
         best = max(cdnow[f"{p}roc_auc"] for p in ("baseline_", "logistic_", "bgnbd_"))
         assert cdnow["margin"] == pytest.approx(cdnow["roc_auc"] - best)
         assert report["real_auc_margin_min"] == pytest.approx(cdnow["margin"], abs=1e-4)
+        textbook = max(cdnow[f"{p}roc_auc"] for p in ("baseline_", "bgnbd_"))
+        assert cdnow["textbook_margin"] == pytest.approx(cdnow["roc_auc"] - textbook)
+        assert report["real_textbook_margin_min"] == pytest.approx(
+            cdnow["textbook_margin"], abs=1e-4
+        )
         assert cdnow["gate"].startswith(("passed", "failed"))
         sets.append(cdnow)
     else:
