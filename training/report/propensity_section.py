@@ -8,6 +8,7 @@ calibration, lift and SHAP plots with the lift table.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,9 +85,26 @@ def metrics_section(metrics: dict[str, float]) -> str:
     out.append(
         '<p class="note">Best value per row in bold. The recency-frequency score is a '
         "rank, not a probability, so it has no Brier score. Holdout base rate: "
-        f"{_num(metrics.get('base_rate_valid'))}.</p></section>"
+        f"{_num(metrics.get('base_rate_valid'))}.{_holdout_note(metrics)}</p></section>"
     )
     return "".join(out)
+
+
+def _holdout_note(metrics: dict[str, float]) -> str:
+    """Who the holdout is: the cut-off, its rows, and how tuning was done."""
+    at = metrics.get("holdout_cutoff_ts")
+    if at is None or not math.isfinite(float(at)):
+        return ""
+    day = datetime.fromtimestamp(float(at), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    tuned = (
+        "half of them by user hash (too little history for a tuning cut-off)"
+        if metrics.get("tuned_by_users")
+        else "everyone one label horizon earlier"
+    )
+    return (
+        f" Holdout: {int(metrics.get('n_holdout', 0)):,} rows from {_esc(day)}; "
+        f"tuned on {tuned}; trained on {int(metrics.get('n_train', 0)):,} earlier rows."
+    )
 
 
 def propensity_section(result: TrainResult, shap_sample: int) -> str:

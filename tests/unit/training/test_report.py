@@ -393,3 +393,23 @@ def test_thin_keeps_both_ends_and_bounds_the_vertices() -> None:
     np.testing.assert_allclose(ty, tx**2)
     small = np.arange(5.0)
     assert thin(small, small, max_points=100)[0] is small
+
+
+def test_metrics_say_who_the_holdout_is() -> None:
+    from training.report.propensity_section import metrics_section
+
+    metrics = {
+        "roc_auc": 0.8,
+        "baseline_roc_auc": 0.7,
+        "logistic_roc_auc": 0.75,
+        "n_holdout": 23570.0,
+        "n_train": 111392.0,
+        "holdout_cutoff_ts": 898560000.0,  # 1998-06-23 00:00 UTC
+        "tuned_by_users": 0.0,
+    }
+    text = metrics_section(metrics)
+    assert "Holdout: 23,570 rows from 1998-06-23 00:00 UTC" in text
+    assert "everyone one label horizon earlier" in text and "111,392" in text
+    text = metrics_section({**metrics, "tuned_by_users": 1.0})
+    assert "by user hash" in text
+    assert "Holdout:" not in metrics_section({"roc_auc": 0.8})
