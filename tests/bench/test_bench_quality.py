@@ -38,6 +38,25 @@ def test_summarise_metrics_margin_is_over_the_best_baseline() -> None:
     assert out["bgnbd_roc_auc"] is None  # not fitted: not a baseline to beat
 
 
+def test_margin_interval_is_paired_and_brackets_the_margin() -> None:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from segscore.bench.quality import margin_interval
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(4000) < 0.1).astype(int)
+    signal = labels + rng.normal(0, 1.0, len(labels))
+    rival = signal + rng.normal(0, 0.8, len(labels))  # a noisier copy
+    low, high = margin_interval(labels, signal, [rival])
+    margin = roc_auc_score(labels, signal) - roc_auc_score(labels, rival)
+    assert 0 < low < margin < high
+    # The same scores: no margin in any resample.
+    assert margin_interval(labels, signal, [signal.copy()]) == (0.0, 0.0)
+    assert margin_interval(labels, signal, []) is None
+    assert margin_interval(np.zeros(10), np.arange(10.0), [np.arange(10.0)]) is None
+
+
 def test_bench_quality_tiny(run_command, tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
     done = run_command(
@@ -94,6 +113,8 @@ def test_bench_quality_tiny(run_command, tmp_path: Path) -> None:
         assert report["real_textbook_margin_min"] == pytest.approx(
             cdnow["textbook_margin"], abs=1e-4
         )
+        low, high = cdnow["textbook_margin_ci95"]
+        assert -1.0 <= low <= high <= 1.0
         assert cdnow["gate"].startswith(("passed", "failed"))
         sets.append(cdnow)
     else:
