@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 import pandas as pd
@@ -377,6 +378,7 @@ def test_sampled_rows_equal_feature_math_at_their_instants() -> None:
     from core.feature_math import history_values, stream_values
     from core.user_state import UserState, apply_event
     from segscore.simulator import simulate
+    from streams.processor import apply_batch
 
     sim = simulate(25, T0, T0 + 30 * DAY, seed=6).events
     stream_log = [*sim, *sim[::7]]  # redelivered events: duplicates
@@ -405,6 +407,11 @@ def test_sampled_rows_equal_feature_math_at_their_instants() -> None:
         np.testing.assert_array_equal(stream[i], stream_values(state, at, math.nan))
         np.testing.assert_array_equal(history[i], history_values(state, at, math.nan))
     assert list(result.states) == list(pd.unique(events["user_id"]))
+    # The stream worker's transition on the same events ends in the same states.
+    worker_states: defaultdict[str, UserState] = defaultdict(UserState)
+    ordered = [e for user in by_user.values() for e in user]
+    apply_batch(ordered, worker_states, 600)
+    assert dict(worker_states) == result.states
 
 
 def test_labels_of_sampled_rows_look_only_at_the_future(result) -> None:
