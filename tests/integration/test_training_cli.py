@@ -53,7 +53,9 @@ def test_simulate_import_train_registers_models_and_writes_the_report(
 ) -> None:
     settings = Settings(home=tmp_path / "home")
     log = tmp_path / "shop.jsonl"
-    _cli(settings, "simulate", "--users", "200", "--days", "24", "--out", str(log))
+    # Enough shoppers that the holdout (everyone at the cut-off, half of them
+    # when tuning shares it) is a few hundred: with 100 the gate is a coin flip.
+    _cli(settings, "simulate", "--users", "400", "--days", "28", "--out", str(log))
     imported = _cli(settings, "import", str(log)).stdout
     assert "rejected" in imported
 
