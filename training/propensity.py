@@ -1,14 +1,17 @@
 """The purchase-propensity model: LightGBM, time split, Platt calibration, baselines.
 
-Rows are (user, snapshot) pairs, split in time order. The latest rows are the
-holdout, only ever scored: the reported metrics and the comparisons with the
-baselines and with the champion are made on them. Rows whose label horizon reaches
-into the holdout are dropped ("purged"), or the booster would learn from purchases
-that the holdout features are about to predict. The slice before the purge gap
-tunes (early stopping and the Platt calibration, for the horizon the labels
-cover); everything earlier trains, so training keeps most of the rows. The
-baselines are a recency-frequency heuristic, logistic regression on the same
-features and BG/NBD (see :mod:`training.bgnbd`) on the lifetime purchase columns.
+Rows are (user, snapshot) pairs, split in time order. The holdout is only ever
+scored: the reported metrics and the comparisons with the baselines and with the
+champion are made on it. The training pipeline gives fixed cut-offs
+(:func:`cutoff_split`): everyone seen by the last instant with a whole label
+horizon is the holdout, everyone one horizon earlier tunes (early stopping and
+the Platt calibration, for the horizon the labels cover), and rows whose horizon
+ends by then train. Without cut-offs the latest rows are held out
+(:func:`temporal_split`). Either way rows whose label horizon reaches into the
+holdout are dropped ("purged"), or the booster would learn from purchases that
+the holdout features are about to predict. The baselines are a recency-frequency
+heuristic, logistic regression on the same features and BG/NBD (see
+:mod:`training.bgnbd`) on the lifetime purchase columns.
 """
 
 from __future__ import annotations
