@@ -353,7 +353,7 @@ def bgnbd_summaries(frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
 
 @dataclass
 class BgNbdBaseline:
-    """BG/NBD fitted on each training user's latest summary, the classic rival."""
+    """BG/NBD on each user's latest summary before the holdout, the classic rival."""
 
     params: bgnbd.BgNbdParams
     horizon_days: float
@@ -521,7 +521,14 @@ def fit_propensity(
         "holdout_cutoff_ts": split.holdout[0].timestamp(),
         "tuned_by_users": float(split.tune_by_users),
     }
-    bgnbd_scores = _bgnbd_scores(train, holdout, horizon_days, metrics)
+    # BG/NBD is fitted as its authors calibrate it: on every customer's summary
+    # at one instant (the tuning cut-off, before the holdout's; summaries use no
+    # labels). Fitting on each user's latest training row mixes in activity rows
+    # taken just after a purchase and made a weaker rival: 0.8628 instead of
+    # 0.8646 holdout ROC-AUC on CDNOW.
+    bgnbd_scores = _bgnbd_scores(
+        pd.concat([train, tune]), holdout, horizon_days, metrics
+    )
     if bgnbd_scores is not None:
         metrics.update(ranking_metrics(y_hold, bgnbd_scores, "bgnbd_"))
         metrics["bgnbd_brier"] = float(brier_score_loss(y_hold, bgnbd_scores))
@@ -562,18 +569,21 @@ def fit_propensity(
 
 
 def _bgnbd_scores(
-    train: pd.DataFrame,
+    fitted_on: pd.DataFrame,
     holdout: pd.DataFrame,
     horizon_days: int,
     metrics: dict[str, float],
 ) -> np.ndarray | None:
-    """BG/NBD's holdout scores (parameters go into ``metrics``); None if unfit."""
-    missing = [c for c in BGNBD_INPUTS if c not in train.columns]
+    """BG/NBD's holdout scores (parameters go into ``metrics``); None if unfit.
+
+    ``fitted_on``: rows before the holdout; each user's latest is their summary.
+    """
+    missing = [c for c in BGNBD_INPUTS if c not in fitted_on.columns]
     if missing:
         log.info("propensity: no BG/NBD baseline, inputs missing: %s", missing)
         return None
     try:
-        model = BgNbdBaseline.fit(train, horizon_days)
+        model = BgNbdBaseline.fit(fitted_on, horizon_days)
     except ValueError as exc:
         log.warning("propensity: no BG/NBD baseline: %s", exc)
         return None
