@@ -12,6 +12,14 @@ from rich.console import Console
 app = typer.Typer(help="Benchmarks on real components.", no_args_is_help=True)
 console = Console()
 
+# Options every benchmark takes alike.
+JsonOut = Annotated[
+    Path | None, typer.Option("--json", help="Write the result as JSON here.")
+]
+KeepHome = Annotated[
+    bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
+]
+
 
 def _report_bench(
     console: Console,
@@ -50,9 +58,7 @@ def bench_stream(
     duration: Annotated[
         float, typer.Option(help="Seconds of paced producing.", min=0.5)
     ] = 15.0,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the result as JSON here.")
-    ] = None,
+    json_out: JsonOut = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="py-spy the worker over the backlog (collapsed stacks)."),
@@ -64,9 +70,7 @@ def bench_stream(
         float | None, typer.Option(help="Override the worker's batch time limit.")
     ] = None,
     seed: Annotated[int, typer.Option()] = 7,
-    keep_home: Annotated[
-        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
-    ] = False,
+    keep_home: KeepHome = False,
 ) -> None:
     """Broker -> Faust worker -> Redis: backlog throughput and freshness at a rate.
 
@@ -101,10 +105,8 @@ def bench_training(
     users: Annotated[int, typer.Option(min=10, help="Distinct users.")] = 100_000,
     days: Annotated[int, typer.Option(min=10, help="Days of history.")] = 30,
     seed: Annotated[int, typer.Option()] = 7,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the result as JSON here.")
-    ] = None,
-    keep_home: Annotated[bool, typer.Option(help="Keep the temporary home.")] = False,
+    json_out: JsonOut = None,
+    keep_home: KeepHome = False,
 ) -> None:
     """Import -> backfill -> training sets on a generated log: time and peak memory."""
     from rich.table import Table
@@ -155,9 +157,7 @@ def bench_quality(
         int | None, typer.Option(min=1, help="Label horizon (default: the setting).")
     ] = None,
     seed: Annotated[int, typer.Option()] = 12,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the result as JSON here.")
-    ] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Propensity and segment quality on simulated, BG/NBD-drawn and real logs."""
     from segscore.bench.quality import print_result, run_quality
@@ -205,16 +205,12 @@ def bench_serve(
     ] = 8,
     workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
     seed: Annotated[int, typer.Option()] = 7,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the result as JSON here.")
-    ] = None,
+    json_out: JsonOut = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="py-spy a service worker over the run (collapsed stacks)."),
     ] = None,
-    keep_home: Annotated[
-        bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
-    ] = False,
+    keep_home: KeepHome = False,
 ) -> None:
     """Scoring API over loopback HTTP, side by side with `feast serve`.
 

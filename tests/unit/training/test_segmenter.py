@@ -195,15 +195,22 @@ def test_clickstream_names_reach_cart_abandoners(
     assert "Window shoppers" in by_name
 
 
-def test_purchase_only_log_gets_buyer_names_and_one_mode() -> None:
-    frame, kind = purchase_only()
-    bundle = fit_segmenter(frame, FEATURES, k_range=K_RANGE)
+def _fit_purchase_only(
+    frame: pd.DataFrame, features: tuple[str, ...]
+) -> tuple[SegmenterBundle, np.ndarray, dict[int, str]]:
+    """Fit on a purchase-only frame; plain names and no browsing words asserted."""
+    bundle = fit_segmenter(frame, features, k_range=K_RANGE)
     _assert_plain_names(bundle)
     for segment in bundle.segments:
         text = segment.description.lower()
         assert not any(w in text for w in BROWSING_WORDS), segment.description
     labels = bundle.assign(frame.to_numpy(dtype=np.float64))
-    names = {s.id: s.name for s in bundle.segments}
+    return bundle, labels, {s.id: s.name for s in bundle.segments}
+
+
+def test_purchase_only_log_gets_buyer_names_and_one_mode() -> None:
+    frame, kind = purchase_only()
+    bundle, labels, names = _fit_purchase_only(frame, FEATURES)
     # Every lapsed customer (one shared vector) is in the segment named for them.
     assert {names[i] for i in labels[kind == 0].tolist()} == {"Lapsed customers"}
     repeat = [names[i].lower() for i in labels[kind == 2].tolist()]
@@ -224,13 +231,7 @@ def test_purchase_only_log_gets_buyer_names_and_one_mode() -> None:
 
 def test_purchase_only_log_with_lifetime_counts_names_lapsed_and_one_time() -> None:
     frame, kind = purchase_only_lifetime()
-    bundle = fit_segmenter(frame, LIFETIME_FEATURES, k_range=K_RANGE)
-    _assert_plain_names(bundle)
-    for segment in bundle.segments:
-        text = segment.description.lower()
-        assert not any(w in text for w in BROWSING_WORDS), segment.description
-    labels = bundle.assign(frame.to_numpy(dtype=np.float64))
-    names = {s.id: s.name for s in bundle.segments}
+    bundle, labels, names = _fit_purchase_only(frame, LIFETIME_FEATURES)
 
     def majority(k: int) -> str:
         return names[int(np.bincount(labels[kind == k]).argmax())]
