@@ -119,7 +119,12 @@ def _run_training(
     if seed_online:
         client = redis.Redis.from_url(redis_url)
         with console.status("seeding the online store from the backfill"):
-            summary["seeded_users"] = online_seed.seed_online(
+            seeded = online_seed.seed_online(
                 store, client, result.states, as_of=time.time()
             )
+        summary["seeded_users"] = len(seeded.written)
+        # Users the worker has moved past the backfill's last event keep their state.
+        summary["seed_kept_newer_users"] = len(seeded.kept_newer)
+        if seeded.kept_unreadable:
+            summary["seed_kept_unreadable_users"] = len(seeded.kept_unreadable)
     return summary

@@ -11,7 +11,7 @@ from feast import FeatureStore
 
 from core.feature_math import history_features
 from core.store.online_sink import write_history_online
-from core.store.state_store import StateLayout, save_states
+from core.store.state_store import SeedOutcome, StateLayout, save_states_unless_newer
 from core.user_state import UserState
 
 
@@ -21,24 +21,35 @@ def seed_online(
     states: dict[str, UserState],
     as_of: float,
     chunk: int = 20_000,
-) -> int:
+) -> SeedOutcome:
     """Write states (what the worker continues from) and history features.
 
-    History features are computed as of ``as_of``; stream windows need no such
-    choice, readers derive them from the state when they read.
+    A stored state with a later event time than the backfill's is kept, and so is
+    that user's history row. History features are computed as of ``as_of``;
+    stream windows need no such choice, readers derive them from the state when
+    they read.
+
+    Returns:
+        Which users were written and which kept their stored state.
     """
     layout = StateLayout.of(store)
     users = [u for u, s in states.items() if s.last_event_ts is not None]
+    outcome = SeedOutcome([], [], [])
     for start in range(0, len(users), chunk):
         part = users[start : start + chunk]
-        save_states(client, layout, {uid: states[uid] for uid in part})
+        done = save_states_unless_newer(
+            client, layout, {uid: states[uid] for uid in part}
+        )
+        outcome.written.extend(done.written)
+        outcome.kept_newer.extend(done.kept_newer)
+        outcome.kept_unreadable.extend(done.kept_unreadable)
         history_rows = [
             {
                 "user_id": uid,
                 "event_timestamp": as_of,
                 **history_features(states[uid], as_of),
             }
-            for uid in part
+            for uid in done.written
         ]
         write_history_online(store, history_rows)
-    return len(users)
+    return outcome

@@ -247,3 +247,97 @@ def save_states(
         if ttl:
             stage(b"EXPIRE", key, ttl)
     pipe.execute()
+
+
+# Replaces a user's hash fields only when the stored state is not newer: its
+# event-time stamp (Feast's ``_ts`` Timestamp proto, decoded here so the worker's
+# hot path writes nothing extra) is at most the incoming one. One script call per
+# user, so the check and the write are atomic against a worker's HSET.
+# KEYS[1]: the hash. ARGV: ts field, incoming ts value, TTL (0: none), then field,
+# value pairs. Returns 1 written, 0 kept (stored is newer), -1 kept (unreadable).
+_SEED_IF_NOT_NEWER = """
+local function stamp(raw)
+  local seconds, nanos, pos = 0, 0, 1
+  while pos <= #raw do
+    local tag = string.byte(raw, pos)
+    pos = pos + 1
+    local value, scale, byte = 0, 1, 128
+    while byte >= 128 do
+      if pos > #raw then return nil end
+      byte = string.byte(raw, pos)
+      value = value + (byte % 128) * scale
+      scale = scale * 128
+      pos = pos + 1
+    end
+    if tag == 8 then seconds = value
+    elseif tag == 16 then nanos = value
+    else return nil end
+  end
+  return seconds, nanos
+end
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored and #stored > 0 then
+  local s, n = stamp(stored)
+  local is, inn = stamp(ARGV[2])
+  if s == nil or is == nil then return -1 end
+  if s > is or (s == is and n > inn) then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    """What a conditional write did: users written, and users left as they were."""
+
+    written: list[str]
+    kept_newer: list[str]
+    kept_unreadable: list[str]
+
+
+def save_states_unless_newer(
+    client: redis.Redis,
+    layout: StateLayout,
+    states: dict[str, UserState],
+) -> SeedOutcome:
+    """Write states, except over a stored state with a later event time.
+
+    For seeding from a backfill while a worker may already run: a user whose
+    stored state has seen an event newer than the incoming state's last one keeps
+    it (the worker has moved past the backfill's cut-off), as does a stored stamp
+    that cannot be read. The comparison and the write happen in one Lua script
+    per user, in one pipelined round trip.
+    """
+    if not states:
+        return SeedOutcome([], [], [])
+    script = client.register_script(_SEED_IF_NOT_NEWER)
+    ttl = layout.key_ttl_seconds or 0
+    pipe = client.pipeline(transaction=False)
+    users = list(states)
+    for uid in users:
+        state_value, ts_value, dedupe = _field_values(states[uid])
+        script(
+            keys=[layout.key(uid)],
+            args=[
+                layout.ts_field,
+                ts_value,
+                ttl,
+                layout.state_field,
+                state_value,
+                layout.ts_field,
+                ts_value,
+                DEDUPE_FIELD,
+                dedupe,
+            ],
+            client=pipe,
+        )
+    replies = pipe.execute()
+    by_reply: dict[int, list[str]] = {1: [], 0: [], -1: []}
+    for uid, reply in zip(users, replies, strict=True):
+        by_reply[int(reply)].append(uid)
+    return SeedOutcome(
+        written=by_reply[1], kept_newer=by_reply[0], kept_unreadable=by_reply[-1]
+    )
