@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import redis
+from feast import FeatureStore
 
 from core.events import Event, EventType
 from core.feature_catalog import STATE_FEATURE
 from core.feature_math import stream_features
-from core.store.feast_config import feature_store
 from core.names import HISTORY_VIEW
+from core.store.feast_config import feature_store
 from core.store.online_seed import seed_online
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import UserState, apply_event
@@ -36,12 +37,16 @@ def _state(uid: str, n: int, start: float = T0) -> UserState:
     return state
 
 
-def test_states_round_trip_through_feast(stack_settings: Settings) -> None:
-    stack = local_stack.current(stack_settings)
-    store = feature_store(stack_settings, stack.redis_url)
+def _online(settings: Settings) -> tuple[FeatureStore, StateLayout, redis.Redis]:
+    """The session stack's Feast store (repo applied), state layout and Redis."""
+    stack = local_stack.current(settings)
+    store = feature_store(settings, stack.redis_url)
     apply_repo(store)
-    layout = StateLayout.of(store)
-    client = redis.Redis.from_url(stack.redis_url)
+    return store, StateLayout.of(store), redis.Redis.from_url(stack.redis_url)
+
+
+def test_states_round_trip_through_feast(stack_settings: Settings) -> None:
+    store, layout, client = _online(stack_settings)
     states = {"store-a": _state("store-a", 3), "store-b": _state("store-b", 1)}
     keys: dict[str, bytes] = {}
 
@@ -75,11 +80,7 @@ def test_states_round_trip_through_feast(stack_settings: Settings) -> None:
 
 def test_seeding_never_replaces_a_newer_state(stack_settings: Settings) -> None:
     """A backfill seed leaves users the worker has moved past as they are."""
-    stack = local_stack.current(stack_settings)
-    store = feature_store(stack_settings, stack.redis_url)
-    apply_repo(store)
-    layout = StateLayout.of(store)
-    client = redis.Redis.from_url(stack.redis_url)
+    store, layout, client = _online(stack_settings)
     live = {
         "seed-ahead": _state("seed-ahead", 2, start=T0 + 1_000),
         "seed-behind": _state("seed-behind", 2, start=T0),
