@@ -174,7 +174,11 @@ def _describe(error: ValidationError) -> tuple[str, str]:
     if first["type"] == "missing":
         return f"missing:{field}", f"{field}: field required"
     if field == "event_type":
-        return "unknown_event_type", f"event_type: {message}"
+        # The value itself: "Input should be ..." alone leaves a producer guessing
+        # which of its names was refused. Capped, it may be any length.
+        given = repr(first.get("input"))[:80]
+        choices = ", ".join(EventType)
+        return "unknown_event_type", f"event_type: {given} is not one of {choices}"
     if not first["loc"]:
         field = message.split(":", 1)[0]
     if message.startswith(f"{field}:") or message.startswith(f"{field} "):
