@@ -228,6 +228,27 @@ class Settings(BaseSettings):
         description="BentoML worker processes (each loads the models).",
     )
 
+    # The HTTP event collector, POST /events on the service (serving/collector.py).
+    collector_key: str | None = Field(
+        default=None,
+        description="Also accepted as X-API-Key on POST /events (only there): a "
+        "write-only key a site may embed, unlike api_key, which reads scores.",
+    )
+    collector_max_events: int = Field(
+        default=1000, ge=1, description="Events in one POST /events request."
+    )
+    collector_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Largest POST /events body (1000 events of up to 4 KB).",
+    )
+    collector_produce_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="POST /events waits this long for the broker to acknowledge "
+        "every event (acks=all), else answers 503 with Retry-After.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -4,6 +4,8 @@ A pure ASGI middleware: every request must carry ``X-API-Key`` equal to
 ``SEGSCORE_API_KEY``, or it gets a 401 with the service's error body. Probes and
 metrics stay open (``/healthz``, ``/readyz``, ``/livez``, ``/metrics``): orchestrators
 and Prometheus call them without credentials, and they reveal no user data.
+``POST /events`` also takes ``SEGSCORE_COLLECTOR_KEY``: a write-only key a site can
+embed in its pages without handing out the key that reads users' scores.
 Without a configured key the middleware passes everything through.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 import orjson
 
 from infra.settings import get_settings
+from serving.collector import EVENTS_PATH
 
 HEADER = "x-api-key"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/metrics"})
@@ -31,10 +34,19 @@ ASGIApp = Callable[
 class ApiKeyMiddleware:
     """Rejects requests without the configured API key (401), before any work."""
 
-    def __init__(self, app: ASGIApp, key: str | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, key: str | None = None, collector_key: str | None = None
+    ) -> None:
         self.app = app
-        configured = key if key is not None else get_settings().api_key
+        settings = get_settings()
+        configured = key if key is not None else settings.api_key
         self.key = configured.encode() if configured else None
+        writer = collector_key if collector_key is not None else settings.collector_key
+        # With only a collector key, /events needs it and the rest stays open.
+        self.keys = [self.key] if self.key else []
+        self.keys_by_path = {
+            EVENTS_PATH: [k for k in (self.key, writer and writer.encode()) if k]
+        }
 
     async def __call__(
         self,
@@ -43,16 +55,16 @@ class ApiKeyMiddleware:
         send: Callable[[Message], Awaitable[None]],
     ) -> None:
         """Pass authorised (or open) requests on; answer the rest with 401."""
-        if (
-            self.key is None
-            or scope["type"] != "http"
-            or scope.get("path") in OPEN_PATHS
-        ):
+        path = scope.get("path")
+        keys = self.keys_by_path.get(path, self.keys)
+        if not keys or scope["type"] != "http" or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         supplied = dict(scope.get("headers") or ()).get(HEADER.encode())
         # compare_digest: the time taken must not reveal how much of a guess matched.
-        if supplied is not None and secrets.compare_digest(supplied, self.key):
+        if supplied is not None and any(
+            secrets.compare_digest(supplied, k) for k in keys
+        ):
             await self.app(scope, receive, send)
             return
         reason = "missing" if supplied is None else "wrong"

@@ -1,4 +1,8 @@
-"""Request limits and status codes around ``POST /score``, as pure ASGI middleware.
+"""Request limits and status codes around ``POST /score`` and ``POST /events``.
+
+Pure ASGI middleware; the body rules apply to both paths (each with its own size
+limit), the 422 rewriting and outcome counting to ``/score`` only (``/events``
+answers its own errors, :mod:`serving.collector`).
 
 - Body size: a body larger than ``max_body_bytes`` gets 413 naming ``body``, before
   BentoML parses it (by ``Content-Length``, or by counting a chunked body).
@@ -29,6 +33,7 @@ from typing import Any
 import orjson
 
 from infra.settings import get_settings
+from serving.collector import EVENTS_PATH
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -106,20 +111,27 @@ class LimitsMiddleware:
     ) -> None:
         self.app = app
         settings = get_settings()
-        self.max_body_bytes = (
+        score_limit = (
             max_body_bytes if max_body_bytes is not None else settings.max_body_bytes
         )
+        self.max_body_bytes = {
+            SCORE_PATH: score_limit,
+            EVENTS_PATH: settings.collector_max_body_bytes,
+        }
         self.body_timeout = (
             body_timeout if body_timeout is not None else settings.body_timeout_seconds
         )
         self.count = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Apply the limits to POST /score; pass everything else through."""
-        if scope["type"] != "http" or scope.get("path") != SCORE_PATH:
+        """Apply the limits to POST /score and /events; pass the rest through."""
+        path = scope.get("path")
+        limit = self.max_body_bytes.get(path) if scope["type"] == "http" else None
+        if limit is None:
             await self.app(scope, receive, send)
             return
-        send = self._rewriting(send)
+        if path == SCORE_PATH:
+            send = self._rewriting(send)
         headers = dict(scope.get("headers") or ())
         content_type = headers.get(b"content-type")
         if content_type is not None and not _is_json(content_type):
@@ -135,11 +147,11 @@ class LimitsMiddleware:
         length = headers.get(b"content-length")
         if length is not None:
             try:
-                too_large = int(length) > self.max_body_bytes
+                too_large = int(length) > limit
             except ValueError:
                 too_large = False
             if too_large:
-                await self._too_large(send)
+                await self._too_large(send, limit)
                 return
         if scope.get("method") == "POST":
             # Read the body (at most the limit, whether declared or chunked) under
@@ -147,12 +159,12 @@ class LimitsMiddleware:
             # already received in full costs one timer armed and cancelled.
             try:
                 async with asyncio.timeout(self.body_timeout):
-                    body, complete = await self._read_limited(receive)
+                    body, complete = await self._read_limited(receive, limit)
             except TimeoutError:
                 await self._timed_out(send)
                 return
             if not complete:
-                await self._too_large(send)
+                await self._too_large(send, limit)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -168,17 +180,17 @@ class LimitsMiddleware:
             close=True,
         )
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int) -> None:
         await _reply(
             send,
             413,
             {
                 "error": "request body too large",
-                "detail": f"body: at most {self.max_body_bytes} bytes",
+                "detail": f"body: at most {limit} bytes",
             },
         )
 
-    async def _read_limited(self, receive: Receive) -> tuple[bytes, bool]:
+    async def _read_limited(self, receive: Receive, limit: int) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -187,7 +199,7 @@ class LimitsMiddleware:
                 return b"".join(chunks), True
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return b"", False
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -74,6 +74,14 @@ class Metrics:
             "the last good pair).",
             labelnames=["outcome"],
         )
+        self.collected = Counter(
+            name="segscore_collected_events_total",
+            documentation="Events sent to POST /events by outcome: accepted "
+            "(acknowledged by the broker), invalid, unavailable (503).",
+            labelnames=["outcome"],
+        )
+        for outcome in ("accepted", "invalid", "unavailable"):
+            self.collected.labels(outcome=outcome)
         for outcome in OUTCOMES:
             # Export every outcome from the start, so rates exist before the first
             # error instead of appearing with it.

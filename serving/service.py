@@ -6,7 +6,8 @@ Redis read of Feast's own hashes (:mod:`core.store.online_reader`), the pure
 functions of :mod:`serving.scoring`, and one JSON serialisation.
 
 Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
-``GET /segments``, and BentoML's own ``GET /healthz`` (process alive),
+``GET /segments``, ``POST /events`` (the event collector, :mod:`serving.collector`),
+and BentoML's own ``GET /healthz`` (process alive),
 ``GET /readyz`` (models loaded and Redis answers PING), ``GET /metrics``
 (BentoML's series plus :mod:`serving.metrics`) and the OpenAPI document at
 ``GET /docs.json``. Promotions are picked up while serving (:mod:`serving.models`).
@@ -37,9 +38,9 @@ from starlette.routing import Route
 from core.store.feast_config import feature_store
 from core.store.online_reader import OnlineReader, resolve_views
 from core.store.state_store import StateLayout
-from infra.local_stack import current_redis_url
+from infra.local_stack import current_broker, current_redis_url
 from infra.settings import get_settings
-from serving import connections, scoring
+from serving import collector, connections, scoring
 from serving.auth import ApiKeyMiddleware
 from serving.limits import LimitsMiddleware
 from serving.metrics import LATENCY_BUCKETS, Metrics
@@ -85,9 +86,21 @@ async def _segments(request: Request) -> Response:
     return Response(service.segments_body(), media_type=JSON)
 
 
-# @bentoml.api routes accept POST only; read-only endpoints live in this small
-# Starlette app mounted beside them. The service registers itself on its state.
-read_routes = Starlette(routes=[Route("/segments", _segments, methods=["GET"])])
+async def _events(request: Request) -> Response:
+    service: ScoringService = request.app.state.service
+    return await service.collect(await request.body())
+
+
+# @bentoml.api routes accept POST only and validate a fixed schema; GET /segments
+# and the collector (whose body is an event, a list or {"events": [...]}, checked
+# by the stream's contract) live in this small Starlette app mounted beside them.
+# The service registers itself on its state.
+read_routes = Starlette(
+    routes=[
+        Route("/segments", _segments, methods=["GET"]),
+        Route(collector.EVENTS_PATH, _events, methods=["POST"]),
+    ]
+)
 
 _metrics: Metrics | None = None
 
@@ -144,7 +157,6 @@ class ScoringService:
             _QuietValidationErrors()
         )
         settings = get_settings()
-        # Only the online store: the service never talks to the broker.
         redis_url = current_redis_url(settings)
         store = feature_store(settings, redis_url)
         # Short timeouts and no retries: with Redis down or stalled a caller gets
@@ -169,6 +181,13 @@ class ScoringService:
             resolve_views(store, scoring.online_columns(scoring.ONLINE_FEATURES)),
         )
         self._segments_for: tuple[str, bytes] | None = None
+        # The broker is looked up and connected on the first POST /events only:
+        # scoring neither waits for it nor fails without it.
+        self.events = collector.EventSink(
+            lambda: current_broker(settings),
+            settings.events_topic,
+            settings.collector_produce_timeout_seconds,
+        )
         # Run the model path once so the first request does not pay for lazy
         # initialisation inside LightGBM and numpy.
         scoring.score(["warm-up"], {}, time.time(), self.models.current)
@@ -202,9 +221,43 @@ class ScoringService:
 
     @bentoml.on_shutdown
     async def stop_model_polling(self) -> None:
-        """Stop the promotion poller and close the Redis pool."""
+        """Stop the promotion poller, the event producer and the Redis pool."""
         await self.models.stop()
+        await self.events.close()
         await self._redis.aclose()
+
+    async def collect(self, body: bytes) -> Response:
+        """``POST /events``: validate, produce with acks=all, then answer 202.
+
+        422 names every bad event's field (nothing is produced); 503 with
+        ``Retry-After`` when the broker does not acknowledge in time.
+        """
+        found = collector.validate_body(body, SETTINGS)
+        if isinstance(found, collector.BadRequest):
+            metrics().collected.labels(outcome="invalid").inc()
+            return _json(
+                found.status, {"error": "invalid request", "detail": found.detail}
+            )
+        events, errors = found
+        if errors:
+            metrics().collected.labels(outcome="invalid").inc(len(errors))
+            return _json(422, collector.error_body(errors))
+        try:
+            await self.events.deliver(events)
+        except collector.BrokerUnavailable as exc:
+            logger.warning("event broker unavailable: %s", exc)
+            metrics().collected.labels(outcome="unavailable").inc(len(events))
+            return _json(
+                503,
+                {
+                    "error": "event broker unavailable",
+                    "detail": "retry shortly with the same event ids (replays "
+                    "are dropped by event_id)",
+                },
+                {"Retry-After": "1"},
+            )
+        metrics().collected.labels(outcome="accepted").inc(len(events))
+        return _json(202, {"accepted": len(events)})
 
     @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=ScoreResponse)
     async def score(
@@ -262,6 +315,14 @@ class ScoringService:
             return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
+
+
+def _json(
+    status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers
+    )
 
 
 # Outermost first: limits (and outcome counting) see every /score answer,
