@@ -4,7 +4,7 @@
 at T, for every user at once, from the event log alone. Each user's events up to
 and including T are folded into a :class:`~core.user_state.UserState` by the
 backfill (:func:`training.backfill.backfill`, the stream worker's transition), and
-the states are scored by :func:`serving.scoring.score` -- the service's own
+the states are scored by :func:`core.scoring.score` -- the service's own
 function -- at read time T, handed over as the columns the service's online read
 gives (the state and its write time, the user's last event). Users without an
 event up to T are cold starts, scored from the population defaults as the
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import scoring
 from core.event_files import read_events
 from core.feature_catalog import STATE_FEATURE
+from core.model_manager import load_models, wanted_tags
 from core.user_state import UserState
 from infra.settings import Settings
-from serving import scoring
-from serving.models import load_models, wanted_tags
 from training.backfill import backfill
 
 # Users per call of the scoring function: large enough that the per-call cost
@@ -207,7 +207,7 @@ def score_states(
     batch_users: int = BATCH_USERS,
     on_progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Score users from their states at ``as_of`` with :func:`serving.scoring.score`.
+    """Score users from their states at ``as_of`` with :func:`core.scoring.score`.
 
     Args:
         user_ids: Users to score, in output order; one without a state is a

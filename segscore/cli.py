@@ -278,8 +278,8 @@ def batch_score(
     """Score users as of a time from the event log, as /score would have then."""
     from rich.progress import Progress
 
+    from core.model_manager import ModelRefused
     from segscore import batch_score as batch
-    from serving.models import ModelRefused
 
     try:
         moment = batch.parse_as_of(as_of)

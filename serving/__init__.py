@@ -1,10 +1,11 @@
-"""Online scoring: the BentoML service, its HTTP schemas and the scoring path.
+"""Online scoring: the BentoML service and its HTTP contract.
 
 - :mod:`serving.schemas`: request/response models, the HTTP contract.
-- :mod:`serving.scoring`: pure functions from stored features to segment,
-  propensity and TreeSHAP explanation (no I/O).
 - :mod:`serving.service`: the BentoML service that reads the Feast online store and
-  calls them (``bentoml serve serving.service:ScoringService``).
+  calls the pure scoring path of :mod:`core.scoring` with the models
+  :mod:`core.model_manager` keeps current (``bentoml serve
+  serving.service:ScoringService``).
+- :mod:`serving.collector`: ``POST /events``, events over HTTP into Kafka.
 """
 
 import os as _os

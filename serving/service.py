@@ -3,14 +3,14 @@
 Thin on purpose: start-up loads settings, resolves the models' features in the Feast
 registry and loads (and validates) both models; each request is one pipelined
 Redis read of Feast's own hashes (:mod:`core.store.online_reader`), the pure
-functions of :mod:`serving.scoring`, and one JSON serialisation.
+functions of :mod:`core.scoring`, and one JSON serialisation.
 
 Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
 ``GET /segments``, ``POST /events`` (the event collector, :mod:`serving.collector`),
 and BentoML's own ``GET /healthz`` (process alive),
 ``GET /readyz`` (models loaded and Redis answers PING), ``GET /metrics``
 (BentoML's series plus :mod:`serving.metrics`) and the OpenAPI document at
-``GET /docs.json``. Promotions are picked up while serving (:mod:`serving.models`).
+``GET /docs.json``. Promotions are picked up while serving (:mod:`core.model_manager`).
 
 Slow and idle clients: a request's headers and its body each have a deadline (408),
 and each worker caps its open connections (503 beyond); see :mod:`serving.connections`
@@ -35,16 +35,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from core import scoring
+from core.model_manager import ModelManager
 from core.store.feast_config import feature_store
 from core.store.online_reader import OnlineReader, resolve_views
 from core.store.state_store import StateLayout
 from infra.local_stack import current_broker, current_redis_url
 from infra.settings import get_settings
-from serving import collector, connections, scoring
+from serving import collector, connections
 from serving.auth import ApiKeyMiddleware
 from serving.limits import LimitsMiddleware
 from serving.metrics import LATENCY_BUCKETS, Metrics
-from serving.models import ModelManager
 from serving.schemas import ScoreRequest, ScoreResponse
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ A simulated log is imported as a user imports one (``segscore import``), a tiny
 model pair is saved and promoted, and the command runs as a real subprocess. The
 reference is built independently: each user's events up to T folded one by one
 with the stream worker's :func:`~core.user_state.apply_event`, serialised as the
-online store holds them, and scored by :func:`serving.scoring.score` exactly as
+online store holds them, and scored by :func:`core.scoring.score` exactly as
 ``serving/service.py`` calls it (same loader, same arguments, read time T).
 """
 
@@ -22,15 +22,15 @@ import httpx
 import pandas as pd
 import pytest
 
+from core import scoring
 from core.event_files import read_events, write_events
 from core.events import Event
 from core.feature_catalog import STATE_FEATURE
+from core.model_manager import load_models, wanted_tags
 from core.registry import PROPENSITY, SEGMENTER, promote
 from core.user_state import UserState, apply_event
 from infra.settings import Settings
 from segscore.simulator import simulate
-from serving import scoring
-from serving.models import load_models, wanted_tags
 from serving.schemas import ScoreResponse
 from tests.support.live_service import API_KEY, KNOWN_USER, TWO_HOURS, running_service
 from tests.support.model_bundles import save_tiny_models

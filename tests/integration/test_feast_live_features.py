@@ -27,6 +27,7 @@ from core.feature_catalog import (
 )
 from core.feature_math import history_features, stream_features
 from core.names import LIVE_VIEW, offline_service
+from core.scoring import ONLINE_FEATURES, online_columns, with_read_time_features
 from core.store.feast_config import feature_store
 from core.store.online_reader import OnlineReader, resolve_views
 from core.store.state_store import StateLayout, save_states
@@ -40,7 +41,6 @@ from feature_repo.live_features import (
 from infra import local_stack, processes
 from infra.settings import Settings
 from segscore.bench.serve_stack import start_feast_server
-from serving.scoring import ONLINE_FEATURES, online_columns, with_read_time_features
 
 NAMES = [spec.name for spec in LIVE_FEATURES]
 REFS = [f"{LIVE_VIEW}:{name}" for name in NAMES]

@@ -262,8 +262,8 @@ def test_online_reader_returns_what_feast_returns(live: LiveService):
 
     import redis.asyncio as aioredis
 
+    from core.scoring import ONLINE_FEATURES, online_columns
     from core.store.online_reader import OnlineReader, resolve_views
-    from serving.scoring import ONLINE_FEATURES, online_columns
 
     store = feature_store(live.settings, live.redis.address)
     names = online_columns(ONLINE_FEATURES)

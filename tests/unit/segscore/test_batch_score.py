@@ -12,6 +12,7 @@ import pytest
 from core.event_files import events_frame
 from core.events import Event
 from core.feature_catalog import STATE_FEATURE
+from core.scoring import TIMESTAMP_SUFFIX, ScoringModels, score
 from core.user_state import UserState, apply_event
 from segscore.batch_score import (
     COLUMNS,
@@ -24,7 +25,6 @@ from segscore.batch_score import (
     stored_columns,
     write_scores,
 )
-from serving.scoring import TIMESTAMP_SUFFIX, ScoringModels, score
 from tests.support.model_bundles import tiny_bundles
 
 T = 1_750_000_000.0

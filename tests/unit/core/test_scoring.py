@@ -16,17 +16,18 @@ from core.feature_catalog import (
     STATE_FEATURE,
 )
 from core.feature_math import history_values
-from core.user_state import Outcome, UserState, apply_event
-from serving.schemas import ScoreRequest, ScoreResponse, SegmentsResponse
-from serving.scoring import (
+from core.scoring import (
     ScoringModels,
     build_inputs,
     feature_ages,
     score,
     segment_catalogue,
+    segments_at,
     top_contributions,
     with_read_time_features,
 )
+from core.user_state import Outcome, UserState, apply_event
+from serving.schemas import ScoreRequest, ScoreResponse, SegmentsResponse
 from tests.support.model_bundles import tiny_bundles
 
 AS_OF = 1_800_000_000.0
@@ -446,3 +447,30 @@ def test_request_defaults():
     request = ScoreRequest.model_validate({"user_ids": ["u-1"]})
     assert (request.explain, request.top_k) == (True, 5)
     ScoreRequest.model_validate({"user_ids": ["x" * 128] * 1000, "top_k": 50})
+
+
+def test_segments_at_each_states_own_time_are_what_score_assigns(
+    models: ScoringModels,
+) -> None:
+    """The worker's placement (per state, as of its own time) equals /score's."""
+    rng = np.random.default_rng(7)
+    kinds = ["product_view", "add_to_cart", "purchase", "page_view"]
+    states, instants = [], []
+    for u in range(60):
+        start = AS_OF - float(rng.uniform(0, 120)) * DAY
+        times = np.sort(start + rng.uniform(0, 30 * DAY, size=int(rng.integers(1, 40))))
+        events = [(kinds[int(rng.integers(0, 4))], float(t)) for t in times]
+        states.append(_stream_only_state(f"live-{u}", events))
+        instants.append(float(times[-1]) + float(rng.uniform(0, 3 * DAY)))
+
+    placed = segments_at(states, instants, models)
+
+    one_by_one = [
+        score([f"live-{u}"], {STATE_FEATURE: [state]}, at, models)["scores"][0]
+        for u, (state, at) in enumerate(zip(states, instants, strict=True))
+    ]
+    assert placed == [s["segment"]["id"] for s in one_by_one]
+    assert len(set(placed)) > 1  # the check would be empty with one segment
+    # The time matters: read much later, some users move.
+    later = segments_at(states, [t + 200 * DAY for t in instants], models)
+    assert later != placed

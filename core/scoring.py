@@ -60,7 +60,7 @@ _NO_STREAM: tuple[None, ...] = (None,) * len(STREAM_NAMES)
 _DERIVED = STREAM_NAMES + HISTORY_NAMES
 REQUEST_NAMES = tuple(spec.name for spec in REQUEST_FEATURES)
 # Every stored feature a model may use; a model version asking for anything else
-# is refused at load (serving.models.validate).
+# is refused at load (core.model_manager.validate).
 ONLINE_FEATURES = tuple(s.name for s in STREAM_FEATURES + HISTORY_FEATURES)
 
 
@@ -75,9 +75,12 @@ def online_columns(model_stored: Sequence[str]) -> tuple[str, ...]:
 
 
 def with_read_time_features(
-    stored: StoredColumns, n_users: int, as_of: float
+    stored: StoredColumns, n_users: int, as_of: float | Sequence[float]
 ) -> StoredColumns:
     """Add the stream and history columns computed from each user's state at ``as_of``.
+
+    ``as_of`` is one instant for all, or one per user (a state read at the time of
+    its own latest event, as the stream worker reads it).
 
     Uses :func:`core.feature_math.stream_values` and
     :func:`~core.feature_math.history_values` (what the backfill's training rows
@@ -97,11 +100,12 @@ def with_read_time_features(
         *(stored.get(name, none_column) for name in HISTORY_NAMES), strict=True
     )
     # Rows as tuples, transposed once: cheaper than a dict per user.
+    instants = [as_of] * n_users if isinstance(as_of, float | int) else as_of
     rows = []
-    for blob, history_row in zip(blobs, history_rows, strict=True):
+    for blob, history_row, at in zip(blobs, history_rows, instants, strict=True):
         if blob:
             state = blob if isinstance(blob, UserState) else decode(blob)
-            rows.append(stream_values(state, as_of) + history_values(state, as_of))
+            rows.append(stream_values(state, at) + history_values(state, at))
         else:
             rows.append(_NO_STREAM + history_row)
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(_DERIVED)
@@ -284,7 +288,7 @@ def _defaults_vector(
 def build_inputs(
     stored: StoredColumns,
     n_users: int,
-    as_of: float,
+    as_of: float | np.ndarray,
     models: ScoringModels,
 ) -> ModelInputs:
     """Turn stored feature columns into the two models' input matrices.
@@ -303,7 +307,7 @@ def build_inputs(
     Args:
         stored: Feature name to one value per user (``None`` = missing).
         n_users: Number of users (rows).
-        as_of: Read time, epoch seconds.
+        as_of: Read time, epoch seconds (or one per user).
         models: The models, for feature order and defaults.
 
     Returns:
@@ -478,6 +482,24 @@ def score(
             for i in range(n)
         ],
     }
+
+
+def segments_at(
+    states: Sequence[UserState], instants: Sequence[float], models: ScoringModels
+) -> list[int]:
+    """Each state's segment as of its own instant, exactly as :func:`score` assigns it.
+
+    For the stream worker, which places a user when their events arrive (as of the
+    latest one, so a replay of the same events places them the same way); the
+    inputs are built by the functions :func:`score` uses, from the state alone.
+    """
+    n = len(states)
+    if not n:
+        return []
+    at = np.asarray(instants, dtype=np.float64)
+    stored = with_read_time_features({STATE_FEATURE: list(states)}, n, at.tolist())
+    inputs = build_inputs(stored, n, at, models)
+    return models.assign_segments(inputs.segmentation).tolist()
 
 
 def segment_catalogue(segmenter: SegmenterBundle) -> dict[str, Any]:

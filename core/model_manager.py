@@ -6,7 +6,7 @@ atomically by :mod:`core.registry` on ``segscore train`` / ``models promote`` /
 polls the file's modification time; when it changes and names other tags, the new
 pair is loaded and validated in a thread (off the event loop, so requests keep
 flowing), then swapped in with one attribute assignment. A request takes the
-current :class:`~serving.scoring.ScoringModels` once, so it is scored by one
+current :class:`~core.scoring.ScoringModels` once, so it is scored by one
 consistent pair even while a swap happens. A version that fails to load or fails
 validation is refused and the last good pair keeps serving.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core import scoring
 from core.registry import (
     PROPENSITY,
     SEGMENTER,
@@ -31,7 +32,6 @@ from core.registry import (
     load_segmenter,
 )
 from infra.settings import Settings
-from serving import scoring
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Which models serve: champion or pinned version, validation, hot swap, fast paths.
 
 The model store is BentoML's real on-disk store in a temporary home; the service
-side is :class:`serving.models.ModelManager` driven by hand (``check()`` is what
+side is :class:`core.model_manager.ModelManager` driven by hand (``check()`` is what
 the background poll runs).
 """
 
@@ -19,6 +19,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
 
+from core.model_manager import ModelManager, ModelRefused, wanted_tags
 from core.registry import (
     PROPENSITY,
     SEGMENTER,
@@ -26,10 +27,9 @@ from core.registry import (
     save_propensity,
     save_segmenter,
 )
+from core.scoring import ONLINE_FEATURES, ScoringModels, segment_assigner
 from infra.settings import Settings
 from serving.metrics import observe_many
-from serving.models import ModelManager, ModelRefused, wanted_tags
-from serving.scoring import ONLINE_FEATURES, ScoringModels, segment_assigner
 from tests.support.model_bundles import tiny_bundles
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

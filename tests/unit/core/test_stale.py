@@ -6,9 +6,9 @@ import pytest
 
 from core.events import Event
 from core.feature_catalog import STATE_FEATURE
+from core.scoring import TIMESTAMP_SUFFIX, ScoringModels, score
 from core.user_state import UserState, apply_event
 from serving.schemas import ScoreResponse
-from serving.scoring import TIMESTAMP_SUFFIX, ScoringModels, score
 from tests.support.model_bundles import tiny_bundles
 
 AS_OF = 1_800_000_000.0
