@@ -484,22 +484,81 @@ def score(
     }
 
 
-def segments_at(
+@dataclass(frozen=True)
+class Placements:
+    """Segments of a list of states, and the segmenter inputs they came from."""
+
+    segments: list[int]
+    inputs: np.ndarray  # rows = states, columns = the segmenter's features
+
+
+def place(
     states: Sequence[UserState], instants: Sequence[float], models: ScoringModels
-) -> list[int]:
+) -> Placements:
     """Each state's segment as of its own instant, exactly as :func:`score` assigns it.
 
     For the stream worker, which places a user when their events arrive (as of the
-    latest one, so a replay of the same events places them the same way); the
-    inputs are built by the functions :func:`score` uses, from the state alone.
+    latest one, so the same events place them the same way whenever they are
+    applied); the inputs are built by the functions :func:`score` uses, from the
+    state alone.
     """
     n = len(states)
     if not n:
-        return []
+        return Placements([], np.empty((0, len(models.segmenter.features))))
     at = np.asarray(instants, dtype=np.float64)
     stored = with_read_time_features({STATE_FEATURE: list(states)}, n, at.tolist())
     inputs = build_inputs(stored, n, at, models)
-    return models.assign_segments(inputs.segmentation).tolist()
+    segments = models.assign_segments(inputs.segmentation).tolist()
+    return Placements(segments, inputs.segmentation)
+
+
+def change_reasons(
+    models: ScoringModels, inputs: np.ndarray, old: int, new: int, top_k: int = 3
+) -> list[dict[str, Any]]:
+    """The features that moved a user from segment ``old`` to ``new``.
+
+    Those whose value now lies nearer the new segment's profile than the old
+    one's, by the most, in units of how far apart the segments' profiles lie on
+    that feature (so counts and currency compare). Read with the profiles of
+    ``GET /segments``.
+
+    Args:
+        models: The models (the segmenter's catalogue holds the profiles).
+        inputs: The user's segmenter inputs (one row of :class:`Placements`).
+        old: The segment left.
+        new: The segment entered.
+        top_k: How many features at most.
+
+    Returns:
+        ``{"feature", "value", "from_profile", "to_profile"}`` per feature,
+        strongest first; empty when either segment has no profile.
+    """
+    segmenter = models.segmenter
+    by_id = {s.id: s for s in segmenter.segments}
+    if old not in by_id or new not in by_id:
+        return []
+    features = segmenter.features
+    profiles = np.array(
+        [[s.profile.get(f, np.nan) for f in features] for s in segmenter.segments],
+        dtype=np.float64,
+    )
+    spread = np.nanstd(profiles, axis=0)
+    spread[~(spread > 0)] = np.inf  # a feature all segments share explains nothing
+    left = np.array([by_id[old].profile.get(f, np.nan) for f in features])
+    entered = np.array([by_id[new].profile.get(f, np.nan) for f in features])
+    pull = (np.abs(inputs - left) - np.abs(inputs - entered)) / spread
+    pull = np.where(np.isfinite(pull), pull, 0.0)
+    order = np.argsort(-pull, kind="stable")[:top_k]
+    return [
+        {
+            "feature": features[j],
+            "value": float(inputs[j]),
+            "from_profile": float(left[j]),
+            "to_profile": float(entered[j]),
+        }
+        for j in order.tolist()
+        if pull[j] > 0
+    ]
 
 
 def segment_catalogue(segmenter: SegmenterBundle) -> dict[str, Any]:

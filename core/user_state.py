@@ -121,6 +121,15 @@ class UserState:
     # come from one partition (streams.routing); a second entry appears when the
     # topic gains partitions and the user's partition changes.
     offsets: dict[str, int] = field(default_factory=dict)
+    # The stream worker's live segment (streams/live_segments.py): where the user
+    # was last placed, how many times that changed, and the change records written
+    # with this state but not yet produced (an outbox: a crash between the write
+    # and the produce sends them again, with the same ``seq``). The worker's own
+    # bookkeeping, stored with the dedupe data, never in Feast's blob; not part of
+    # equality, which is about features.
+    segment: int | None = field(default=None, compare=False)
+    segment_seq: int = field(default=0, compare=False)
+    segment_outbox: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     # The earliest "oldest kept time" (newest event time minus the lateness) at
     # which :func:`_prune` can find a bucket, session, category or cart time to
@@ -157,8 +166,11 @@ class UserState:
         )
 
     def dedupe_bytes(self) -> bytes:
-        """Just the replay-detection part: recent event ids and source offsets."""
-        return orjson.dumps({"s": self.seen, "o": self.offsets})
+        """The worker's part: recent event ids, source offsets, live segment."""
+        worker: dict[str, Any] = {"s": self.seen, "o": self.offsets}
+        if self.segment is not None or self.segment_outbox:
+            worker["g"] = [self.segment, self.segment_seq, self.segment_outbox]
+        return orjson.dumps(worker)
 
     @classmethod
     def from_bytes(cls, blob: bytes | None, dedupe: bytes | None = None) -> UserState:
@@ -171,6 +183,10 @@ class UserState:
             extra = orjson.loads(dedupe)
             state.seen = extra["s"]
             state.offsets = _offsets(extra["o"])
+            live = extra.get("g")
+            if live:
+                state.segment, state.segment_seq = live[0], int(live[1])
+                state.segment_outbox = tuple(live[2])
         return state
 
     @classmethod

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     # Topics and the worker's consumer group (infra/topics.py).
     events_topic: str = "events"
     dlq_topic: str = "events-dlq"
+    segment_changes_topic: str = Field(
+        default="segment-changes",
+        description="Live segment changes, keyed by user (streams/live_segments.py).",
+    )
+    live_segments: bool = Field(
+        default=True,
+        description="The worker places every touched user with the serving "
+        "segmenter and produces each change to segment_changes_topic.",
+    )
     topic_partitions: int = 2
     consumer_group: str = "segscore-features"
 

@@ -1,4 +1,4 @@
-"""Kafka topic management: make sure the event and DLQ topics exist."""
+"""Kafka topic management: make sure the event, DLQ and segment-change topics exist."""
 
 from __future__ import annotations
 
@@ -11,12 +11,20 @@ from infra.settings import Settings
 
 
 async def ensure_topics_async(broker: str, settings: Settings) -> list[str]:
-    """Create the events and DLQ topics when missing; returns those created."""
+    """Create the events, DLQ and segment-change topics when missing.
+
+    Returns:
+        The topics created.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.events_topic, settings.dlq_topic]
+        wanted = [
+            settings.events_topic,
+            settings.dlq_topic,
+            settings.segment_changes_topic,
+        ]
         missing = [t for t in wanted if t not in existing]
         if missing:
             topics = [

@@ -39,6 +39,7 @@ from faust.app.base import BootStrategy
 
 from infra.local_stack import bundled_broker, current
 from infra.settings import Settings, get_settings
+from infra.topics import ensure_topics
 from streams.consumer import EventConsumer, group_timeouts
 from streams.metrics import WorkerMetrics, remove_textfile, textfile_path, worker_id
 
@@ -126,6 +127,9 @@ dlq_topic = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes)
 metrics = WorkerMetrics(WORKER_ID)
 # Misrouted records are produced again here, to their user's partition.
 events_topic = app.topic(settings.events_topic, value_type=bytes, key_type=bytes)
+changes_topic = app.topic(
+    settings.segment_changes_topic, value_type=bytes, key_type=bytes
+)
 
 
 def _build_engine() -> FeatureEngine:
@@ -136,14 +140,20 @@ def _build_engine() -> FeatureEngine:
     broker, and the two overlap.
     """
     _skip_feast_typechecks()
+    from streams.live_segments import LiveSegments
     from streams.worker_engine import FeatureEngine
 
+    if settings.live_segments:
+        # A broker set up before live segments lacks their topic.
+        ensure_topics(_stack.kafka_broker, settings)
     return FeatureEngine(
         settings,
         _stack.redis_url,
         metrics,
         layout=state_layout(settings, _stack.redis_url),
         events_topic=events_topic,
+        live=LiveSegments(settings) if settings.live_segments else None,
+        changes_topic=changes_topic,
     )
 
 

@@ -31,6 +31,9 @@ class BatchResult:
     touched: list[str]
     late: list[Event]
     counts: Counter[str]
+    # Users whose state holds live-segment changes still to produce (the worker
+    # fills this in; see streams.live_segments).
+    outbox: dict[str, UserState] = field(default_factory=dict)
 
 
 def parse_batch(

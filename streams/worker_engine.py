@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import redis
@@ -50,11 +50,16 @@ from core.store.feast_config import feature_store
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import source_key
 from infra.settings import Settings
+from streams.live_segments import deliver_changes
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_batch
 from streams.routing import Router
 from streams.state_cache import Partition, StateCache
 from streams.store_reset import StoreReset
+
+if TYPE_CHECKING:
+    from core.user_state import UserState
+    from streams.live_segments import LiveSegments
 
 log = logging.getLogger("segscore.worker")
 T = TypeVar("T")
@@ -171,6 +176,8 @@ class FeatureEngine:
             ``send(key=, value=, partition=)``); without it, or until
             :attr:`partitions_for` is set (the consumer sets it), records are
             applied where they are found.
+        live: Live segments (:mod:`streams.live_segments`); off without it or
+            ``changes_topic``, where their changes go (Faust-like ``send``).
 
     Attributes:
         partitions_for: The consumer's ``partitions_for_topic``: the events
@@ -188,6 +195,8 @@ class FeatureEngine:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         events_topic: Any = None,
+        live: LiveSegments | None = None,
+        changes_topic: Any = None,
     ) -> None:
         self.settings = settings
         self.redis_url = redis_url
@@ -200,6 +209,9 @@ class FeatureEngine:
         self._clock = clock
         self._sleep = sleep
         self.events_topic = events_topic
+        # Live segments need both: the models and where their changes go.
+        self.live = live if changes_topic is not None else None
+        self.changes_topic = changes_topic
         self.partitions_for: Callable[[str], Collection[int] | None] | None = None
         self.router = Router()
         # The store's identity (Redis run_id) when it was last checked; None until
@@ -238,6 +250,8 @@ class FeatureEngine:
         before.
         """
         started = time.monotonic()
+        if self.live is not None and self.live.due():
+            await asyncio.to_thread(self.live.refresh)
         parsed = self._parse([r.value for r in batch])
         rejected = {index for index, _ in parsed.rejections}
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
@@ -253,6 +267,7 @@ class FeatureEngine:
         if moves:
             outcomes[REROUTED] = len(moves)
         written: list[Event] = []
+        outbox: dict[str, UserState] = {}
         rows = 0
         for chunk, result, error in await self._write_isolating(events, origin):
             if result is None:
@@ -269,6 +284,7 @@ class FeatureEngine:
                 continue
             late = {id(e) for e in result.late}
             written.extend(e for e in chunk if id(e) not in late)
+            outbox.update(result.outbox)
             outcomes.update(result.counts)
             rows += len(result.touched)
             for event in result.late:
@@ -283,6 +299,10 @@ class FeatureEngine:
             log.info("re-routed %d record(s) to their users' partitions", len(moves))
         if letters:
             await self._retry("dlq", lambda: self._send_letters(dlq_topic, letters))
+        if outbox:
+            self.counts["segment_changes"] += await deliver_changes(
+                outbox, self.changes_topic, self.redis, self.layout, self._retry
+            )
 
         # Everything is durable: record what happened.
         self.metrics.record_outcomes(outcomes)
@@ -446,8 +466,15 @@ class FeatureEngine:
             result = apply_batch(
                 events, states, self.settings.allowed_lateness_seconds, positions
             )
+            live = self.live
+            if live and result.touched and not live.place_batch(events, states, result):
+                self.counts["segment_errors"] += 1
             touched = {u: states[u] for u in result.touched}
             save_states(client, layout, touched, keys)
+            if self.live is not None:
+                # Changes written with the state but not yet produced: this
+                # batch's, or (after a crash) an earlier attempt's in a loaded state.
+                result.outbox = {u: s for u, s in states.items() if s.segment_outbox}
         except BaseException as exc:
             # The attempt may have changed cached states that Redis never got.
             self.cache.evict(users)

@@ -19,10 +19,11 @@ from core.feature_math import history_values
 from core.scoring import (
     ScoringModels,
     build_inputs,
+    change_reasons,
     feature_ages,
+    place,
     score,
     segment_catalogue,
-    segments_at,
     top_contributions,
     with_read_time_features,
 )
@@ -449,7 +450,7 @@ def test_request_defaults():
     ScoreRequest.model_validate({"user_ids": ["x" * 128] * 1000, "top_k": 50})
 
 
-def test_segments_at_each_states_own_time_are_what_score_assigns(
+def test_placing_each_state_at_its_own_time_is_what_score_assigns(
     models: ScoringModels,
 ) -> None:
     """The worker's placement (per state, as of its own time) equals /score's."""
@@ -463,7 +464,7 @@ def test_segments_at_each_states_own_time_are_what_score_assigns(
         states.append(_stream_only_state(f"live-{u}", events))
         instants.append(float(times[-1]) + float(rng.uniform(0, 3 * DAY)))
 
-    placed = segments_at(states, instants, models)
+    placed = place(states, instants, models).segments
 
     one_by_one = [
         score([f"live-{u}"], {STATE_FEATURE: [state]}, at, models)["scores"][0]
@@ -472,5 +473,37 @@ def test_segments_at_each_states_own_time_are_what_score_assigns(
     assert placed == [s["segment"]["id"] for s in one_by_one]
     assert len(set(placed)) > 1  # the check would be empty with one segment
     # The time matters: read much later, some users move.
-    later = segments_at(states, [t + 200 * DAY for t in instants], models)
+    later = place(states, [t + 200 * DAY for t in instants], models).segments
     assert later != placed
+
+
+def test_change_reasons_name_the_features_nearer_the_new_profile(
+    models: ScoringModels,
+) -> None:
+    segmenter = models.segmenter
+    old, new = segmenter.segments[0], segmenter.segments[1]
+    features = segmenter.features
+    # A user sitting exactly on the new profile: every feature on which the two
+    # profiles differ pulls toward it.
+    row = np.array([new.profile[f] for f in features])
+    reasons = change_reasons(models, row, old.id, new.id, top_k=len(features))
+    differing = {f for f in features if old.profile[f] != new.profile[f]}
+    assert {r["feature"] for r in reasons} == differing
+    assert all(r["to_profile"] == r["value"] for r in reasons)
+    # Strongest first, by distance in units of the profiles' spread.
+    spread = np.std(
+        [[s.profile[f] for f in features] for s in segmenter.segments], axis=0
+    )
+    pulls = [
+        abs(r["value"] - r["from_profile"]) / spread[features.index(r["feature"])]
+        for r in reasons
+    ]
+    assert pulls == sorted(pulls, reverse=True)
+    # Sitting on the old profile, nothing pulls toward the new one.
+    assert (
+        change_reasons(
+            models, np.array([old.profile[f] for f in features]), old.id, new.id
+        )
+        == []
+    )
+    assert change_reasons(models, row, old.id, 99) == []

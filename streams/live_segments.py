@@ -1,0 +1,222 @@
+"""Live segments: the worker places each touched user, and says when that changes.
+
+After a batch is folded into the states, every user it touched is placed by the
+champion segmenter as of their latest event (:func:`core.scoring.place`, the
+assignment ``/score`` makes), and a user whose segment differs from the one kept
+in their state gets a change record:
+
+``{"id": "<user>:<seq>", "user_id", "seq", "from", "from_name", "to", "to_name",
+"at", "caused_by", "model_version", "top_features"}``
+
+``seq`` counts the user's changes; ``at`` is the causing event's time (ISO-8601)
+and ``caused_by`` its ``event_id``; ``from`` is null the first time a user is
+placed. ``top_features`` (:func:`core.scoring.change_reasons`) names what moved
+them. The record is written into the state (its outbox) in the same ``HSET`` as
+the events that caused it, then produced to the ``segment-changes`` topic keyed by
+user, then cleared. So a change is never lost: a crash before the produce leaves
+it in the outbox, and the replay of the batch (whose events are recognised as
+duplicates and change nothing) sends it. A crash after the produce and before the
+clear sends it again with the same ``id``. A replayed event never makes a change
+of its own, because it is not applied twice.
+
+The models are the ones the scoring service follows (:mod:`core.model_manager`):
+pinned versions or the champions, reloaded on promotion without a restart. Until
+a pair is trained, nobody is placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+
+from core.events import Event, iso
+from core.model_manager import ModelManager, ModelRefused
+from core.scoring import ONLINE_FEATURES, ScoringModels, change_reasons, place
+from core.store.state_store import StateLayout, save_states
+from core.user_state import UserState
+from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.processor import BatchResult
+
+log = logging.getLogger(__name__)
+
+
+class LiveSegments:
+    """Holds the serving models for the worker and places users with them."""
+
+    def __init__(self, settings: Settings, models: ScoringModels | None = None) -> None:
+        self.settings = settings
+        self._fixed = models
+        self._manager: ModelManager | None = None
+        self._next_check = 0.0
+        if models is None:
+            self.refresh()
+
+    @property
+    def models(self) -> ScoringModels | None:
+        """The pair in use, or None before any is trained."""
+        if self._fixed is not None:
+            return self._fixed
+        return self._manager.current if self._manager is not None else None
+
+    def refresh(self) -> None:
+        """Load a first pair, or follow a promotion (blocking: reads the store)."""
+        self._next_check = time.monotonic() + self.settings.model_poll_seconds
+        if self._fixed is not None:
+            return
+        if self._manager is not None:
+            self._manager.check()
+            return
+        try:
+            self._manager = ModelManager(self.settings, allowed=ONLINE_FEATURES)
+        except ModelRefused as exc:
+            log.info("live segments off until a model pair loads: %s", exc)
+            return
+        log.info("live segments by %s", self._manager.current.segmenter.tag)
+
+    def place_batch(
+        self, events: list[Event], states: dict[str, UserState], result: BatchResult
+    ) -> bool:
+        """:meth:`place` the users a batch touched; False if the models failed.
+
+        Never raises: the events are applied either way, and a model problem must
+        not turn them into poison (the users are placed again on their next
+        event). A duplicate event in the batch may be taken as a cause; it has the
+        id and time it had when first applied.
+        """
+        late = {id(e) for e in result.late}
+        try:
+            self.place(states, result.touched, (e for e in events if id(e) not in late))
+        except Exception:
+            log.exception("placing users in live segments failed; batch kept")
+            return False
+        return True
+
+    def due(self) -> bool:
+        """Whether :meth:`refresh` should run (once per model poll interval)."""
+        return self._fixed is None and time.monotonic() >= self._next_check
+
+    def place(
+        self,
+        states: dict[str, UserState],
+        users: list[str],
+        applied: Iterable[Event],
+    ) -> int:
+        """Place ``users``; a changed segment goes into the state's outbox.
+
+        Args:
+            states: The batch's states, after its events were applied.
+            users: The users whose state the batch changed.
+            applied: The events applied; each user's latest is the cause.
+
+        Returns:
+            How many changes were recorded.
+        """
+        models = self.models
+        if models is None or not users:
+            return 0
+        causes: dict[str, Event] = {}
+        for event in applied:
+            cause = causes.get(event.user_id)
+            if cause is None or event.ts >= cause.ts:
+                causes[event.user_id] = event
+        users = [u for u in users if u in causes]
+        chosen = [states[u] for u in users]
+        instants = [
+            s.last_event_ts or causes[u].ts for u, s in zip(users, chosen, strict=True)
+        ]
+        placed = place(chosen, instants, models)
+        changes = 0
+        for row, (user, state, segment) in enumerate(
+            zip(users, chosen, placed.segments, strict=True)
+        ):
+            if state.segment == segment:
+                continue
+            state.segment_seq += 1
+            state.segment_outbox += (
+                _record(
+                    user,
+                    state,
+                    segment,
+                    causes[user],
+                    models,
+                    change_reasons(models, placed.inputs[row], state.segment, segment)
+                    if state.segment is not None
+                    else [],
+                ),
+            )
+            state.segment = segment
+            changes += 1
+        return changes
+
+
+def _record(
+    user: str,
+    state: UserState,
+    segment: int,
+    cause: Event,
+    models: ScoringModels,
+    reasons: list[dict[str, Any]],
+) -> dict[str, Any]:
+    names = models.segment_names
+    old = state.segment
+    return {
+        "id": f"{user}:{state.segment_seq}",
+        "user_id": user,
+        "seq": state.segment_seq,
+        "from": old,
+        "from_name": None if old is None else names.get(old, f"segment {old}"),
+        "to": segment,
+        "to_name": names.get(segment, f"segment {segment}"),
+        "at": iso(cause.ts),
+        "caused_by": cause.event_id,
+        "model_version": models.segmenter.tag,
+        "top_features": reasons,
+    }
+
+
+async def send_changes(topic: Any, outbox: dict[str, UserState]) -> None:
+    """Produce every pending change (Faust-like ``send``), keyed by user; wait."""
+    futures = [
+        await topic.send(key=user.encode(), value=orjson.dumps(record))
+        for user, state in outbox.items()
+        for record in state.segment_outbox
+    ]
+    await asyncio.gather(*futures)
+
+
+def clear_outbox(
+    client: redis.Redis, layout: StateLayout, outbox: dict[str, UserState]
+) -> None:
+    """Empty produced outboxes, in the states (the worker's cache) and in Redis."""
+    for state in outbox.values():
+        state.segment_outbox = ()
+    save_states(client, layout, outbox)
+
+
+async def deliver_changes(
+    outbox: dict[str, UserState],
+    topic: Any,
+    client: redis.Redis,
+    layout: StateLayout,
+    retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> int:
+    """Produce the outboxes' changes, then empty them; each step retried.
+
+    Returns:
+        How many changes were produced.
+    """
+    changes = sum(len(state.segment_outbox) for state in outbox.values())
+    await retry("segment-changes", lambda: send_changes(topic, outbox))
+    await retry(
+        "segment-outbox",
+        lambda: asyncio.to_thread(clear_outbox, client, layout, outbox),
+    )
+    return changes
