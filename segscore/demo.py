@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 from rich.table import Table
 
+from core.events import Event
 from infra import local_stack, processes
-from infra.settings import get_settings
+from infra.settings import Settings, get_settings
 from segscore.http_client import post_score
 
 # Users whose behaviour a live session changes visibly: browsers who now buy.
@@ -66,7 +68,7 @@ def run_demo(
     users: int, days: float, home: Path | None, console: Console
 ) -> dict[str, dict[str, dict]]:
     """Run the demo end to end; returns the before/after scores."""
-    from segscore.producer import produce_events
+    from segscore.producer import produce_events, read_topic
     from segscore.simulator import live_session, simulate
     from training.workflow import run_training
 
@@ -111,26 +113,85 @@ def run_demo(
                 processes.wait_ready(f"{url}/readyz", server)
 
             chosen = _pick_users(sim.personas)
-            before = _score(url, chosen)
             live = []
             for index, uid in enumerate(chosen):
                 persona, buy = sim.personas[uid], LIVE_PLAN[index][1]
                 session = live_session(uid, persona, 0.0, seed=index, buy=buy)
-                # Replay the session so that it ends just now.
-                shift = time.time() - 5 - session[-1].ts
-                live.extend(e.model_copy(update={"ts": e.ts + shift}) for e in session)
+                live.extend(_ending_now(session))
+            mover = _find_mover(settings, stack.redis_url, sim.personas, chosen)
+            if mover is not None:
+                chosen.append(mover[0])
+                live.extend(mover[1])
+            before = _score(url, chosen)
             produce_events(stack.kafka_broker, settings.events_topic, live)
             console.print(f"streamed {len(live)} live events for {len(chosen)} users")
             with console.status("waiting for the worker to update their features"):
-                after = _wait_for_update(url, chosen, before)
+                _wait_for_update(url, chosen, before)
+                # The worker produces a change right after writing the state
+                # that made it; the mover's is the last thing the demo waits for.
+                records = read_topic(
+                    stack.kafka_broker,
+                    settings.segment_changes_topic,
+                    1 if mover else 0,
+                    timeout=15.0,
+                )
+                after = _score(url, chosen)
             _print_table(console, chosen, sim.personas, before, after)
-            return {"before": before, "after": after}
+            changes = [orjson.loads(value) for _, value in records]
+            _print_changes(console, changes)
+            return {"before": before, "after": after, "segment_changes": changes}
         finally:
             for proc in reversed(started):
                 processes.stop(proc)
             with suppress(Exception):
                 local_stack.down(settings)
             console.print("stopped everything the demo started")
+
+
+def _ending_now(session: list[Event]) -> list[Event]:
+    """The session moved in time so that it ends just now."""
+    shift = time.time() - 5 - session[-1].ts
+    return [e.model_copy(update={"ts": e.ts + shift}) for e in session]
+
+
+def _find_mover(
+    settings: Settings,
+    redis_url: str,
+    personas: dict[str, str],
+    exclude: list[str],
+    tries: int = 300,
+) -> tuple[str, list[Event]] | None:
+    """A user whose live buying session would move them to another segment.
+
+    Tried in memory on a copy of their seeded state with the serving models, so the
+    demo has a change to show; the worker then makes that change itself, live.
+    """
+    import redis
+
+    from core.model_manager import load_models, wanted_tags
+    from core.scoring import ONLINE_FEATURES, place
+    from core.store.feast_config import feature_store
+    from core.store.state_store import StateLayout, load_states
+    from core.user_state import apply_event
+    from segscore.simulator import live_session
+
+    models = load_models(settings, wanted_tags(settings), ONLINE_FEATURES)
+    layout = StateLayout.of(feature_store(settings, redis_url))
+    candidates = [u for u in sorted(personas) if u not in exclude][:tries]
+    states = load_states(redis.Redis.from_url(redis_url), layout, candidates)
+    for seed, uid in enumerate(candidates):
+        state = states[uid]
+        if state.segment is None:
+            continue
+        session = live_session(uid, personas[uid], 0.0, seed=100 + seed, buy=True)
+        session = _ending_now(session)
+        for event in session:
+            apply_event(state, event, settings.allowed_lateness_seconds)
+        if place([state], [state.last_event_ts or 0.0], models).segments != [
+            state.segment
+        ]:
+            return uid, session
+    return None
 
 
 def _pick_users(personas: dict[str, str]) -> list[str]:
@@ -175,3 +236,22 @@ def _print_table(
             _biggest_change(b, a),
         )
     console.print(table)
+
+
+def _print_changes(console: Console, changes: list[dict]) -> None:
+    """The worker's live segment changes, as a campaign tool would receive them."""
+    if not changes:
+        console.print("no live segment change (every user stayed in their segment)")
+        return
+    console.print(f"live segment changes on the segment-changes topic: {len(changes)}")
+    for change in changes:
+        reasons = ", ".join(
+            f"{r['feature']} {r['value']:.3g} (profiles {r['from_profile']:.3g} -> "
+            f"{r['to_profile']:.3g})"
+            for r in change["top_features"]
+        )
+        console.print(
+            f"  {change['user_id']}: {change['from_name']} -> {change['to_name']} "
+            f"at {change['at']}, caused by {change['caused_by']}"
+            + (f"; {reasons}" if reasons else "")
+        )
