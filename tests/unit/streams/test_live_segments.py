@@ -7,18 +7,20 @@ tiny models; the real worker, broker and Redis are in
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from core.registry import PROPENSITY, SEGMENTER, promote
 from core.scoring import ScoringModels, place
 from core.store.state_store import encode_fields
 from core.user_state import UserState
 from infra.settings import Settings
 from streams.live_segments import LiveSegments
-from tests.support.model_bundles import tiny_bundles
+from tests.support.model_bundles import save_tiny_models, tiny_bundles
 from tests.support.worker_fakes import (
     LAYOUT,
     NOW,
@@ -180,3 +182,24 @@ def test_without_models_nobody_is_placed(
     live = LiveSegments(Settings(home=tmp_path))  # an empty model store
     assert live.models is None
     assert live.place({"u": UserState()}, ["u"], []) == 0
+
+
+def test_a_promotion_is_taken_up_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    settings = Settings(home=tmp_path, model_poll_seconds=0.01)
+    first = save_tiny_models(settings, seed=1)
+    promote(SEGMENTER, first[0], settings)
+    promote(PROPENSITY, first[1], settings)
+    live = LiveSegments(settings)
+    assert live.models is not None and live.models.segmenter.tag == first[0]
+
+    second = save_tiny_models(settings, seed=2)
+    promote(SEGMENTER, second[0], settings)
+    promote(PROPENSITY, second[1], settings)
+    time.sleep(0.02)
+    assert live.due()
+    live.refresh()
+
+    assert live.models is not None and live.models.segmenter.tag == second[0]
