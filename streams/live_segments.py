@@ -56,6 +56,7 @@ class LiveSegments:
         self._fixed = models
         self._manager: ModelManager | None = None
         self._next_check = 0.0
+        self._waiting = False
         if models is None:
             self.refresh()
 
@@ -77,7 +78,9 @@ class LiveSegments:
         try:
             self._manager = ModelManager(self.settings, allowed=ONLINE_FEATURES)
         except ModelRefused as exc:
-            log.info("live segments off until a model pair loads: %s", exc)
+            if not self._waiting:  # once, not at every poll
+                log.info("live segments off until a model pair loads: %s", exc)
+                self._waiting = True
             return
         log.info("live segments by %s", self._manager.current.segmenter.tag)
 
