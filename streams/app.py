@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 import typeguard
+from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 
 from infra.local_stack import bundled_broker, current
@@ -144,8 +145,12 @@ def _build_engine() -> FeatureEngine:
     from streams.worker_engine import FeatureEngine
 
     if settings.live_segments:
-        # A broker set up before live segments lacks their topic.
-        ensure_topics(_stack.kafka_broker, settings)
+        # A broker set up before live segments lacks their topic. If the broker
+        # cannot be reached now, the changes' produce retries until it can.
+        try:
+            ensure_topics(_stack.kafka_broker, settings)
+        except (KafkaError, OSError) as exc:
+            log.warning("could not make sure the topics exist: %s", exc)
     return FeatureEngine(
         settings,
         _stack.redis_url,
