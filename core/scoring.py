@@ -198,6 +198,10 @@ class ScoringModels:
     assign_segments: Callable[[np.ndarray], np.ndarray]
     segmenter_plan: _InputPlan
     propensity_plan: _InputPlan
+    # Segment profiles (rows in catalogue order, natural units) and their spread
+    # per feature, for change_reasons: built once, not per change.
+    segment_profiles: np.ndarray
+    profile_spread: np.ndarray
 
     @classmethod
     def from_bundles(
@@ -248,6 +252,19 @@ class ScoringModels:
         stored = tuple(
             stored_features(tuple(segmenter.features) + tuple(propensity.features))
         )
+        profiles = np.array(
+            [
+                [s.profile.get(f, np.nan) for f in segmenter.features]
+                for s in segmenter.segments
+            ],
+            dtype=np.float64,
+        ).reshape(len(segmenter.segments), len(segmenter.features))
+        spread = (
+            np.nanstd(profiles, axis=0)
+            if len(profiles)
+            else np.zeros(len(segmenter.features))
+        )
+        spread[~(spread > 0)] = np.inf  # a feature all segments share explains nothing
         return cls(
             segmenter=segmenter,
             propensity=propensity,
@@ -259,6 +276,8 @@ class ScoringModels:
             assign_segments=assign,
             segmenter_plan=_input_plan(segmenter.features, stored, seg_defaults),
             propensity_plan=_input_plan(propensity.features, stored, prop_defaults),
+            segment_profiles=profiles,
+            profile_spread=spread,
         )
 
     @property
@@ -533,20 +552,13 @@ def change_reasons(
         ``{"feature", "value", "from_profile", "to_profile"}`` per feature,
         strongest first; empty when either segment has no profile.
     """
-    segmenter = models.segmenter
-    by_id = {s.id: s for s in segmenter.segments}
-    if old not in by_id or new not in by_id:
+    row = {s.id: i for i, s in enumerate(models.segmenter.segments)}
+    if old not in row or new not in row:
         return []
-    features = segmenter.features
-    profiles = np.array(
-        [[s.profile.get(f, np.nan) for f in features] for s in segmenter.segments],
-        dtype=np.float64,
-    )
-    spread = np.nanstd(profiles, axis=0)
-    spread[~(spread > 0)] = np.inf  # a feature all segments share explains nothing
-    left = np.array([by_id[old].profile.get(f, np.nan) for f in features])
-    entered = np.array([by_id[new].profile.get(f, np.nan) for f in features])
-    pull = (np.abs(inputs - left) - np.abs(inputs - entered)) / spread
+    features = models.segmenter.features
+    left = models.segment_profiles[row[old]]
+    entered = models.segment_profiles[row[new]]
+    pull = (np.abs(inputs - left) - np.abs(inputs - entered)) / models.profile_spread
     pull = np.where(np.isfinite(pull), pull, 0.0)
     order = np.argsort(-pull, kind="stable")[:top_k]
     return [
