@@ -198,9 +198,9 @@ class ScoringModels:
     assign_segments: Callable[[np.ndarray], np.ndarray]
     segmenter_plan: _InputPlan
     propensity_plan: _InputPlan
-    # Segment profiles (rows in catalogue order, natural units) and their spread
-    # per feature, for change_reasons: built once, not per change.
-    segment_profiles: np.ndarray
+    # Each segment's profile (natural units, the segmenter's feature order) and
+    # the profiles' spread per feature, for change_reasons: built once.
+    segment_profiles: dict[int, np.ndarray]
     profile_spread: np.ndarray
 
     @classmethod
@@ -276,7 +276,9 @@ class ScoringModels:
             assign_segments=assign,
             segmenter_plan=_input_plan(segmenter.features, stored, seg_defaults),
             propensity_plan=_input_plan(propensity.features, stored, prop_defaults),
-            segment_profiles=profiles,
+            segment_profiles={
+                s.id: row for s, row in zip(segmenter.segments, profiles, strict=True)
+            },
             profile_spread=spread,
         )
 
@@ -552,12 +554,11 @@ def change_reasons(
         ``{"feature", "value", "from_profile", "to_profile"}`` per feature,
         strongest first; empty when either segment has no profile.
     """
-    row = {s.id: i for i, s in enumerate(models.segmenter.segments)}
-    if old not in row or new not in row:
+    left = models.segment_profiles.get(old)
+    entered = models.segment_profiles.get(new)
+    if left is None or entered is None:
         return []
     features = models.segmenter.features
-    left = models.segment_profiles[row[old]]
-    entered = models.segment_profiles[row[new]]
     pull = (np.abs(inputs - left) - np.abs(inputs - entered)) / models.profile_spread
     pull = np.where(np.isfinite(pull), pull, 0.0)
     order = np.argsort(-pull, kind="stable")[:top_k]

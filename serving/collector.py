@@ -118,20 +118,13 @@ def validate_body(
     errors: list[EventError] = []
     for index, item in enumerate(items):
         prefix = f"events[{index}]" if batch else ""
-        if not isinstance(item, dict):
-            errors.append(
-                EventError(index, prefix, "malformed_json", "must be a JSON object")
-            )
-            continue
-        size = len(orjson.dumps(item))
-        if size > settings.max_event_bytes:
-            detail = f"{size} bytes > {settings.max_event_bytes}"
-            errors.append(EventError(index, prefix, "oversized", detail))
-            continue
+        # As the record would reach the worker: its own checks (an object, the
+        # size limit, the contract) decide, on the same bytes.
         parsed = parse_event(
-            item,
+            orjson.dumps(item),
             now=wall,
             max_future_seconds=settings.max_future_seconds,
+            max_bytes=settings.max_event_bytes,
             min_ts=settings.min_event_time.timestamp(),
         )
         if isinstance(parsed, Rejection):
