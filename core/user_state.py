@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from core.events import Event, EventType
+from core.rules.state import RuleState
 
 MINUTE = 60
 HOUR = 3600
@@ -130,6 +131,8 @@ class UserState:
     segment: int | None = field(default=None, compare=False)
     segment_seq: int = field(default=0, compare=False)
     segment_outbox: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    # The worker's behavioural triggers (core/rules/state.py), kept likewise.
+    rules: RuleState = field(default_factory=RuleState, compare=False)
 
     # The earliest "oldest kept time" (newest event time minus the lateness) at
     # which :func:`_prune` can find a bucket, session, category or cart time to
@@ -170,6 +173,8 @@ class UserState:
         worker: dict[str, Any] = {"s": self.seen, "o": self.offsets}
         if self.segment is not None or self.segment_outbox:
             worker["g"] = [self.segment, self.segment_seq, self.segment_outbox]
+        if not self.rules.empty():
+            worker["r"] = self.rules.to_json()
         return orjson.dumps(worker)
 
     @classmethod
@@ -187,6 +192,7 @@ class UserState:
             if live:
                 state.segment, state.segment_seq = live[0], int(live[1])
                 state.segment_outbox = tuple(live[2])
+            state.rules = RuleState.from_json(extra.get("r"))
         return state
 
     @classmethod

@@ -173,6 +173,32 @@ class Settings(BaseSettings):
         description="/score and batch-score flag a user stale when their newest "
         "event is older than this (90 days).",
     )
+    triggers_topic: str = Field(
+        default="triggers",
+        description="Fired behavioural triggers, keyed by user (streams/triggers.py).",
+    )
+    rules_path: Path | None = Field(
+        default=None,
+        description="The triggers' rules file (YAML, docs/triggers.md); None: the "
+        "shipped core/rules/default_rules.yaml. Reloaded when it changes.",
+    )
+    rules_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a worker checks the rules file for a change.",
+    )
+    timer_idle_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="A partition with no record for this long lets its timers "
+        "fire by the wall clock (minus this) instead of by its newest event time.",
+    )
+    profile_recent_events: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Last events kept per user for GET /users/{id} (0: none).",
+    )
     model_poll_seconds: float = Field(
         default=2.0,
         gt=0,

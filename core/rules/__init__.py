@@ -1,0 +1,1 @@
+"""Behavioural triggers: the rules file, its expressions, per-user rule state."""
