@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import Any
 
+import orjson
 import redis
 from feast import FeatureStore
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -36,6 +38,9 @@ from core.names import JOIN_KEY, STREAM_VIEW
 from core.user_state import UserState
 
 DEDUPE_FIELD = b"segscore:dedupe"
+# The user's rule memberships (JSON rule -> [since, until]), beside the state in
+# the same hash so /score reads them in its one HMGET; written by the worker.
+MEMBERS_FIELD = b"segscore:members"
 
 
 @dataclass(frozen=True)
@@ -223,9 +228,19 @@ def save_states(
     layout: StateLayout,
     states: dict[str, UserState],
     keys: dict[str, bytes] | None = None,
+    *,
+    first: Sequence[Sequence[Any]] = (),
+    last: Sequence[Sequence[Any]] = (),
 ) -> None:
-    """Write states back, one ``HSET`` per user, in one pipelined round trip."""
-    if not states:
+    """Write states back, one ``HSET`` per user, in one pipelined round trip.
+
+    ``first`` and ``last`` are raw commands sent in the same round trip before
+    and after the states' (a pipeline runs them in order on one connection):
+    what must exist whenever a state does, such as a timer's index entry, goes
+    first; what may only go once the state is written goes last.
+    A user with rule state also gets :data:`MEMBERS_FIELD` (their memberships).
+    """
+    if not (states or first or last):
         return
     keys = {} if keys is None else keys
     ttl = layout.key_ttl_seconds
@@ -237,16 +252,29 @@ def save_states(
     # still raise from execute(); the replies are not used, so the reply
     # callbacks (which a bytes name skips) would change nothing.
     stage = pipe.pipeline_execute_command
+    for command in first:
+        stage(*command)
     for uid, state in states.items():
         key = keys.get(uid)
         if key is None:
             key = keys[uid] = layout.key(uid)
         state_value, ts_value, dedupe = _field_values(state)
         fields = (state_field, state_value, ts_field, ts_value, DEDUPE_FIELD, dedupe)
-        stage(b"HSET", key, *fields)
+        if state.rules.empty():
+            stage(b"HSET", key, *fields)
+        else:
+            stage(b"HSET", key, *fields, MEMBERS_FIELD, members_value(state))
         if ttl:
             stage(b"EXPIRE", key, ttl)
+    for command in last:
+        stage(*command)
     pipe.execute()
+
+
+def members_value(state: UserState) -> bytes:
+    """The :data:`MEMBERS_FIELD` value: rule -> ``[since, until]`` (until: null)."""
+    members = state.rules.members
+    return orjson.dumps({rule: [m.since, m.until] for rule, m in members.items()})
 
 
 # Replaces a user's hash fields only when the stored state is not newer: its
