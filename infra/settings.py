@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         description="/score and batch-score flag a user stale when their newest "
         "event is older than this (90 days).",
     )
+    triggers: bool = Field(
+        default=True,
+        description="The worker runs the rules file's behavioural triggers and "
+        "produces each fired one to triggers_topic.",
+    )
     triggers_topic: str = Field(
         default="triggers",
         description="Fired behavioural triggers, keyed by user (streams/triggers.py).",

@@ -1,4 +1,4 @@
-"""Kafka topic management: make sure the event, DLQ and segment-change topics exist."""
+"""Kafka topic management: make sure the worker's topics exist."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from infra.settings import Settings
 
 
 async def ensure_topics_async(broker: str, settings: Settings) -> list[str]:
-    """Create the events, DLQ and segment-change topics when missing.
+    """Create the events, DLQ, segment-change and trigger topics when missing.
 
     Returns:
         The topics created.
@@ -24,6 +24,7 @@ async def ensure_topics_async(broker: str, settings: Settings) -> list[str]:
             settings.events_topic,
             settings.dlq_topic,
             settings.segment_changes_topic,
+            settings.triggers_topic,
         ]
         missing = [t for t in wanted if t not in existing]
         if missing:

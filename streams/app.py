@@ -131,6 +131,7 @@ events_topic = app.topic(settings.events_topic, value_type=bytes, key_type=bytes
 changes_topic = app.topic(
     settings.segment_changes_topic, value_type=bytes, key_type=bytes
 )
+triggers_topic = app.topic(settings.triggers_topic, value_type=bytes, key_type=bytes)
 
 
 def _build_engine() -> FeatureEngine:
@@ -142,11 +143,12 @@ def _build_engine() -> FeatureEngine:
     """
     _skip_feast_typechecks()
     from streams.live_segments import LiveSegments
+    from streams.triggers import Triggers
     from streams.worker_engine import FeatureEngine
 
-    if settings.live_segments:
-        # A broker set up before live segments lacks their topic. If the broker
-        # cannot be reached now, the changes' produce retries until it can.
+    if settings.live_segments or settings.triggers:
+        # A broker set up before live segments or triggers lacks their topics.
+        # If the broker cannot be reached now, the produce retries until it can.
         try:
             ensure_topics(_stack.kafka_broker, settings)
         except (KafkaError, OSError) as exc:
@@ -159,6 +161,8 @@ def _build_engine() -> FeatureEngine:
         events_topic=events_topic,
         live=LiveSegments(settings) if settings.live_segments else None,
         changes_topic=changes_topic,
+        triggers=Triggers(settings) if settings.triggers else None,
+        triggers_topic=triggers_topic,
     )
 
 

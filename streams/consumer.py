@@ -176,6 +176,7 @@ class EventConsumer:
                     await self._process(consumer, records)
                 elif self._uncommitted:
                     await self._commit(consumer)
+                await self._timers(consumer)
         finally:
             await self._final_commit(consumer)
             await consumer.stop()
@@ -197,6 +198,15 @@ class EventConsumer:
             interval = self.settings.commit_interval_seconds
             if time.monotonic() - self._last_commit >= interval:
                 await self._commit(consumer)
+
+    async def _timers(self, consumer: AIOKafkaConsumer) -> None:
+        """Fire due timers between batches (never during one, nor a rebalance)."""
+        engine = await self.ready_engine()
+        async with self._in_flight:
+            try:
+                await engine.fire_timers()
+            except StoreReset:
+                await self._rewind(consumer, engine)
 
     async def _commit(
         self, consumer: AIOKafkaConsumer, everything: bool = False
@@ -308,6 +318,7 @@ class _Rebalance(ConsumerRebalanceListener):
         if consumer is None:
             return
         engine = await self.owner.ready_engine()
+        engine.clocks.assigned((tp.topic, tp.partition) for tp in assigned)
         for tp in assigned:
             # Where this worker starts, for the lag gauge until its first commit.
             try:

@@ -13,11 +13,11 @@ and ``caused_by`` its ``event_id``; ``from`` is null the first time a user is
 placed. ``top_features`` (:func:`core.scoring.change_reasons`) names what moved
 them. The record is written into the state (its outbox) in the same ``HSET`` as
 the events that caused it, then produced to the ``segment-changes`` topic keyed by
-user, then cleared. So a change is never lost: a crash before the produce leaves
-it in the outbox, and the replay of the batch (whose events are recognised as
-duplicates and change nothing) sends it. A crash after the produce and before the
-clear sends it again with the same ``id``. A replayed event never makes a change
-of its own, because it is not applied twice.
+user, then cleared (:mod:`streams.outbox`). So a change is never lost: a crash
+before the produce leaves it in the outbox, and the replay of the batch (whose
+events are recognised as duplicates and change nothing) sends it. A crash after
+the produce and before the clear sends it again with the same ``id``. A replayed
+event never makes a change of its own, because it is not applied twice.
 
 The models are the ones the scoring service follows (:mod:`core.model_manager`):
 pinned versions or the champions, reloaded on promotion without a restart. Until
@@ -26,19 +26,14 @@ a pair is trained, nobody is placed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-import orjson
-import redis
 
 from core.events import Event, iso
 from core.model_manager import ModelManager, ModelRefused
 from core.scoring import ONLINE_FEATURES, ScoringModels, change_reasons, place
-from core.store.state_store import StateLayout, save_states
 from core.user_state import UserState
 from infra.settings import Settings
 
@@ -183,43 +178,3 @@ def _record(
         "model_version": models.segmenter.tag,
         "top_features": reasons,
     }
-
-
-async def send_changes(topic: Any, outbox: dict[str, UserState]) -> None:
-    """Produce every pending change (Faust-like ``send``), keyed by user; wait."""
-    futures = [
-        await topic.send(key=user.encode(), value=orjson.dumps(record))
-        for user, state in outbox.items()
-        for record in state.segment_outbox
-    ]
-    await asyncio.gather(*futures)
-
-
-def clear_outbox(
-    client: redis.Redis, layout: StateLayout, outbox: dict[str, UserState]
-) -> None:
-    """Empty produced outboxes, in the states (the worker's cache) and in Redis."""
-    for state in outbox.values():
-        state.segment_outbox = ()
-    save_states(client, layout, outbox)
-
-
-async def deliver_changes(
-    outbox: dict[str, UserState],
-    topic: Any,
-    client: redis.Redis,
-    layout: StateLayout,
-    retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
-) -> int:
-    """Produce the outboxes' changes, then empty them; each step retried.
-
-    Returns:
-        How many changes were produced.
-    """
-    changes = sum(len(state.segment_outbox) for state in outbox.values())
-    await retry("segment-changes", lambda: send_changes(topic, outbox))
-    await retry(
-        "segment-outbox",
-        lambda: asyncio.to_thread(clear_outbox, client, layout, outbox),
-    )
-    return changes

@@ -31,6 +31,7 @@ class BatchResult:
     touched: list[str]
     late: list[Event]
     counts: Counter[str]
+    applied: list[Event] = field(default_factory=list)  # neither duplicate nor late
     # Users whose state holds live-segment changes still to produce (the worker
     # fills this in; see streams.live_segments).
     outbox: dict[str, UserState] = field(default_factory=dict)
@@ -86,6 +87,7 @@ def apply_batch(
     # enum property lookup, and this loop runs once per event.
     tally = dict.fromkeys(_OUTCOMES, 0)
     late: list[Event] = []
+    applied: list[Event] = []
     touched: dict[str, None] = {}
     if positions is None:
         positions = [None] * len(events)
@@ -108,7 +110,8 @@ def apply_batch(
         tally[outcome] += 1
         if outcome is _APPLIED:
             touched[event.user_id] = None
+            applied.append(event)
         elif outcome is _LATE:
             late.append(event)
     counts = Counter({outcome.value: n for outcome, n in tally.items() if n})
-    return BatchResult(touched=list(touched), late=late, counts=counts)
+    return BatchResult(touched=list(touched), late=late, counts=counts, applied=applied)

@@ -42,24 +42,34 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
 import redis
 
 from core.events import Event, Rejection
 from core.store.feast_config import feature_store
+from core.store.recent_events import stage_recent
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import source_key
 from infra.settings import Settings
-from streams.live_segments import deliver_changes
+from streams.failures import (
+    PROCESSING_ERROR,
+    PoisonBatch,
+    dlq_record,
+    is_transient,
+    late_rejection,
+    poison_rejection,
+)
 from streams.metrics import WorkerMetrics
+from streams.outbox import deliver, pending
 from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_batch
 from streams.routing import Router
 from streams.state_cache import Partition, StateCache
 from streams.store_reset import StoreReset
+from streams.triggers import StreamClocks, fire_timers
 
 if TYPE_CHECKING:
     from core.user_state import UserState
     from streams.live_segments import LiveSegments
+    from streams.triggers import Triggers
 
 log = logging.getLogger("segscore.worker")
 T = TypeVar("T")
@@ -69,79 +79,9 @@ FIRST_BACKOFF_SECONDS = 0.1
 # Client-side timeouts: a hung Redis (or Feast's Redis client) must raise, so the
 # retry loop sees it, instead of blocking a thread forever.
 REDIS_TIMEOUT_SECONDS = 10.0
-PROCESSING_ERROR = "processing_error"
 REROUTED = "rerouted"
+TIMER_TICK_SECONDS = 0.1  # how often due timers are looked up
 LOUD_EVERY = 60  # with the backoff capped at 5 s: a warning about every 5 minutes
-
-# Errors that say "the store cannot take this now", not "this input is bad".
-_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,  # incl. BusyLoadingError (LOADING), auth, max clients
-    redis.TimeoutError,
-    redis.exceptions.InvalidResponse,  # a garbled reply; the connection is redone
-    redis.exceptions.ClusterError,  # incl. CLUSTERDOWN, MASTERDOWN
-    redis.exceptions.ReadOnlyError,  # READONLY: a replica during failover
-    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached; frees up
-    redis.exceptions.NoPermissionError,  # NOPERM: configuration, fixed by ops
-    redis.exceptions.TryAgainError,
-    redis.exceptions.AskError,  # incl. MOVED: resharding
-    OSError,  # incl. TimeoutError, ConnectionResetError
-    MemoryError,
-)
-# Server replies redis-py has no class for that also pass by themselves.
-_TRANSIENT_REPLIES = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "NOTREADY"})
-_PIPELINE_ERROR = "caused error: "  # how redis-py annotates a pipeline's error
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether retrying can fix ``error`` (an outage), as opposed to bad input.
-
-    The write path retries transient errors forever; any other error there is
-    deterministic for the events involved and makes them poison (DLQ).
-    """
-    if isinstance(error, _TRANSIENT_ERRORS):
-        return True
-    if isinstance(error, redis.ResponseError):
-        reply = str(error).split(_PIPELINE_ERROR, 1)[-1]
-        return reply.split(" ", 1)[0] in _TRANSIENT_REPLIES
-    return False
-
-
-class PoisonBatch(Exception):
-    """Writing this batch failed in a way no retry can fix: some event is poison."""
-
-
-def dlq_record(
-    rejection: Rejection, partition: int | None, offset: int | None
-) -> bytes:
-    """The DLQ message for a rejected event: reason, detail, the raw input, origin."""
-    return orjson.dumps(
-        {
-            "reason": rejection.reason,
-            "detail": rejection.detail,
-            "raw": rejection.raw,
-            "partition": partition,
-            "offset": offset,
-            "rejected_at": time.time(),
-        }
-    )
-
-
-def late_rejection(event: Event, lateness_seconds: int) -> Rejection:
-    """A rejection for an event beyond the allowed lateness."""
-    return Rejection(
-        reason="late",
-        detail=f"more than {lateness_seconds}s older than the user's newest event",
-        raw=event.to_json().decode(),
-    )
-
-
-def poison_rejection(event: Event, error: BaseException) -> Rejection:
-    """A rejection for a valid event the feature step could not process."""
-    return Rejection(
-        reason=PROCESSING_ERROR,
-        detail=f"{type(error).__name__}: {error}"[:1000],
-        raw=event.to_json().decode(),
-    )
 
 
 @dataclass
@@ -178,6 +118,8 @@ class FeatureEngine:
             applied where they are found.
         live: Live segments (:mod:`streams.live_segments`); off without it or
             ``changes_topic``, where their changes go (Faust-like ``send``).
+        triggers: Behavioural triggers (:mod:`streams.triggers`); off without it
+            or ``triggers_topic``, where fired records go.
 
     Attributes:
         partitions_for: The consumer's ``partitions_for_topic``: the events
@@ -197,6 +139,8 @@ class FeatureEngine:
         events_topic: Any = None,
         live: LiveSegments | None = None,
         changes_topic: Any = None,
+        triggers: Triggers | None = None,
+        triggers_topic: Any = None,
     ) -> None:
         self.settings = settings
         self.redis_url = redis_url
@@ -212,6 +156,10 @@ class FeatureEngine:
         # Live segments need both: the models and where their changes go.
         self.live = live if changes_topic is not None else None
         self.changes_topic = changes_topic
+        self.triggers = triggers if triggers_topic is not None else None
+        self.triggers_topic = triggers_topic
+        self.clocks = StreamClocks(settings.timer_idle_seconds)
+        self._next_tick = 0.0
         self.partitions_for: Callable[[str], Collection[int] | None] | None = None
         self.router = Router()
         # The store's identity (Redis run_id) when it was last checked; None until
@@ -252,6 +200,8 @@ class FeatureEngine:
         started = time.monotonic()
         if self.live is not None and self.live.due():
             await asyncio.to_thread(self.live.refresh)
+        if self.triggers is not None and self.triggers.due():
+            await asyncio.to_thread(self.triggers.reload)
         parsed = self._parse([r.value for r in batch])
         rejected = {index for index, _ in parsed.rejections}
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
@@ -300,9 +250,8 @@ class FeatureEngine:
         if letters:
             await self._retry("dlq", lambda: self._send_letters(dlq_topic, letters))
         if outbox:
-            self.counts["segment_changes"] += await deliver_changes(
-                outbox, self.changes_topic, self.redis, self.layout, self._retry
-            )
+            await self._deliver(outbox)
+        self.clocks.batch(batch, ((origin[id(e)], e.ts) for e in written))
 
         # Everything is durable: record what happened.
         self.metrics.record_outcomes(outcomes)
@@ -333,6 +282,7 @@ class FeatureEngine:
     def partitions_revoked(self, partitions: Iterable[Partition]) -> None:
         """Another worker may own these now: forget their users' cached states."""
         gone = list(partitions)
+        self.clocks.revoked(gone)
         dropped = self.cache.drop_partitions(gone)
         for tp in gone:
             self.next_offsets.pop(tp, None)
@@ -469,12 +419,25 @@ class FeatureEngine:
             live = self.live
             if live and result.touched and not live.place_batch(events, states, result):
                 self.counts["segment_errors"] += 1
+            first: list[tuple[Any, ...]] = []
+            last: list[tuple[Any, ...]] = []
+            if self.triggers is not None:
+                models = live.models if live is not None else None
+                writes, fired = self.triggers.on_batch(
+                    result.applied, states, partitions, models
+                )
+                first, last = writes.first, writes.last
+                self.counts["triggers_suppressed"] += fired.suppressed
+            keep = self.settings.profile_recent_events
+            stage_recent(
+                lambda *a: last.append(a), result.applied, keep, layout.key_ttl_seconds
+            )
             touched = {u: states[u] for u in result.touched}
-            save_states(client, layout, touched, keys)
-            if self.live is not None:
-                # Changes written with the state but not yet produced: this
+            save_states(client, layout, touched, keys, first=first, last=last)
+            if self.live is not None or self.triggers is not None:
+                # Records written with the state but not yet produced: this
                 # batch's, or (after a crash) an earlier attempt's in a loaded state.
-                result.outbox = {u: s for u, s in states.items() if s.segment_outbox}
+                result.outbox = pending(states)
         except BaseException as exc:
             # The attempt may have changed cached states that Redis never got.
             self.cache.evict(users)
@@ -483,6 +446,43 @@ class FeatureEngine:
             raise
         self.cache.put(states, keys, partitions)
         return result
+
+    async def fire_timers(self) -> None:
+        """Fire the timers due on this worker's partitions, then produce them.
+
+        Called by the consume loop between batches (at most every
+        ``TIMER_TICK_SECONDS``). Raises :class:`StoreReset` like :meth:`handle`.
+        """
+        if self.triggers is None or time.monotonic() < self._next_tick:
+            return
+        self._next_tick = time.monotonic() + TIMER_TICK_SECONDS
+        clocks = self.clocks.now(self._clock())
+        outbox = await self._retry(
+            "timers", lambda: asyncio.to_thread(self._fire_timers, clocks)
+        )
+        if outbox:
+            await self._deliver(outbox)
+
+    def _fire_timers(self, clocks: dict[Partition, float]) -> dict[str, UserState]:
+        """Fire, write and return the states to deliver (blocking)."""
+        assert self.triggers is not None
+        outbox, suppressed = fire_timers(
+            self.triggers, self.redis, self.layout, self.cache, self.check_store, clocks
+        )
+        self.counts["triggers_suppressed"] += suppressed
+        return outbox
+
+    async def _deliver(self, outbox: dict[str, UserState]) -> None:
+        changes, fired = await deliver(
+            outbox,
+            self.changes_topic,
+            self.triggers_topic,
+            self.redis,
+            self.layout,
+            self._retry,
+        )
+        self.counts["segment_changes"] += changes
+        self.counts["triggers"] += fired
 
     def check_store(self) -> None:
         """Raise :class:`StoreReset` if the store restarted or failed over since the

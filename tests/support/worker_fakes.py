@@ -70,6 +70,8 @@ class FakeRedis:
 
     def __init__(self, fail: int = 0, error: Exception | None = None) -> None:
         self.data: dict[bytes, dict[bytes, bytes]] = {}
+        self.lists: dict[bytes, list[bytes]] = {}
+        self.zsets: dict[bytes, dict[bytes, float]] = {}
         self.fail = fail
         self.error = error or redis.ConnectionError("Connection refused")
         self.reads = 0
@@ -107,10 +109,19 @@ class FakePipeline:
         self.ops.append(("hset", key, mapping))
         return self
 
+    def zrangebyscore(
+        self, key: bytes, low: Any, high: float, start: int = 0, num: int = -1
+    ) -> FakePipeline:
+        """Stage a read of the members of ``key`` scored at most ``high``."""
+        self.ops.append(("zrange", key, (high, num)))
+        return self
+
     def pipeline_execute_command(self, name: bytes, key: bytes, *args: Any) -> None:
         """Raw commands, as save_states stages them (HSET field value ...)."""
         if name == b"HSET":
             self.hset(key, dict(zip(args[::2], args[1::2], strict=True)))
+        elif name in (b"LPUSH", b"LTRIM", b"ZADD", b"ZREM", b"EXPIRE"):
+            self.ops.append((name.decode(), key, args))
         else:
             raise AssertionError(f"unexpected command {name!r}")
 
@@ -123,10 +134,29 @@ class FakePipeline:
                 self.client.reads += 1
                 row = self.client.data.get(key, {})
                 out.append([row.get(f) for f in arg])
+            elif op in ("LPUSH", "LTRIM", "ZADD", "ZREM", "EXPIRE", "zrange"):
+                out.append(self._other(op, key, arg))
             else:
                 self.client.data.setdefault(key, {}).update(arg)
                 out.append(len(arg))
         return out
+
+    def _other(self, op: str, key: bytes, args: Any) -> Any:
+        lists, zsets = self.client.lists, self.client.zsets
+        if op == "LPUSH":
+            lists[key] = [*reversed(args), *lists.get(key, [])]
+        elif op == "LTRIM":
+            lists[key] = lists.get(key, [])[args[0] : args[1] + 1]
+        elif op == "ZADD":
+            zsets.setdefault(key, {})[args[1].encode()] = float(args[0])
+        elif op == "ZREM":
+            zsets.get(key, {}).pop(args[0].encode(), None)
+        elif op == "zrange":
+            high, num = args
+            members = sorted(zsets.get(key, {}).items(), key=lambda m: m[1])
+            due = [m for m, score in members if score <= high]
+            return due if num < 0 else due[:num]
+        return None
 
 
 class FakeDlq:

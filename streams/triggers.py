@@ -1,0 +1,358 @@
+"""Behavioural triggers in the worker: rules over each batch, timers in Redis.
+
+After a batch is folded into the states (and users placed in live segments), each
+touched user's applied events and feature values go through the rules
+(:func:`core.rules.engine.on_events`). Fired records go into the user's rule
+outbox, written with the state and then produced to the ``triggers`` topic
+(:mod:`streams.outbox`), exactly as live segment changes are.
+
+Timers. A pending timer lives in the user's rule state, and the user is indexed by
+its earliest due time in a sorted set per source partition
+(``segscore:timers:<topic>:<partition>``), written in the same pipeline as the
+state: an entry that makes a timer earlier (or new) goes before the state, one that
+makes it later or removes it goes after, so a crash between the two can leave an
+early or stale entry (found, nothing due, corrected) but never a timer nobody
+looks for. The partition's owner looks up due users a few times a second
+(:func:`due_users`), and so does the next owner after a rebalance or a crash: the
+index is in Redis, not in the worker, and a timer fires by the write that removes
+it from the state, so it fires once.
+
+Time. Rules run in event time. A partition's clock is the newest event time
+applied from it; when it has had no record for ``timer_idle_seconds``, the wall
+clock minus that instead (a quiet shop's carts still get abandoned). So a
+backlog fires its timers as its own time passes: a purchase later in the backlog
+still cancels the cart timer before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from core.events import Event
+from core.feature_catalog import REQUEST_FEATURES, STATE_FEATURE
+from core.feature_math import request_features
+from core.rules.engine import fire_due, on_events
+from core.rules.spec import DEFAULT_RULES, RulesError, RuleSet, load_rules
+from core.scoring import ScoringModels, build_inputs, with_read_time_features
+from core.store.state_store import StateLayout, load_states, save_states
+from core.user_state import UserState
+from infra.settings import Settings
+from streams.outbox import pending
+from streams.state_cache import StateCache
+
+log = logging.getLogger("segscore.triggers")
+
+TIMERS_PREFIX = b"segscore:timers:"
+DUE_PER_TICK = 2000  # due users taken per partition per tick; the rest next tick
+_REQUEST = frozenset(spec.name for spec in REQUEST_FEATURES)
+_AGE_SOURCES = ("last_event_ts", "last_purchase_ts", "first_seen_ts")
+_AGE_SOURCES += ("first_purchase_ts", "previous_purchase_ts")
+
+Partition = tuple[str, int]
+Command = tuple[Any, ...]
+
+
+def timers_key(tp: Partition) -> bytes:
+    """The sorted set indexing the pending timers of users read from ``tp``."""
+    return b"%s%s:%d" % (TIMERS_PREFIX, tp[0].encode(), tp[1])
+
+
+@dataclass
+class IndexWrites:
+    """Timer-index commands to send before and after the states they follow."""
+
+    first: list[Command] = field(default_factory=list)
+    last: list[Command] = field(default_factory=list)
+
+    def move(
+        self, tp: Partition, user: str, before: float | None, after: float | None
+    ) -> None:
+        """Index ``user``'s earliest due time: ``before`` the write, ``after`` it."""
+        if before == after:
+            return
+        key = timers_key(tp)
+        if after is None:
+            self.last.append((b"ZREM", key, user))
+        elif before is None or after < before:
+            self.first.append((b"ZADD", key, after, user))
+        else:
+            self.last.append((b"ZADD", key, after, user))
+
+
+@dataclass
+class Counts:
+    """What a round of rule evaluation did."""
+
+    fired: int = 0
+    suppressed: int = 0
+
+
+class Triggers:
+    """The rule set in force (reloaded when its file changes) and its evaluation."""
+
+    def __init__(self, settings: Settings, rules: RuleSet | None = None) -> None:
+        self.settings = settings
+        self.path = Path(settings.rules_path) if settings.rules_path else DEFAULT_RULES
+        self._stamp: tuple[int, int] | str | None = "unread"
+        self._next_check = 0.0
+        self.refused = 0
+        self.rules = rules or RuleSet((), "none")
+        if rules is None:
+            # A bad file at start-up: no rules until it is fixed (and said so),
+            # rather than a worker that does not start.
+            self.reload()
+
+    def due(self) -> bool:
+        """Whether :meth:`reload` should look at the file (every poll interval)."""
+        return time.monotonic() >= self._next_check
+
+    def reload(self) -> bool:
+        """Take up a changed rules file; keep the old rules if it has any error.
+
+        Returns:
+            Whether new rules are in force.
+        """
+        self._next_check = time.monotonic() + self.settings.rules_poll_seconds
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            rules = load_rules(self.path)
+        except RulesError as exc:
+            self.refused += 1
+            log.error("rules file refused; the old rules keep running. %s", exc)
+            return False
+        self.rules = rules
+        log.info("rules %s in force: %d rule(s)", rules.version, len(rules.rules))
+        return True
+
+    def on_batch(
+        self,
+        applied: Sequence[Event],
+        states: dict[str, UserState],
+        partitions: dict[str, Partition],
+        models: ScoringModels | None,
+    ) -> tuple[IndexWrites, Counts]:
+        """Run the rules over a batch's applied events, user by user (in place).
+
+        Returns:
+            The timer-index writes to send with the states, and the counts.
+        """
+        rules = self.rules
+        writes, counts = IndexWrites(), Counts()
+        if not applied or not rules.rules:
+            return writes, counts
+        by_user: dict[str, list[Event]] = {}
+        for event in applied:
+            by_user.setdefault(event.user_id, []).append(event)
+        users = list(by_user)
+        values = feature_values(rules, users, states, models)
+        for user, row in zip(users, values, strict=True):
+            rule_state = states[user].rules
+            before = rule_state.next_due()
+            done = on_events(rules, user, rule_state, by_user[user], row)
+            counts.fired += done.fired
+            counts.suppressed += done.suppressed
+            writes.move(partitions[user], user, before, rule_state.next_due())
+        return writes, counts
+
+    def fire(
+        self,
+        states: dict[str, UserState],
+        owners: dict[str, Partition],
+        clocks: dict[Partition, float],
+    ) -> tuple[IndexWrites, Counts, list[str]]:
+        """Fire the due timers of ``states`` (users found in a timer index).
+
+        Returns:
+            The index writes, the counts, and the users whose state changed.
+        """
+        writes, counts, changed = IndexWrites(), Counts(), []
+        for user, state in states.items():
+            tp = owners[user]
+            before = state.rules.next_due()
+            done = fire_due(self.rules, user, state.rules, clocks[tp])
+            after = state.rules.next_due()
+            counts.fired += done.fired
+            counts.suppressed += done.suppressed
+            if after != before or done.fired or done.suppressed:
+                changed.append(user)
+            # The entry was due: it moves to the next timer (or goes) after the
+            # state is written, which also corrects an entry the state disowns.
+            key = timers_key(tp)
+            command = (
+                (b"ZREM", key, user) if after is None else (b"ZADD", key, after, user)
+            )
+            writes.last.append(command)
+        return writes, counts, changed
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def feature_values(
+    rules: RuleSet,
+    users: list[str],
+    states: dict[str, UserState],
+    models: ScoringModels | None,
+) -> list[dict[str, Any]]:
+    """Each user's values of the names the rules read, as of their latest event.
+
+    The same functions as scoring (:func:`core.scoring.with_read_time_features`,
+    :func:`core.feature_math.request_features`), so a rule over a feature sees
+    the value ``/score`` would show at that instant.
+    """
+    names = rules.names
+    if not names:
+        return [{} for _ in users]
+    chosen = [states[u] for u in users]
+    n = len(users)
+    at = [s.last_event_ts or 0.0 for s in chosen]
+    stored = with_read_time_features({STATE_FEATURE: chosen}, n, at)
+    columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
+    if names & _REQUEST:
+        stamps = {
+            k: np.array([np.nan if v is None else v for v in stored[k]], dtype=float)
+            for k in _AGE_SOURCES
+        }
+        ages = request_features(stamps, np.asarray(at, dtype=float))
+        columns.update({k: v.tolist() for k, v in ages.items() if k in names})
+    if "propensity" in names:
+        columns["propensity"] = _propensity(stored, n, at, models)
+    if "segment" in names:
+        columns["segment"] = [s.segment for s in chosen]
+    return [{k: column[i] for k, column in columns.items()} for i in range(n)]
+
+
+def _propensity(
+    stored: dict[str, Any], n: int, at: list[float], models: ScoringModels | None
+) -> list[float | None]:
+    if models is None:
+        return [None] * n  # no model yet: a rule over it cannot fire
+    inputs = build_inputs(stored, n, np.asarray(at, dtype=float), models)
+    bundle = models.propensity
+    return bundle.probability(bundle.margin(inputs.propensity)).tolist()
+
+
+def due_users(
+    client: redis.Redis, clocks: dict[Partition, float]
+) -> dict[str, Partition]:
+    """Users with a timer due by their partition's clock (one round trip)."""
+    if not clocks:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    order = list(clocks)
+    for tp in order:
+        pipe.zrangebyscore(
+            timers_key(tp), "-inf", clocks[tp], start=0, num=DUE_PER_TICK
+        )
+    found: dict[str, Partition] = {}
+    for tp, users in zip(order, pipe.execute(), strict=True):
+        for raw in users:
+            found[raw.decode()] = tp
+    return found
+
+
+class StreamClocks:
+    """Each partition's stream time: newest event time, or the wall clock when idle."""
+
+    def __init__(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self.newest: dict[Partition, float] = {}
+        self.heard: dict[Partition, float] = {}  # monotonic time of the last record
+
+    def assigned(self, partitions: Iterable[Partition]) -> None:
+        """New partitions: quiet from now on, until their records arrive."""
+        now = time.monotonic()
+        for tp in partitions:
+            self.heard.setdefault(tp, now)
+
+    def revoked(self, partitions: Iterable[Partition]) -> None:
+        """Partitions gone to another worker: their clocks go with them."""
+        for tp in partitions:
+            self.newest.pop(tp, None)
+            self.heard.pop(tp, None)
+
+    def records(self, tp: Partition, newest_ts: float | None) -> None:
+        """Records came from ``tp``; ``newest_ts`` is the newest event time applied."""
+        self.heard[tp] = time.monotonic()
+        if newest_ts is not None and newest_ts > self.newest.get(tp, -math.inf):
+            self.newest[tp] = newest_ts
+
+    def batch(
+        self, records: Iterable[Any], applied: Iterable[tuple[Any, float]]
+    ) -> None:
+        """A batch's records came in; ``applied``: (record, event time) applied."""
+        newest: dict[Partition, float] = {}
+        for record, ts in applied:
+            tp = (record.topic, record.partition)
+            if ts > newest.get(tp, -math.inf):
+                newest[tp] = ts
+        for tp in {(r.topic, r.partition) for r in records}:
+            self.records(tp, newest.get(tp))
+
+    def now(self, wall: float | None = None) -> dict[Partition, float]:
+        """Every known partition's clock."""
+        wall = time.time() if wall is None else wall
+        quiet = time.monotonic() - self.idle_seconds
+        clocks = {}
+        for tp, heard in self.heard.items():
+            clock = self.newest.get(tp, -math.inf)
+            if heard <= quiet:
+                clock = max(clock, wall - self.idle_seconds)
+            if clock > -math.inf:
+                clocks[tp] = clock
+        return clocks
+
+
+def fire_timers(
+    triggers: Triggers,
+    client: redis.Redis,
+    layout: StateLayout,
+    cache: StateCache,
+    check_store: Callable[[], None],
+    clocks: dict[Partition, float],
+) -> tuple[dict[str, UserState], int]:
+    """Fire the timers due by ``clocks``: load, fire, write (blocking).
+
+    States come from the worker's cache where it has them, else from Redis (after
+    ``check_store``, as a batch would); on any error the users are evicted from
+    the cache, since Redis may not have what their cached states hold.
+
+    Returns:
+        The states with records to deliver, and how many fires the cool-downs
+        suppressed.
+    """
+    owners = due_users(client, clocks)
+    if not owners:
+        return {}, 0
+    states, keys, missing = cache.take(owners)
+    try:
+        if missing:
+            check_store()
+            states.update(load_states(client, layout, missing, keys))
+        writes, fired, changed = triggers.fire(states, owners, clocks)
+        changed_states = {u: states[u] for u in changed}
+        save_states(
+            client, layout, changed_states, keys, first=writes.first, last=writes.last
+        )
+    except BaseException:
+        cache.evict(owners)
+        raise
+    cache.put(states, keys, owners)
+    return pending(changed_states), fired.suppressed
