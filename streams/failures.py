@@ -7,12 +7,17 @@ the events involved, which become poison and go to the DLQ with their reason.
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
 import orjson
 import redis
 
 from core.events import Event, Rejection
+from streams.processor import Parsed, parse_batch
+
+log = logging.getLogger("segscore.worker")
 
 PROCESSING_ERROR = "processing_error"
 
@@ -85,3 +90,30 @@ def poison_rejection(event: Event, error: BaseException) -> Rejection:
         detail=f"{type(error).__name__}: {error}"[:1000],
         raw=event.to_json().decode(),
     )
+
+
+def parse_isolating(values: list[bytes | None], **limits: Any) -> Parsed:
+    """:func:`streams.processor.parse_batch`, which must not raise; if it does
+    anyway, the batch is parsed message by message and whatever raises is a
+    ``processing_error`` rejection, rather than a stopped worker.
+    """
+    try:
+        return parse_batch(values, **limits)
+    except Exception:
+        log.exception("parse_batch raised; parsing the batch one by one")
+    parsed = Parsed()
+    for index, value in enumerate(values):
+        try:
+            one = parse_batch([value], **limits)
+        except Exception as exc:
+            text = bytes(value or b"")[:2048].decode("utf-8", "replace")
+            rejection = Rejection(
+                reason=PROCESSING_ERROR,
+                detail=f"{type(exc).__name__}: {exc}"[:1000],
+                raw=text,
+            )
+            parsed.rejections.append((index, rejection))
+            continue
+        parsed.events.extend(one.events)
+        parsed.rejections.extend((index, r) for _, r in one.rejections)
+    return parsed

@@ -210,6 +210,13 @@ class WorkerMetrics(Collector):
             "Failed attempts that are retried with backoff, by stage and error type.",
             ("stage", "error"),
         )
+        self.activations = _Counter(
+            "segscore_worker_activations",
+            "Records produced for live segments and triggers, by kind "
+            "(segment_change, trigger), and fires a cool-down held back "
+            "(trigger_suppressed).",
+            ("kind",),
+        )
         self.batch_seconds = _Histogram(
             "segscore_worker_batch_duration_seconds",
             "Time from taking a micro-batch to having it written (retries included).",
@@ -277,6 +284,7 @@ class WorkerMetrics(Collector):
             self.batches,
             self.online_rows,
             self.retries,
+            self.activations,
             self.batch_seconds,
             self.event_freshness,
             self.append_freshness,

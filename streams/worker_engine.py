@@ -51,16 +51,16 @@ from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import source_key
 from infra.settings import Settings
 from streams.failures import (
-    PROCESSING_ERROR,
     PoisonBatch,
     dlq_record,
     is_transient,
     late_rejection,
+    parse_isolating,
     poison_rejection,
 )
 from streams.metrics import WorkerMetrics
 from streams.outbox import deliver, pending
-from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_batch
+from streams.processor import BatchResult, Parsed, Position, apply_batch
 from streams.routing import Router
 from streams.state_cache import Partition, StateCache
 from streams.store_reset import StoreReset
@@ -318,38 +318,13 @@ class FeatureEngine:
         return keep, moves
 
     def _parse(self, values: list[bytes | None]) -> Parsed:
-        kwargs = {
-            "now": self._clock(),
-            "max_future_seconds": self.settings.max_future_seconds,
-            "max_bytes": self.settings.max_event_bytes,
-            "min_ts": self.settings.min_event_time.timestamp(),
-        }
-        try:
-            return parse_batch(values, **kwargs)
-        except Exception:
-            # parse_event never raises for bad input by contract; if it does
-            # anyway, find the offending messages rather than stop the worker.
-            log.exception("parse_batch raised; parsing the batch one by one")
-        parsed = Parsed()
-        for index, value in enumerate(values):
-            try:
-                one = parse_batch([value], **kwargs)
-            except Exception as exc:
-                text = bytes(value or b"")[:2048].decode("utf-8", "replace")
-                parsed.rejections.append(
-                    (
-                        index,
-                        Rejection(
-                            reason=PROCESSING_ERROR,
-                            detail=f"{type(exc).__name__}: {exc}"[:1000],
-                            raw=text,
-                        ),
-                    )
-                )
-                continue
-            parsed.events.extend(one.events)
-            parsed.rejections.extend((index, r) for _, r in one.rejections)
-        return parsed
+        return parse_isolating(
+            values,
+            now=self._clock(),
+            max_future_seconds=self.settings.max_future_seconds,
+            max_bytes=self.settings.max_event_bytes,
+            min_ts=self.settings.min_event_time.timestamp(),
+        )
 
     async def _write_isolating(
         self, events: list[Event], origin: dict[int, Any]
@@ -427,7 +402,7 @@ class FeatureEngine:
                     result.applied, states, partitions, models
                 )
                 first, last = writes.first, writes.last
-                self.counts["triggers_suppressed"] += fired.suppressed
+                self._suppressed(fired.suppressed)
             keep = self.settings.profile_recent_events
             stage_recent(
                 lambda *a: last.append(a), result.applied, keep, layout.key_ttl_seconds
@@ -469,8 +444,12 @@ class FeatureEngine:
         outbox, suppressed = fire_timers(
             self.triggers, self.redis, self.layout, self.cache, self.check_store, clocks
         )
-        self.counts["triggers_suppressed"] += suppressed
+        self._suppressed(suppressed)
         return outbox
+
+    def _suppressed(self, n: int) -> None:
+        self.counts["triggers_suppressed"] += n
+        self.metrics.activations.inc(n, kind="trigger_suppressed")
 
     async def _deliver(self, outbox: dict[str, UserState]) -> None:
         changes, fired = await deliver(
@@ -483,6 +462,8 @@ class FeatureEngine:
         )
         self.counts["segment_changes"] += changes
         self.counts["triggers"] += fired
+        self.metrics.activations.inc(changes, kind="segment_change")
+        self.metrics.activations.inc(fired, kind="trigger")
 
     def check_store(self) -> None:
         """Raise :class:`StoreReset` if the store restarted or failed over since the

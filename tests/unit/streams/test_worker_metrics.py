@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from infra.settings import Settings
-from streams import worker_engine
+from streams import failures, worker_engine
 from streams.metrics import (
     WorkerMetrics,
     label_values,
@@ -139,14 +139,14 @@ def test_a_poison_event_is_isolated_and_dead_lettered(
 def test_a_parser_crash_costs_only_the_offending_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = worker_engine.parse_batch
+    real = failures.parse_batch
 
     def fragile(values, **kwargs):
         if b"boom" in values:
             raise RecursionError("validator bug")
         return real(values, **kwargs)
 
-    monkeypatch.setattr(worker_engine, "parse_batch", fragile)
+    monkeypatch.setattr(failures, "parse_batch", fragile)
     rig = make_rig(tmp_path)
     rig.handle(batch_of(event_json("a", "u1", 30), b"boom", event_json("b", "u2", 9)))
 
