@@ -430,6 +430,8 @@ class FeatureEngine:
         """
         if self.triggers is None or time.monotonic() < self._next_tick:
             return
+        if self.triggers.due():  # a quiet stream still takes up a new rules file
+            await asyncio.to_thread(self.triggers.reload)
         self._next_tick = time.monotonic() + TIMER_TICK_SECONDS
         clocks = self.clocks.now(self._clock())
         outbox = await self._retry(
