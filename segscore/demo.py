@@ -26,6 +26,11 @@ from segscore.http_client import post_score
 
 # Users whose behaviour a live session changes visibly: browsers who now buy.
 LIVE_PLAN = (("window_shopper", True), ("cart_abandoner", True), ("loyal_buyer", True))
+# A new visitor's cart add, stamped this much less than the shipped rule's 30
+# minutes ago: timers run in event time, so it falls due this long after the
+# demo streams it.
+DEMO_CART_DUE_IN_SECONDS = 12
+VISITOR = "visitor-demo"
 
 
 @contextmanager
@@ -122,6 +127,7 @@ def run_demo(
             if mover is not None:
                 chosen.append(mover[0])
                 live.extend(mover[1])
+            live.extend(_abandoned_cart(VISITOR))
             before = _score(url, chosen)
             produce_events(stack.kafka_broker, settings.events_topic, live)
             console.print(f"streamed {len(live)} live events for {len(chosen)} users")
@@ -139,13 +145,83 @@ def run_demo(
             _print_table(console, chosen, sim.personas, before, after)
             changes = [orjson.loads(value) for _, value in records]
             _print_changes(console, changes)
-            return {"before": before, "after": after, "segment_changes": changes}
+            with console.status(
+                f"waiting for {VISITOR}'s cart to be abandoned "
+                f"(due in {DEMO_CART_DUE_IN_SECONDS} s)"
+            ):
+                fired = _wait_for_trigger(
+                    stack.kafka_broker, settings.triggers_topic, VISITOR
+                )
+            _print_triggers(console, fired)
+            return {
+                "before": before,
+                "after": after,
+                "segment_changes": changes,
+                "triggers": fired,
+            }
         finally:
             for proc in reversed(started):
                 processes.stop(proc)
             with suppress(Exception):
                 local_stack.down(settings)
             console.print("stopped everything the demo started")
+
+
+def _abandoned_cart(user: str) -> list[Event]:
+    """A look at a product and an add to cart, then nothing for 30 minutes.
+
+    Stamped nearly 30 minutes ago (a first visit, so nothing makes them late):
+    the cart timer counts event time, and falls due a few seconds from now.
+    """
+    added = time.time() - 30 * 60 + DEMO_CART_DUE_IN_SECONDS
+    return [
+        Event(
+            event_id=f"demo-{user}-{kind}",
+            user_id=user,
+            event_type=kind,
+            ts=added - age,
+            session_id=f"demo-{user}",
+            product_id="sku-demo-1",
+            category="demo",
+            price=49.0,
+        )
+        for kind, age in (("product_view", 40.0), ("add_to_cart", 0.0))
+    ]
+
+
+def _wait_for_trigger(
+    broker: str, topic: str, user: str, timeout: float = 60.0
+) -> list[dict]:
+    """Every trigger on ``topic``, once ``user``'s cart_abandoned is among them."""
+    from segscore.producer import read_topic
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fired = [orjson.loads(v) for _, v in read_topic(broker, topic, 10**6, 1.0)]
+        if any(r["user_id"] == user and r["rule"] == "cart_abandoned" for r in fired):
+            return fired
+    raise TimeoutError(f"no cart_abandoned trigger for {user} in {timeout:.0f}s")
+
+
+def _print_triggers(console: Console, fired: list[dict]) -> None:
+    """The triggers the live events fired, as a campaign tool would receive them."""
+    console.print(f"triggers on the triggers topic: {len(fired)}")
+    for record in fired:
+        shown = ("armed_at", "after_seconds") if record["kind"] == "timer" else ()
+        values = ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in record["values"].items()
+            if k not in shown
+        )
+        line = f"  {record['user_id']}: {record['rule']} at {record['at']}"
+        if record["kind"] == "timer":
+            line += (
+                f", {record['values']['after_seconds'] / 60:g} min after "
+                f"{record['caused_by']} in event time"
+            )
+        else:
+            line += f", caused by {record['caused_by']}"
+        console.print(line + (f"; {values}" if values else ""))
 
 
 def _ending_now(session: list[Event]) -> list[Event]:
@@ -250,8 +326,9 @@ def _print_changes(console: Console, changes: list[dict]) -> None:
             f"{r['to_profile']:.3g})"
             for r in change["top_features"]
         )
+        was = change["from_name"] or "(new)"
         console.print(
-            f"  {change['user_id']}: {change['from_name']} -> {change['to_name']} "
+            f"  {change['user_id']}: {was} -> {change['to_name']} "
             f"at {change['at']}, caused by {change['caused_by']}"
             + (f"; {reasons}" if reasons else "")
         )
