@@ -38,7 +38,7 @@ import redis
 from core.events import Event, iso
 from core.model_manager import ModelManager, ModelRefused
 from core.scoring import ONLINE_FEATURES, ScoringModels, change_reasons, place
-from core.store.state_store import StateLayout, save_states
+from core.store.state_store import StateLayout, WriteGuard, save_states
 from core.user_state import UserState
 from infra.settings import Settings
 
@@ -196,12 +196,19 @@ async def send_changes(topic: Any, outbox: dict[str, UserState]) -> None:
 
 
 def clear_outbox(
-    client: redis.Redis, layout: StateLayout, outbox: dict[str, UserState]
+    client: redis.Redis,
+    layout: StateLayout,
+    outbox: dict[str, UserState],
+    guard: WriteGuard | None = None,
 ) -> None:
-    """Empty produced outboxes, in the states (the worker's cache) and in Redis."""
+    """Empty produced outboxes, in the states (the worker's cache) and in Redis.
+
+    Raises:
+        WriteFenced: ``guard`` refused the write (the caller drops its cache).
+    """
     for state in outbox.values():
         state.segment_outbox = ()
-    save_states(client, layout, outbox)
+    save_states(client, layout, outbox, guard=guard)
 
 
 async def deliver_changes(
@@ -210,8 +217,11 @@ async def deliver_changes(
     client: redis.Redis,
     layout: StateLayout,
     retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    guard: WriteGuard | None = None,
 ) -> int:
     """Produce the outboxes' changes, then empty them; each step retried.
+
+    ``guard`` fences the write that empties them, as the states' own writes.
 
     Returns:
         How many changes were produced.
@@ -220,6 +230,6 @@ async def deliver_changes(
     await retry("segment-changes", lambda: send_changes(topic, outbox))
     await retry(
         "segment-outbox",
-        lambda: asyncio.to_thread(clear_outbox, client, layout, outbox),
+        lambda: asyncio.to_thread(clear_outbox, client, layout, outbox, guard),
     )
     return changes

@@ -50,6 +50,7 @@ from core.store.feast_config import feature_store
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import source_key
 from infra.settings import Settings
+from streams.fencing import Fencing, WriteFenced
 from streams.live_segments import deliver_changes
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchResult, Parsed, Position, apply_batch, parse_batch
@@ -218,6 +219,7 @@ class FeatureEngine:
         # the first check, or when the server does not tell (see store_reset).
         self._store_id: str | None = None
         self._store_id_known = True
+        self.fencing = Fencing(settings.consumer_group)  # see streams.fencing
 
     @property
     def redis(self) -> redis.Redis:
@@ -300,8 +302,9 @@ class FeatureEngine:
         if letters:
             await self._retry("dlq", lambda: self._send_letters(dlq_topic, letters))
         if outbox:
+            guard = self.fencing.guard()
             self.counts["segment_changes"] += await deliver_changes(
-                outbox, self.changes_topic, self.redis, self.layout, self._retry
+                outbox, self.changes_topic, self.redis, self.layout, self._retry, guard
             )
 
         # Everything is durable: record what happened.
@@ -470,7 +473,7 @@ class FeatureEngine:
             if live and result.touched and not live.place_batch(events, states, result):
                 self.counts["segment_errors"] += 1
             touched = {u: states[u] for u in result.touched}
-            save_states(client, layout, touched, keys)
+            save_states(client, layout, touched, keys, guard=self.fencing.guard())
             if self.live is not None:
                 # Changes written with the state but not yet produced: this
                 # batch's, or (after a crash) an earlier attempt's in a loaded state.
@@ -478,7 +481,9 @@ class FeatureEngine:
         except BaseException as exc:
             # The attempt may have changed cached states that Redis never got.
             self.cache.evict(users)
-            if isinstance(exc, Exception) and not is_transient(exc):
+            if isinstance(exc, Exception) and not (
+                is_transient(exc) or isinstance(exc, WriteFenced)  # neither poison
+            ):
                 raise PoisonBatch(f"{type(exc).__name__}: {exc}") from exc
             raise
         self.cache.put(states, keys, partitions)
@@ -562,8 +567,8 @@ class FeatureEngine:
         while True:
             try:
                 return await call()
-            except (PoisonBatch, StoreReset):
-                raise
+            except (PoisonBatch, StoreReset, WriteFenced):
+                raise  # a fenced write is refused for good: the consumer rejoins
             except Exception as exc:
                 failures += 1
                 self.metrics.record_retry(stage, exc)
