@@ -25,7 +25,11 @@ rebalance the revoke callback waits for the batch in flight, commits, then drops
 the revoked partitions' cached states, so a partition's next owner starts from
 committed offsets and the states in Redis. A commit refused because the group has
 moved on is logged and dropped: the new owner replays those messages and the
-state's dedupe data makes the replay a no-op.
+state's dedupe data makes the replay a no-op. A worker dropped from the group
+without a revoke (frozen past its session timeout) cannot write over the new
+owner's states: its writes are fenced by its group generation
+(:mod:`streams.fencing`); a refused batch is not committed, the cached states are
+dropped, the partitions rewound, and the worker rejoins.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from infra.settings import Settings
+from streams.fencing import WriteFenced, assign_fences, request_rejoin
 from streams.store_reset import StoreReset
 
 if TYPE_CHECKING:  # imported by whoever builds the engine (it loads Feast)
@@ -192,6 +197,9 @@ class EventConsumer:
             except StoreReset:
                 await self._rewind(consumer, engine)
                 return
+            except WriteFenced as fenced:
+                await self._rewind(consumer, engine, fenced)
+                return
             written = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
             self._uncommitted.append((time.monotonic(), written))
             engine.acknowledged(batch)
@@ -207,6 +215,8 @@ class EventConsumer:
                 await engine.fire_timers()
             except StoreReset:
                 await self._rewind(consumer, engine)
+            except WriteFenced as fenced:
+                await self._rewind(consumer, engine, fenced)
 
     async def _commit(
         self, consumer: AIOKafkaConsumer, everything: bool = False
@@ -243,10 +253,24 @@ class EventConsumer:
         except CommitFailedError as exc:
             log.warning("commit refused after a rebalance (replay is a no-op): %s", exc)
 
-    async def _rewind(self, consumer: AIOKafkaConsumer, engine: FeatureEngine) -> None:
-        """After a store reset: drop cached states, replay from committed offsets."""
+    async def _rewind(
+        self,
+        consumer: AIOKafkaConsumer,
+        engine: FeatureEngine,
+        fenced: WriteFenced | None = None,
+    ) -> None:
+        """After a store reset or a fenced write: drop cached states, replay from
+        committed offsets; when fenced, also rejoin the group.
+
+        A fenced worker's uncommitted offsets belong to the new owner now, and its
+        position is past the refused batch: left there, a later commit could skip
+        records it never wrote.
+        """
         self._uncommitted.clear()
-        engine.store_reset()
+        if fenced is None:
+            engine.store_reset()
+        else:
+            engine.fencing.refused(engine, fenced)
         for tp in consumer.assignment():
             committed = await consumer.committed(tp)
             if committed is None:
@@ -255,6 +279,8 @@ class EventConsumer:
             else:
                 consumer.seek(tp, committed)
             engine.next_offsets[(tp.topic, tp.partition)] = committed
+        if fenced is not None:
+            request_rejoin(consumer)
 
     async def _final_commit(self, consumer: AIOKafkaConsumer) -> None:
         """On the way out: commit what is written, if the broker answers in time."""
@@ -319,6 +345,12 @@ class _Rebalance(ConsumerRebalanceListener):
             return
         engine = await self.owner.ready_engine()
         engine.clocks.assigned((tp.topic, tp.partition) for tp in assigned)
+        # Before any batch of this generation (aiokafka may hand the loop records
+        # while this callback runs): a worker that held these partitions before
+        # it froze cannot write them any more, and a fence left too high by a
+        # broker that forgot the group is lowered before it refuses a batch.
+        async with self.owner._in_flight:
+            await assign_fences(consumer, engine, assigned)
         for tp in assigned:
             # Where this worker starts, for the lag gauge until its first commit.
             try:

@@ -217,6 +217,11 @@ class WorkerMetrics(Collector):
             "(trigger_suppressed).",
             ("kind",),
         )
+        self.fenced = _Counter(
+            "segscore_worker_fenced_batches",
+            "Batches refused by a partition's fence: the group gave this worker's "
+            "partitions to another while it was frozen (not committed; it rejoins).",
+        )
         self.batch_seconds = _Histogram(
             "segscore_worker_batch_duration_seconds",
             "Time from taking a micro-batch to having it written (retries included).",
@@ -285,6 +290,7 @@ class WorkerMetrics(Collector):
             self.online_rows,
             self.retries,
             self.activations,
+            self.fenced,
             self.batch_seconds,
             self.event_freshness,
             self.append_freshness,

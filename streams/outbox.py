@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import redis
 
-from core.store.state_store import StateLayout, save_states
+from core.store.state_store import StateLayout, WriteGuard, save_states
 from core.user_state import UserState
 
 Retry = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -50,13 +50,20 @@ async def send(
 
 
 def clear(
-    client: redis.Redis, layout: StateLayout, outbox: dict[str, UserState]
+    client: redis.Redis,
+    layout: StateLayout,
+    outbox: dict[str, UserState],
+    guard: WriteGuard | None = None,
 ) -> None:
-    """Empty produced outboxes, in the states (the worker's cache) and in Redis."""
+    """Empty produced outboxes, in the states (the worker's cache) and in Redis.
+
+    Raises:
+        WriteFenced: ``guard`` refused the write (the caller drops its cache).
+    """
     for state in outbox.values():
         state.segment_outbox = ()
         state.rules.outbox = ()
-    save_states(client, layout, outbox)
+    save_states(client, layout, outbox, guard=guard)
 
 
 async def deliver(
@@ -66,10 +73,12 @@ async def deliver(
     client: redis.Redis,
     layout: StateLayout,
     retry: Retry,
+    guard: WriteGuard | None = None,
 ) -> tuple[int, int]:
     """Produce the outboxes' records, then empty them; each step retried.
 
     A topic that is None belongs to a feature that is off, which makes no records.
+    ``guard`` fences the write that empties them, as the states' own writes.
 
     Returns:
         How many segment changes and triggers were produced.
@@ -78,7 +87,7 @@ async def deliver(
     fired = sum(len(s.rules.outbox) for s in outbox.values())
     await retry("outbox-send", lambda: send(outbox, changes_topic, triggers_topic))
     await retry(
-        "outbox-clear", lambda: asyncio.to_thread(clear, client, layout, outbox)
+        "outbox-clear", lambda: asyncio.to_thread(clear, client, layout, outbox, guard)
     )
     return (changes if changes_topic is not None else 0), (
         fired if triggers_topic is not None else 0

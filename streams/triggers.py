@@ -43,7 +43,7 @@ from core.feature_math import request_features
 from core.rules.engine import fire_due, on_events
 from core.rules.spec import DEFAULT_RULES, RulesError, RuleSet, load_rules
 from core.scoring import ScoringModels, build_inputs, with_read_time_features
-from core.store.state_store import StateLayout, load_states, save_states
+from core.store.state_store import StateLayout, WriteGuard, load_states, save_states
 from core.user_state import UserState
 from infra.settings import Settings
 from streams.outbox import pending
@@ -327,8 +327,11 @@ def fire_timers(
     cache: StateCache,
     check_store: Callable[[], None],
     clocks: dict[Partition, float],
+    guard: WriteGuard | None = None,
 ) -> tuple[dict[str, UserState], int]:
     """Fire the timers due by ``clocks``: load, fire, write (blocking).
+
+    ``guard`` fences the write as a batch's (:mod:`streams.fencing`).
 
     States come from the worker's cache where it has them, else from Redis (after
     ``check_store``, as a batch would); on any error the users are evicted from
@@ -349,7 +352,13 @@ def fire_timers(
         writes, fired, changed = triggers.fire(states, owners, clocks)
         changed_states = {u: states[u] for u in changed}
         save_states(
-            client, layout, changed_states, keys, first=writes.first, last=writes.last
+            client,
+            layout,
+            changed_states,
+            keys,
+            first=writes.first,
+            last=writes.last,
+            guard=guard,
         )
     except BaseException:
         cache.evict(owners)

@@ -58,6 +58,7 @@ from streams.failures import (
     parse_isolating,
     poison_rejection,
 )
+from streams.fencing import Fencing, WriteFenced
 from streams.metrics import WorkerMetrics
 from streams.outbox import deliver, pending
 from streams.processor import BatchResult, Parsed, Position, apply_batch
@@ -166,6 +167,7 @@ class FeatureEngine:
         # the first check, or when the server does not tell (see store_reset).
         self._store_id: str | None = None
         self._store_id_known = True
+        self.fencing = Fencing(settings.consumer_group)  # see streams.fencing
 
     @property
     def redis(self) -> redis.Redis:
@@ -408,7 +410,15 @@ class FeatureEngine:
                 lambda *a: last.append(a), result.applied, keep, layout.key_ttl_seconds
             )
             touched = {u: states[u] for u in result.touched}
-            save_states(client, layout, touched, keys, first=first, last=last)
+            save_states(
+                client,
+                layout,
+                touched,
+                keys,
+                first=first,
+                last=last,
+                guard=self.fencing.guard(),
+            )
             if self.live is not None or self.triggers is not None:
                 # Records written with the state but not yet produced: this
                 # batch's, or (after a crash) an earlier attempt's in a loaded state.
@@ -416,7 +426,9 @@ class FeatureEngine:
         except BaseException as exc:
             # The attempt may have changed cached states that Redis never got.
             self.cache.evict(users)
-            if isinstance(exc, Exception) and not is_transient(exc):
+            if isinstance(exc, Exception) and not (
+                is_transient(exc) or isinstance(exc, WriteFenced)  # neither poison
+            ):
                 raise PoisonBatch(f"{type(exc).__name__}: {exc}") from exc
             raise
         self.cache.put(states, keys, partitions)
@@ -444,7 +456,13 @@ class FeatureEngine:
         """Fire, write and return the states to deliver (blocking)."""
         assert self.triggers is not None
         outbox, suppressed = fire_timers(
-            self.triggers, self.redis, self.layout, self.cache, self.check_store, clocks
+            self.triggers,
+            self.redis,
+            self.layout,
+            self.cache,
+            self.check_store,
+            clocks,
+            self.fencing.guard(),
         )
         self._suppressed(suppressed)
         return outbox
@@ -461,6 +479,7 @@ class FeatureEngine:
             self.redis,
             self.layout,
             self._retry,
+            self.fencing.guard(),
         )
         self.counts["segment_changes"] += changes
         self.counts["triggers"] += fired
@@ -545,8 +564,8 @@ class FeatureEngine:
         while True:
             try:
                 return await call()
-            except (PoisonBatch, StoreReset):
-                raise
+            except (PoisonBatch, StoreReset, WriteFenced):
+                raise  # a fenced write is refused for good: the consumer rejoins
             except Exception as exc:
                 failures += 1
                 self.metrics.record_retry(stage, exc)

@@ -58,7 +58,8 @@ def _client(settings: Settings) -> redis.Redis:
 
 def _dump(client: redis.Redis) -> Dump:
     """Every hash in the store, field by field."""
-    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+    keys = client.scan_iter(count=1000, _type="HASH")
+    return {key: client.hgetall(key) for key in keys}
 
 
 def _apply_through_worker(

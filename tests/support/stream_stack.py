@@ -314,7 +314,7 @@ def assert_matches_batch(lane: Lane, events: list[Event], sample: int = 40) -> N
         if not all(_same(got[k], want[k]) for k in want):
             wrong.append((uid, got, want))
     assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[:2]}"
-    keys = list(client.scan_iter(count=1000))
+    keys = list(client.scan_iter(count=1000, _type="HASH"))
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.hexists(key, layout.state_field)

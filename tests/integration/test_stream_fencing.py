@@ -1,0 +1,165 @@
+"""Fencing (:mod:`streams.fencing`) on a real redis-server, tansu and worker processes.
+
+A worker frozen past its session timeout loses its partitions without a revoke.
+When it wakes with a batch in hand, its writes must be refused: the new owner's
+states stay as they are, nothing is committed by it, and it rejoins the group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import redis
+
+from core.store.feast_config import feature_store
+from core.store.state_store import (
+    StateLayout,
+    WriteFenced,
+    WriteGuard,
+    load_states,
+    save_states,
+)
+from core.user_state import UserState
+from streams.fencing import fence_generation, fence_key
+from streams.metrics import label_values, sample_sum
+from streams.worker_engine import is_transient
+from tests.support.processes import eventually
+from tests.support.stream_stack import Lane, Rig, assert_matches_batch, simulated
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _user_hashes(lane: Lane) -> dict[bytes, dict[bytes, bytes]]:
+    """Every user's hash in the lane's Redis database (fences left out)."""
+    client = redis.Redis.from_url(lane.redis_url)
+    return {
+        key: client.hgetall(key)
+        for key in client.scan_iter(count=1000, _type="HASH")
+        if not key.startswith(b"segscore:fence:")  # these change on a rejoin
+    }
+
+
+def _fenced(lane: Lane, worker: str) -> float:
+    return sample_sum(lane.metrics(worker), "segscore_worker_fenced_batches_total")
+
+
+def _owned(lane: Lane, worker: str) -> set[str]:
+    samples = lane.metrics(worker)
+    return set(label_values(samples, "segscore_worker_consumer_lag", "partition"))
+
+
+def test_guarded_writes_check_and_raise_fences_atomically(rig: Rig) -> None:
+    client = redis.Redis(port=rig.redis_port, db=9)
+    client.flushdb()
+    layout = StateLayout(project="fence-unit")
+    state = UserState(last_event_ts=1_800_000_000.0, offsets={"t:0": 3})
+    fences = (b"f:0", b"f:1")
+    client.hset(b"f:1", b"generation", 4)
+
+    # At or above every fence: written, and the lower fence raised with it.
+    save_states(
+        client, layout, {"a": state}, guard=WriteGuard(fences, 4),
+        first=[(b"SET", b"first", b"1")], last=[(b"SET", b"last", b"1")],
+    )  # fmt: skip
+    assert load_states(client, layout, ["a"])["a"] == state
+    assert [fence_generation(client, f) for f in fences] == [4, 4]
+    assert client.mget(b"first", b"last") == [b"1", b"1"]
+
+    # Below one fence: nothing at all is written, first and last included.
+    client.delete(b"first", b"last")
+    newer = UserState(last_event_ts=1_800_000_100.0, offsets={"t:0": 9})
+    with pytest.raises(WriteFenced) as refused:
+        save_states(
+            client, layout, {"a": newer, "b": newer}, guard=WriteGuard(fences, 3),
+            first=[(b"SET", b"first", b"1")], last=[(b"SET", b"last", b"1")],
+        )  # fmt: skip
+    assert (refused.value.fence, refused.value.generation) == (4, 3)
+    assert load_states(client, layout, ["a"])["a"] == state
+    assert not client.exists(layout.key("b"), b"first", b"last")
+    assert [fence_generation(client, f) for f in fences] == [4, 4]
+
+    # A command's error keeps its class, so poison is told from outages as in a
+    # pipeline: WRONGTYPE is poison, not an outage.
+    client.set(layout.key("c"), b"not a hash")
+    with pytest.raises(redis.ResponseError) as wrong:
+        save_states(client, layout, {"c": state}, guard=WriteGuard(fences, 4))
+    assert "WRONGTYPE" in str(wrong.value) and not is_transient(wrong.value)
+    # A script flushed from the server (restart, SCRIPT FLUSH) is loaded again.
+    client.script_flush()
+    save_states(client, layout, {"d": state}, guard=WriteGuard(fences, 5))
+    assert [fence_generation(client, f) for f in fences] == [5, 5]
+
+
+def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
+    rig: Rig,
+) -> None:
+    lane = rig.lane("zombie", db=7, batch_max_events=1000)
+    events = simulated(n_users=300, n_events=60_000, seed=21)
+    backlog, later = events[:50_000], events[50_000:]
+    client = redis.Redis.from_url(lane.redis_url)
+    group, topic = lane.settings.consumer_group, lane.topic
+    fences = [fence_key(group, topic, p) for p in range(2)]
+
+    lane.produce(backlog)
+    a = lane.start_worker("zombie-a")
+    eventually(lambda: lane.messages("zombie-a") >= 5_000, 120, "a mid-backlog")
+    os.killpg(a.pid, signal.SIGSTOP)  # busy: a batch in flight or fetched ahead
+    generation_a = max((fence_generation(client, f) or -1) for f in fences)
+    acked_a = lane.messages("zombie-a")
+    assert acked_a < len(backlog), "a should freeze mid-backlog"
+    try:
+        # b's join waits for a's session to run out (2 s), then b owns everything.
+        b = lane.start_worker("zombie-b")
+        eventually(lambda: _owned(lane, "zombie-b") == {"0", "1"}, 90, "b owns all")
+        assert all((fence_generation(client, f) or -1) > generation_a for f in fences)
+        lane.wait_committed(len(backlog), 150, [b])
+        time.sleep(1)  # b idle: nothing more moves in Redis
+        settled = _user_hashes(lane)
+        assert_matches_batch(lane, backlog)
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
+
+    # a finishes the batch it held on its stale cache: refused, and it rejoins.
+    eventually(lambda: _fenced(lane, "zombie-a") >= 1, 60, "a's write refused")
+    eventually(lambda: _owned(lane, "zombie-a") and _owned(lane, "zombie-b"), 90,
+               "a to rejoin and own a partition")  # fmt: skip
+    assert a.poll() is None and b.poll() is None
+    # Not one user's hash moved: no state went backwards, nothing applied twice.
+    assert _user_hashes(lane) == settled
+    # a committed nothing of it: the group is at the end, as b left it.
+    assert lane.committed() == len(backlog)
+    log = (lane.settings.home / "logs" / "zombie-a.log").read_text()
+    assert log.count("fenced: another worker owns") == 1
+    samples_a = lane.metrics("zombie-a")
+    assert sample_sum(samples_a, "segscore_worker_dlq_records_total") == 0
+    assert sample_sum(samples_a, "segscore_worker_retries_total") == 0
+
+    # Both go on as a group of two.
+    lane.produce(later)
+    lane.wait_committed(len(events), 120, [a, b])
+    assert lane.messages("zombie-a") > acked_a
+    assert_matches_batch(lane, events)
+
+
+def test_a_fence_left_by_a_broker_that_forgot_the_group_is_lowered(rig: Rig) -> None:
+    """The broker lost the group (tansu in memory, restarted): generations restart
+    at 0 below the fences Redis kept. The worker's commit is accepted, which proves
+    its generation current, so it lowers the fences and works.
+    """
+    lane = rig.lane("forgot", db=8, batch_max_events=500)
+    client = redis.Redis.from_url(lane.redis_url)
+    fences = [fence_key(lane.settings.consumer_group, lane.topic, p) for p in (0, 1)]
+    for key in fences:
+        client.hset(key, b"generation", 1_000)
+    events = simulated(n_users=100, n_events=5_000, seed=22)
+    lane.produce(events)
+    worker = lane.start_worker("forgot-1")
+    lane.wait_committed(len(events), 120, [worker])
+    assert all((fence_generation(client, key) or -1) < 1_000 for key in fences)
+    assert _fenced(lane, "forgot-1") == 0
+    assert_matches_batch(lane, events)
+    layout = StateLayout.of(feature_store(lane.settings, lane.redis_url))
+    assert load_states(client, layout, [events[0].user_id])[events[0].user_id].offsets
