@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.feature_catalog import STATE_FEATURE
 from core.names import JOIN_KEY, STREAM_VIEW
+from core.rules.state import Membership
 from core.user_state import UserState
 
 DEDUPE_FIELD = b"segscore:dedupe"
@@ -275,6 +276,42 @@ def members_value(state: UserState) -> bytes:
     """The :data:`MEMBERS_FIELD` value: rule -> ``[since, until]`` (until: null)."""
     members = state.rules.members
     return orjson.dumps({rule: [m.since, m.until] for rule, m in members.items()})
+
+
+def decode_members(raw: bytes | None) -> dict[str, Membership]:
+    """Inverse of :func:`members_value`, for readers (the scoring service).
+
+    Lenient on purpose: memberships are shown beside a score, and a field that
+    cannot be read (or one entry of it) must not fail the score. An unreadable
+    field reads as no memberships, an unreadable entry is left out.
+    """
+    if not raw:
+        return {}
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(decoded, dict):
+        return {}
+    members = {}
+    for rule, span in decoded.items():
+        if not (isinstance(span, list) and len(span) == 2):
+            continue
+        since, until = span
+        if _finite(since) and (until is None or _finite(until)):
+            members[rule] = Membership(
+                float(since), None if until is None else float(until)
+            )
+    return members
+
+
+def _finite(value: object) -> bool:
+    # bool is an int to Python, but never a time.
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 # Replaces a user's hash fields only when the stored state is not newer: its
