@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
 
 from core import scoring
-from core.rules.state import RuleState
 from core.store.recent_events import decode_recent
 from core.store.state_store import decode_members
 from core.user_state import UserState
@@ -50,15 +50,28 @@ def active_rules(raw: bytes | None, at: float) -> list[dict[str, Any]]:
     if not raw:
         # Most users are in no rule: /score pays one test for them.
         return []
-    active = RuleState(members=decode_members(raw)).active(at)
+    # RuleState.active's test (since <= at < until), written out rather than
+    # called: building a RuleState per user was a third of the cost, and /score
+    # runs this for every user in a rule. tests/unit/serving/test_profile.py
+    # holds the two to the same answers.
+    active = sorted(
+        (m.since, rule, m.until)
+        for rule, m in decode_members(raw).items()
+        if m.since <= at and (m.until is None or at < m.until)
+    )
     rules = []
-    for rule, member in sorted(active.items(), key=lambda kv: (kv[1].since, kv[0])):
+    for since, rule, until in active:
         try:
-            until = None if member.until is None else iso(member.until)
-            rules.append({"rule": rule, "since": iso(member.since), "until": until})
+            end = None if until is None else _iso_cached(until)
+            rules.append({"rule": rule, "since": _iso_cached(since), "until": end})
         except (OverflowError, OSError, ValueError):
             continue
     return rules
+
+
+# A user's membership times stay the same from one request to the next, so
+# their text is kept (about 2 MB at most); formatting was ~2 us per time.
+_iso_cached = lru_cache(maxsize=8192)(iso)
 
 
 def add_rules(

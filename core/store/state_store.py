@@ -295,23 +295,21 @@ def decode_members(raw: bytes | None) -> dict[str, Membership]:
         return {}
     members = {}
     for rule, span in decoded.items():
-        if not (isinstance(span, list) and len(span) == 2):
+        if type(span) is not list or len(span) != 2:
             continue
         since, until = span
-        if _finite(since) and (until is None or _finite(until)):
-            members[rule] = Membership(
-                float(since), None if until is None else float(until)
-            )
+        # Exact types: bool is an int to Python, but never a time. /score runs
+        # this for every user who is in a rule, so it is kept to plain tests.
+        if type(since) not in _NUMBERS or not math.isfinite(since):
+            continue
+        if until is None:
+            members[rule] = Membership(float(since))
+        elif type(until) in _NUMBERS and math.isfinite(until):
+            members[rule] = Membership(float(since), float(until))
     return members
 
 
-def _finite(value: object) -> bool:
-    # bool is an int to Python, but never a time.
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+_NUMBERS = (int, float)
 
 
 # Replaces a user's hash fields only when the stored state is not newer: its

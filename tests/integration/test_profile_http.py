@@ -19,7 +19,7 @@ import redis
 from core.events import Event
 from core.rules.state import Membership
 from core.store.feast_config import feature_store
-from core.store.recent_events import stage_recent
+from core.store.recent_events import read_recent_async, stage_recent
 from core.store.state_store import StateLayout, save_states
 from core.user_state import UserState, apply_event
 from infra.local_stack import start_redis, stop_pid
@@ -170,6 +170,29 @@ def test_events_parameter_bounds_the_list(client: httpx.Client):
     ]
     assert none.recent_events == []
     assert [r.rule for r in none.rules] == ["vip", "browsing_spree"]
+
+
+def test_async_recent_reader_reads_the_list_newest_first(live: LiveService):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    async def read() -> tuple[list[dict], list[dict]]:
+        client = aioredis.Redis.from_url(live.redis.address)
+        try:
+            return (
+                await read_recent_async(client, USER, 3),
+                await read_recent_async(client, USER, 0),
+            )
+        finally:
+            await client.aclose()
+
+    three, none = asyncio.run(read())
+
+    assert [e["event_id"] for e in three] == [
+        f"{USER}-e{i}" for i in (STAGED - 1, STAGED - 2, STAGED - 3)
+    ]
+    assert none == []
 
 
 def test_an_id_with_a_slash_is_reachable_percent_encoded(client: httpx.Client):

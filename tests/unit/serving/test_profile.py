@@ -69,6 +69,24 @@ def test_membership_bounds_are_since_inclusive_until_exclusive():
     assert profile.active_rules(raw, T + 10.0) == []
 
 
+def test_active_rules_agree_with_the_workers_own_test():
+    # active_rules writes RuleState.active's test out for speed; on every
+    # combination of a membership's bounds around the instant they must agree.
+    offsets = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    spans = [(T + s, None) for s in offsets] + [
+        (T + s, T + u) for s in offsets for u in offsets
+    ]
+    members = {f"r{i}": Membership(*span) for i, span in enumerate(spans)}
+    state = UserState()
+    state.rules.members = members
+
+    for at in (T - 1.5, T - 1.0, T, T + 0.5, T + 1.0, T + 2.0):
+        expected = state.rules.active(at).keys()
+        found = {r["rule"] for r in profile.active_rules(members_value(state), at)}
+        assert found == expected, at
+        assert 0 < len(expected) < len(members), at
+
+
 def test_equal_since_orders_by_rule_name():
     raw = _members(b=(T - HOUR, None), a=(T - HOUR, None), c=(T - 2 * HOUR, None))
 
