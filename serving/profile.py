@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from core import scoring
 from core.store.recent_events import decode_recent
-from core.store.state_store import decode_members
+from core.store.state_store import decode_member_spans
 from core.user_state import UserState
 from serving.schemas import ProfileQuery
 
@@ -51,13 +51,13 @@ def active_rules(raw: bytes | None, at: float) -> list[dict[str, Any]]:
         # Most users are in no rule: /score pays one test for them.
         return []
     # RuleState.active's test (since <= at < until), written out rather than
-    # called: building a RuleState per user was a third of the cost, and /score
-    # runs this for every user in a rule. tests/unit/serving/test_profile.py
-    # holds the two to the same answers.
+    # called: a RuleState and a Membership per entry were most of the cost, and
+    # /score runs this for every user in a rule. tests/unit/serving/
+    # test_profile.py holds the two to the same answers.
     active = sorted(
-        (m.since, rule, m.until)
-        for rule, m in decode_members(raw).items()
-        if m.since <= at and (m.until is None or at < m.until)
+        (since, rule, until)
+        for rule, (since, until) in decode_member_spans(raw).items()
+        if since <= at and (until is None or at < until)
     )
     rules = []
     for since, rule, until in active:
