@@ -347,6 +347,7 @@ class ScoringService:
     ) -> Response:
         """Score users: segment, calibrated propensity and top-k SHAP explanation.
 
+        Each score also lists the user's rule memberships active now (``rules``).
         Unknown users are scored from population defaults (``cold_start`` true).
         Answers 503 when the online store cannot be read.
         """
