@@ -17,6 +17,7 @@ from typing import Annotated, Any, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -24,11 +25,16 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 MAX_USERS_PER_REQUEST = 1000
 MAX_USER_ID_CHARS = 128
 MAX_TOP_K = 50
+# The largest profile_recent_events setting (infra/settings.py); the setting
+# itself bounds the ``events`` of a request.
+MAX_PROFILE_EVENTS = 1000
 
 
 def _encodable(user_id: str) -> str:
@@ -66,6 +72,24 @@ def _parse_with_surrogates(json_data: str | bytes | bytearray) -> object | None:
     except (ValueError, RecursionError):
         return None
 
+
+def _decimal_text(value: object) -> object:
+    # Query values arrive as text; pydantic's lax int would also take "5.0",
+    # " 5" and "1_0". Only plain decimal digits are a number here, as a JSON
+    # body's strict types allow only a JSON integer.
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError("must be a whole number written in decimal digits")
+        return int(value)
+    return value
+
+
+QueryInt = Annotated[StrictInt, BeforeValidator(_decimal_text)]
+# Bounds inside the type, not on an Optional field: there pydantic's JSON schema
+# would show them as "ge"/"le", which OpenAPI does not know.
+EventCount = Annotated[
+    StrictInt, Field(ge=0, le=MAX_PROFILE_EVENTS), BeforeValidator(_decimal_text)
+]
 
 UserId = Annotated[
     StrictStr,
@@ -138,6 +162,16 @@ class Contribution(BaseModel):
     )
 
 
+class RuleMembership(BaseModel):
+    """A behavioural rule the user is "in" at the time of the answer."""
+
+    rule: str = Field(description="The rule's name, as in the rules file.")
+    since: str = Field(description="When the membership began (ISO-8601, UTC).")
+    until: str | None = Field(
+        description="When it ends (ISO-8601, UTC); null: until the rule cancels it."
+    )
+
+
 class UserScore(BaseModel):
     """Segment, propensity and explanation of one user."""
 
@@ -164,6 +198,13 @@ class UserScore(BaseModel):
         description="feature_age_seconds exceeds SEGSCORE_STALE_AFTER_SECONDS "
         "(90 days): the user's newest event is that old, so the score describes "
         "a customer as they were then. Always false for a cold start.",
+    )
+    # A default so that core.scoring's payload (which knows no rules: batch
+    # scoring has none) still validates; the service always sends the field.
+    rules: list[RuleMembership] = Field(
+        default_factory=list,
+        description="The rule memberships active at the time of the answer "
+        "(since <= now < until), oldest first; empty for a cold start.",
     )
 
 
@@ -198,3 +239,96 @@ class ErrorResponse(BaseModel):
 
     error: str
     detail: str | None = None
+
+
+class ProfileQuery(BaseModel):
+    """What ``GET /users/{user_id}`` reads from its path and query string.
+
+    Validated by the service itself (the route is not a BentoML API), with the
+    same id rules as :class:`ScoreRequest`, so an error names the same field.
+    """
+
+    model_config = ConfigDict(title="ProfileQuery", extra="forbid")
+
+    user_id: UserId = Field(description="1..128 characters, as in POST /score.")
+    events: EventCount | None = Field(
+        default=None,
+        description="How many of the last events to return, 0.."
+        "SEGSCORE_PROFILE_RECENT_EVENTS (default: that setting, 20).",
+    )
+    top_k: QueryInt = Field(
+        default=5,
+        ge=1,
+        le=MAX_TOP_K,
+        description="Contributions in the explanation, as in POST /score.",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _within_kept(cls, events: int | None, info: ValidationInfo) -> int | None:
+        # The worker keeps only profile_recent_events per user, so asking for
+        # more is a mistake worth naming; the service passes the setting.
+        kept = (info.context or {}).get("max_events")
+        if events is not None and kept is not None and events > kept:
+            raise ValueError(f"at most {kept} (SEGSCORE_PROFILE_RECENT_EVENTS)")
+        return events
+
+
+class SegmentOfWorker(BaseModel):
+    """The segment the stream worker last placed the user in."""
+
+    id: int
+    name: str = Field(
+        description="Its name in the serving segmenter's catalogue (the worker "
+        "places users with the same champion, unless a promotion is under way)."
+    )
+
+
+class RecentEvent(BaseModel):
+    """One of the user's last events, in the stream's wire form (docs/events.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_id: str
+    user_id: str
+    event_type: str
+    ts: int = Field(description="Event time, epoch milliseconds.")
+
+
+class UserProfile(BaseModel):
+    """Answer of ``GET /users/{user_id}``: everything known about one user."""
+
+    user_id: str
+    as_of: str = Field(description="The read instant (ISO-8601, UTC).")
+    segment: SegmentRef = Field(
+        description="The segment as POST /score computes it at as_of."
+    )
+    live_segment: SegmentOfWorker | None = Field(
+        description="The segment the stream worker placed the user in as of "
+        "their latest event; null when the worker has not placed them."
+    )
+    propensity: float = Field(ge=0.0, le=1.0)
+    base_value: float
+    explanation: list[Contribution] = Field(
+        description="Top-k contributions by magnitude, as in POST /score."
+    )
+    cold_start: bool
+    feature_age_seconds: float | None
+    stale: bool
+    feature_ages: dict[str, float | None] = Field(
+        description="Seconds since each stored feature was written, by the name "
+        "read online (``state`` stands for every stream feature; the history "
+        "features share their view's write time); null where nothing is stored."
+    )
+    rules: list[RuleMembership]
+    recent_events: list[RecentEvent] = Field(
+        description="The user's last events, newest first, at most `events`."
+    )
+    model_versions: dict[str, str]
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 422: the request broke the schema; each bad field is in ``detail[].loc``."""
+
+    error: str
+    detail: list[dict[str, Any]]

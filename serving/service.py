@@ -6,6 +6,7 @@ Redis read of Feast's own hashes (:mod:`core.store.online_reader`), the pure
 functions of :mod:`core.scoring`, and one JSON serialisation.
 
 Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
+``GET /users/{user_id}`` (a user's profile, :mod:`serving.profile`),
 ``GET /segments``, ``POST /events`` (the event collector, :mod:`serving.collector`),
 and BentoML's own ``GET /healthz`` (process alive),
 ``GET /readyz`` (models loaded and Redis answers PING), ``GET /metrics``
@@ -27,10 +28,11 @@ from typing import Any
 import bentoml
 import orjson
 import redis.asyncio as aioredis
-from pydantic import ValidationError
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
 from pydantic.warnings import PydanticDeprecatedSince211
 from redis.exceptions import RedisError
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -39,14 +41,23 @@ from core import scoring
 from core.model_manager import ModelManager
 from core.store.feast_config import feature_store
 from core.store.online_reader import OnlineReader, resolve_views
-from core.store.state_store import StateLayout
+from core.store.recent_events import recent_command
+from core.store.state_store import DEDUPE_FIELD, MEMBERS_FIELD, StateLayout
 from infra.local_stack import current_broker, current_redis_url
 from infra.settings import get_settings
-from serving import collector, connections
+from serving import collector, connections, profile
 from serving.auth import ApiKeyMiddleware
 from serving.limits import LimitsMiddleware
 from serving.metrics import LATENCY_BUCKETS, Metrics
-from serving.schemas import ScoreRequest, ScoreResponse
+from serving.schemas import (
+    ErrorResponse,
+    ProfileQuery,
+    ScoreRequest,
+    ScoreResponse,
+    UserId,
+    UserProfile,
+    ValidationErrorResponse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +68,9 @@ SETTINGS = get_settings()
 # Without an exporter configured, spans go nowhere; creating them was ~10 % of a
 # one-user request. SEGSCORE_TRACE_REQUESTS=true traces the endpoints again.
 _TRACING: dict[str, Any] = (
-    {} if SETTINGS.trace_requests else {"excluded_urls": ["/score", "/segments"]}
+    {}
+    if SETTINGS.trace_requests
+    else {"excluded_urls": ["/score", "/segments", "/users"]}
 )
 _UNAVAILABLE = orjson.dumps(
     {"error": "online feature store unavailable", "detail": "retry shortly"}
@@ -92,14 +105,78 @@ async def _events(request: Request) -> Response:
     return await service.collect(await request.body())
 
 
-# @bentoml.api routes accept POST only and validate a fixed schema; GET /segments
-# and the collector (whose body is an event, a list or {"events": [...]}, checked
-# by the stream's contract) live in this small Starlette app mounted beside them.
-# The service registers itself on its state.
-read_routes = Starlette(
-    routes=[
+async def _user(request: Request) -> Response:
+    service: ScoringService = request.app.state.service
+    return await service.user_profile(
+        request.path_params["user_id"], request.query_params.multi_items()
+    )
+
+
+def _profile_parameters() -> list[dict[str, Any]]:
+    """OpenAPI parameters of GET /users/{user_id}, from the types that check them."""
+    query = ProfileQuery.model_json_schema()["properties"]
+    return [
+        {
+            "name": "user_id",
+            "in": "path",
+            "required": True,
+            "description": "The user, as in POST /score (a '/' in it as %2F).",
+            "schema": TypeAdapter(UserId).json_schema(),
+        },
+        *(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": query[name]["description"],
+                "schema": _query_schema(query[name]),
+            }
+            for name in ("events", "top_k")
+        ),
+    ]
+
+
+def _query_schema(field: dict[str, Any]) -> dict[str, Any]:
+    # A query value is never JSON null: an optional one is simply left out.
+    options = [o for o in field.get("anyOf", [field]) if o.get("type") != "null"]
+    (schema,) = options
+    return {k: v for k, v in schema.items() if k not in ("description", "title")}
+
+
+def _doc(model: type[Any], description: str) -> dict[str, Any]:
+    return {"model": model, "description": description}
+
+
+# @bentoml.api routes accept POST only and validate a fixed schema; GET /segments,
+# GET /users/{user_id} and the collector (whose body is an event, a list or
+# {"events": [...]}, checked by the stream's contract) live in this small app
+# mounted beside them. The service registers itself on its state. FastAPI only
+# because BentoML documents a mounted app's routes in /docs.json when it is one;
+# no route uses FastAPI's request handling (the profile route's own checks name
+# fields as /score does), and its own docs pages are off.
+read_routes = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+read_routes.router.routes.extend(
+    [
         Route("/segments", _segments, methods=["GET"]),
         Route(collector.EVENTS_PATH, _events, methods=["POST"]),
+        # ":path": an id may hold "/" (sent as %2F, decoded before routing).
+        APIRoute(
+            "/users/{user_id:path}",
+            _user,
+            methods=["GET"],
+            response_model=None,
+            summary="A user's profile",
+            description="Segment, propensity and explanation (as POST /score), "
+            "the worker's live segment, active rule memberships, the last events "
+            "and feature ages. An unknown user is a cold start (200), not a 404.",
+            responses={
+                200: _doc(UserProfile, "The profile."),
+                401: _doc(ErrorResponse, "X-API-Key missing or wrong."),
+                422: _doc(ValidationErrorResponse, "A bad id or parameter."),
+                503: _doc(ErrorResponse, "The online store cannot be read."),
+            },
+            openapi_extra={"parameters": _profile_parameters()},
+        ),
     ]
 )
 
@@ -176,11 +253,15 @@ class ScoringService:
         # The read plan covers everything any valid model may need (the state
         # blob stands for every stream feature), so a promotion never changes
         # what is read; the registry must know it all.
+        # The worker's rule memberships lie in the same hash: read by the same
+        # HMGET, so /score's rules cost no round trip.
         self.reader = OnlineReader(
             self._redis,
             StateLayout.of(store),
             resolve_views(store, scoring.online_columns(scoring.ONLINE_FEATURES)),
+            extra_fields=(MEMBERS_FIELD,),
         )
+        self.recent_events = settings.profile_recent_events
         self._segments_for: tuple[str, bytes] | None = None
         # The broker is looked up and connected on the first POST /events only:
         # scoring neither waits for it nor fails without it.
@@ -266,6 +347,7 @@ class ScoringService:
     ) -> Response:
         """Score users: segment, calibrated propensity and top-k SHAP explanation.
 
+        Each score also lists the user's rule memberships active now (``rules``).
         Unknown users are scored from population defaults (``cold_start`` true).
         Answers 503 when the online store cannot be read.
         """
@@ -276,12 +358,7 @@ class ScoringService:
             replies = await self.reader.fetch(user_ids)
         except (RedisError, OSError) as exc:
             logger.warning("online store read failed: %s", exc)
-            return Response(
-                _UNAVAILABLE,
-                status_code=503,
-                media_type=JSON,
-                headers={"Retry-After": "1"},
-            )
+            return _store_unavailable()
         # The read time, taken after the read so no stored timestamp is in its
         # future; ages and windows are "as of" this instant.
         as_of = time.time()
@@ -295,6 +372,9 @@ class ScoringService:
             top_k=top_k,
             stale_after=SETTINGS.stale_after_seconds,
         )
+        profile.add_rules(
+            payload["scores"], self.reader.extra(replies, MEMBERS_FIELD), as_of
+        )
         body = orjson.dumps(payload)
         scores = payload["scores"]
         metrics().observe_scores(
@@ -306,6 +386,61 @@ class ScoringService:
         )
         return Response(body, media_type=JSON)
 
+    async def user_profile(
+        self, user_id: str, params: list[tuple[str, str]]
+    ) -> Response:
+        """``GET /users/{user_id}``: the user's profile (:class:`UserProfile`).
+
+        One round trip: the scoring fields, memberships and the worker's data
+        (one ``HMGET``) and the last events (``LRANGE``). An unknown user is a
+        cold start with no rules or events, as /score answers it; 422 names a
+        bad id or parameter; 503 when Redis cannot be read, as /score.
+        """
+        query = profile.parse_query(user_id, params, self.recent_events)
+        if not isinstance(query, ProfileQuery):
+            return _json(422, {"error": "invalid request", "detail": query})
+        models = self.models.current
+        n_events = self.recent_events if query.events is None else query.events
+        key = self.reader.key(query.user_id)
+        commands: list[tuple[bytes | int, ...]] = [(b"HGET", key, DEDUPE_FIELD)]
+        if n_events:
+            commands.append(recent_command(query.user_id, n_events))
+        try:
+            replies, (dedupe, *recent) = await self.reader.fetch_with(
+                [query.user_id], commands
+            )
+        except (RedisError, OSError) as exc:
+            logger.warning("online store read failed: %s", exc)
+            return _store_unavailable()
+        as_of = time.time()
+        stored = self.reader.columns(replies)
+        payload = scoring.score(
+            [query.user_id],
+            stored,
+            as_of,
+            models,
+            explain=True,
+            top_k=query.top_k,
+            stale_after=SETTINGS.stale_after_seconds,
+        )
+        (score,) = payload["scores"]
+        body = profile.profile_payload(
+            query.user_id,
+            score,
+            payload["model_versions"],
+            as_of,
+            rules=profile.active_rules(
+                self.reader.extra(replies, MEMBERS_FIELD)[0], as_of
+            ),
+            live=profile.live_segment(
+                None if isinstance(dedupe, Exception) else dedupe,
+                models.segment_names,
+            ),
+            events=profile.recent_events(recent[0]) if recent else [],
+            ages=profile.feature_ages_by_name(stored, self.reader.feature_names, as_of),
+        )
+        return Response(orjson.dumps(body), media_type=JSON)
+
     async def __is_ready__(self) -> bool:
         """Ready when the online store answers PING.
 
@@ -316,6 +451,12 @@ class ScoringService:
             return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
+
+
+def _store_unavailable() -> Response:
+    return Response(
+        _UNAVAILABLE, status_code=503, media_type=JSON, headers={"Retry-After": "1"}
+    )
 
 
 def _json(

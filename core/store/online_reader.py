@@ -5,7 +5,8 @@ serialized entity key + project; field = murmur3 of ``view:feature``; values are
 Feast ``Value`` protos; ``_ts:<view>`` holds each view's event timestamp). The
 stream worker already writes that layout itself (:mod:`core.store.state_store`), and
 this module reads it back the same way: one ``HMGET`` per user, pipelined, for
-exactly the fields the models need.
+exactly the fields the models need (plus any extra field of the same hash the
+caller names, such as the worker's rule memberships).
 
 Why not ``FeatureStore.get_online_features_async``: for one user it cost ~0.3 ms
 and for 100 users ~8 ms (proto responses, per-feature status vectors, ``to_dict``),
@@ -29,6 +30,7 @@ from feast import FeatureStore
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import ResponseError
 
 from core.store.state_store import StateLayout
 
@@ -114,13 +116,19 @@ def decode_timestamp(raw: bytes | None) -> float | None:
 
 
 class OnlineReader:
-    """Reads the models' stored features for many users in one round trip."""
+    """Reads the models' stored features for many users in one round trip.
+
+    ``extra_fields`` are more fields of the same hash read by the same
+    ``HMGET`` (the service reads the worker's rule memberships so), after the
+    features; :meth:`extra` picks one out of the replies.
+    """
 
     def __init__(
         self,
         client: aioredis.Redis,
         layout: StateLayout,
         views: list[ViewFields],
+        extra_fields: Sequence[bytes] = (),
     ) -> None:
         self.client = client
         self.layout = layout
@@ -136,6 +144,10 @@ class OnlineReader:
                 fields.append(field)
             self._plan.append((tuple(columns), len(fields)))
             fields.append(view.ts_field)
+        self._extra_index = {}
+        for field in extra_fields:
+            self._extra_index[field] = len(fields)
+            fields.append(field)
         self.fields = tuple(fields)
         self.feature_names = tuple(n for v in views for n in v.features)
 
@@ -178,6 +190,43 @@ class OnlineReader:
         finally:
             await pool.release(conn)
 
+    async def fetch_with(
+        self, user_ids: Sequence[str], commands: Sequence[Sequence[bytes | int]]
+    ) -> tuple[list[list[bytes | None]], list[Any]]:
+        """:meth:`fetch`, plus raw ``commands`` sent after it in the same round trip.
+
+        Returns the ``HMGET`` replies and one reply per command. A command that
+        Redis answers with an error (say, a key of the wrong type) gets its
+        :class:`~redis.exceptions.ResponseError` as its reply instead of failing
+        the whole read; the error reply is read in full, so the connection stays
+        in step. Connection errors and timeouts raise as in :meth:`fetch`.
+        """
+        data = self.pack(user_ids) + b"".join(_resp(c) for c in commands)
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(data, check_health=False)
+            replies = [await conn.read_response() for _ in user_ids]
+            extra: list[Any] = []
+            for _ in commands:
+                try:
+                    extra.append(await conn.read_response())
+                except ResponseError as exc:
+                    extra.append(exc)
+            return replies, extra
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    def extra(
+        self, replies: Sequence[Sequence[bytes | None]], field: bytes
+    ) -> list[bytes | None]:
+        """One of ``extra_fields`` out of :meth:`fetch`'s replies, per user."""
+        index = self._extra_index[field]
+        return [reply[index] for reply in replies]
+
     def columns(self, replies: Sequence[Sequence[bytes | None]]) -> dict[str, list]:
         """Decode replies into feature columns plus ``<feature>__ts`` columns."""
         out: dict[str, list] = {}
@@ -192,3 +241,11 @@ class OnlineReader:
     async def read_columns(self, user_ids: Sequence[str]) -> dict[str, list]:
         """Stored features of ``user_ids`` as columns (see the module docstring)."""
         return self.columns(await self.fetch(user_ids))
+
+
+def _resp(command: Sequence[bytes | int]) -> bytes:
+    """One command in the Redis protocol (RESP2), from bytes and int arguments."""
+    args = [a if isinstance(a, bytes) else str(a).encode() for a in command]
+    return b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a), a) for a in args
+    )

@@ -9,11 +9,12 @@ and it expires with the user's feature hash.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
 import redis
+import redis.asyncio as aioredis
 
 from core.events import Event
 
@@ -54,3 +55,39 @@ def read_recent(client: redis.Redis, user_id: str, n: int) -> list[dict[str, Any
     if n <= 0:
         return []
     return [orjson.loads(item) for item in client.lrange(recent_key(user_id), 0, n - 1)]
+
+
+def recent_command(user_id: str, n: int) -> tuple[bytes, bytes, int, int]:
+    """The raw ``LRANGE`` reading up to ``n`` (> 0) of the user's last events.
+
+    For a caller that sends it in a round trip of its own making (the scoring
+    service reads a profile's hash fields and this list in one).
+    """
+    return (b"LRANGE", recent_key(user_id), 0, n - 1)
+
+
+def decode_recent(items: Sequence[bytes]) -> list[dict[str, Any]]:
+    """The events of an ``LRANGE`` reply, newest first (``ts`` in epoch ms).
+
+    An item that is not a JSON object is left out rather than failing the
+    reader: the list is shown to people, and one damaged item must not hide
+    the rest (the worker writes only :meth:`core.events.Event.to_json`).
+    """
+    events = []
+    for item in items:
+        try:
+            event = orjson.loads(item)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+async def read_recent_async(
+    client: aioredis.Redis, user_id: str, n: int
+) -> list[dict[str, Any]]:
+    """:func:`read_recent` for asyncio callers (damaged items left out)."""
+    if n <= 0:
+        return []
+    return decode_recent(await client.lrange(recent_key(user_id), 0, n - 1))

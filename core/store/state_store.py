@@ -36,6 +36,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.feature_catalog import STATE_FEATURE
 from core.names import JOIN_KEY, STREAM_VIEW
+from core.rules.state import Membership
 from core.user_state import UserState
 
 DEDUPE_FIELD = b"segscore:dedupe"
@@ -375,6 +376,51 @@ def members_value(state: UserState) -> bytes:
     """The :data:`MEMBERS_FIELD` value: rule -> ``[since, until]`` (until: null)."""
     members = state.rules.members
     return orjson.dumps({rule: [m.since, m.until] for rule, m in members.items()})
+
+
+def decode_members(raw: bytes | None) -> dict[str, Membership]:
+    """Inverse of :func:`members_value`, for readers (the scoring service).
+
+    Lenient on purpose: memberships are shown beside a score, and a field that
+    cannot be read (or one entry of it) must not fail the score. An unreadable
+    field reads as no memberships, an unreadable entry is left out.
+    """
+    return {
+        rule: Membership(float(since), None if until is None else float(until))
+        for rule, (since, until) in decode_member_spans(raw).items()
+    }
+
+
+def decode_member_spans(raw: bytes | None) -> dict[str, tuple[float, float | None]]:
+    """:func:`decode_members` as ``(since, until)`` pairs, for the hot path.
+
+    /score runs it for every user who is in a rule: a ``Membership`` per entry
+    cost more than the rest of the decoding.
+    """
+    if not raw:
+        return {}
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if type(decoded) is not dict:
+        return {}
+    spans: dict[str, tuple[float, float | None]] = {}
+    for rule, span in decoded.items():
+        if type(span) is not list or len(span) != 2:
+            continue
+        since, until = span
+        # Exact types: bool is an int to Python, but never a time.
+        if type(since) not in _NUMBERS or not math.isfinite(since):
+            continue
+        if until is None:
+            spans[rule] = (since, None)
+        elif type(until) in _NUMBERS and math.isfinite(until):
+            spans[rule] = (since, until)
+    return spans
+
+
+_NUMBERS = (int, float)
 
 
 # Replaces a user's hash fields only when the stored state is not newer: its
