@@ -18,6 +18,7 @@ from infra import local_stack
 from infra.settings import SettingsError, get_settings
 from segscore.bench_cli import app as bench_app
 from segscore.models_cli import app as models_app
+from segscore.rules_cli import app as rules_app
 
 app = typer.Typer(
     help="Real-time segments and purchase propensity, explained.",
@@ -405,6 +406,7 @@ def catalogue() -> None:
 
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
+app.add_typer(rules_app, name="rules")
 
 
 def run() -> None:
