@@ -237,3 +237,65 @@ def bench_serve(
     _report_bench(
         console, lambda: run_serve_bench(config, console), print_result, json_out
     )
+
+
+@app.command("activation")
+def bench_activation(
+    rate: Annotated[
+        int, typer.Option(help="Offered events/s in the live phase.", min=1)
+    ] = 5_000,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of paced producing.", min=1.0)
+    ] = 30.0,
+    events: Annotated[int, typer.Option(help="Backlog size.", min=1)] = 200_000,
+    users: Annotated[int, typer.Option(help="Distinct backlog users.", min=1)] = 10_000,
+    cart_after: Annotated[
+        float, typer.Option(help="The cart-abandonment timer, in seconds.", min=0.5)
+    ] = 10.0,
+    train_users: Annotated[
+        int, typer.Option(help="Simulated shoppers for the model pair.", min=50)
+    ] = 300,
+    peer: Annotated[
+        bool, typer.Option(help="Also time the backlog with activations off.")
+    ] = True,
+    json_out: JsonOut = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy the worker over the live phase (collapsed stacks)."),
+    ] = None,
+    batch_max_events: Annotated[
+        int | None, typer.Option(help="Override the worker's batch size limit.")
+    ] = None,
+    batch_max_seconds: Annotated[
+        float | None, typer.Option(help="Override the worker's batch time limit.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 7,
+    keep_home: KeepHome = False,
+) -> None:
+    """Live segments and triggers: cause-to-Kafka latency, timer lateness, backlog.
+
+    Starts its own stack, trains a model pair, and stops everything at the end.
+    """
+    from segscore.bench.activation import (
+        ActivationConfig,
+        print_result,
+        run_activation_bench,
+    )
+
+    config = ActivationConfig(
+        rate=rate,
+        duration=duration,
+        events=events,
+        users=users,
+        cart_after=cart_after,
+        train_users=train_users,
+        peer=peer,
+        seed=seed,
+        batch_max_events=batch_max_events,
+        batch_max_seconds=batch_max_seconds,
+        profile=profile,
+        keep_home=keep_home,
+    )
+    _report_bench(
+        console, lambda: run_activation_bench(config, console), print_result, json_out
+    )

@@ -1,0 +1,483 @@
+"""``segscore bench activation``: segment changes and triggers, from cause to Kafka.
+
+Everything runs in a fresh temporary ``SEGSCORE_HOME``: its own redis-server and
+tansu broker, a champion model pair trained on a small simulation (so live
+segments run), a rules file with the four shipped rules whose cart timer is
+``cart_after`` seconds (:func:`~segscore.bench.activation_traffic.rules_text`),
+and ONE real worker subprocess with live segments and triggers on. Three phases:
+
+Backlog with activations on
+    N events of U users are produced before the worker starts; throughput is
+    measured as ``segscore bench stream`` does, from the worker's first state
+    write that Redis shows to the last event of every partition applied (read
+    from the states, never from the broker's end offsets): ``events_per_s``.
+
+Live
+    The worker caught up (and the backlog's timers fired), a paced producer
+    offers ``rate`` events/s for ``duration`` s with event time = send time;
+    a share is crafted to cause known records
+    (:mod:`segscore.bench.activation_traffic`). A reader process reads the
+    ``segment-changes`` and ``triggers`` topics. For every record caused by a
+    live event: trigger and segment-change latency = read time - the causing
+    event's send time; for a timer, lateness = read time - its due time
+    (``at_ts``). Timers due less than a second before the last send (or after
+    it) are counted apart (``timers_due_after_traffic``): their partitions'
+    clocks then move by the idle rule, not by events. Every crafted cause
+    must get its record: ``missing_activations`` names those that did not.
+
+Peer backlog (``peer``)
+    The same backlog size, fresh users on a topic of its own, read by a second
+    worker with live segments and triggers off: ``events_per_s_without_activation``.
+
+Everything started is stopped at the end, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from core.store.state_store import StateLayout
+from segscore.bench.activation_backlog import (
+    apply_backlog,
+    check_alive,
+    check_states,
+    make_backlog,
+    produce,
+    wait_timers_fired,
+)
+from segscore.bench.activation_traffic import (
+    Matcher,
+    Sent,
+    activation_reader,
+    paced_send,
+    plan_live,
+    rules_text,
+)
+from segscore.bench.harness import (
+    BenchError,
+    CpuMeter,
+    bench_environment,
+    log_tail,
+    machine_facts,
+    percentiles_ms,
+    profile_report,
+    sigterm_as_interrupt,
+    start_profiler,
+    stop_profiler,
+    wait_for_reply,
+)
+from segscore.bench.stream_events import bench_user
+from segscore.bench.stream_progress import BacklogTracker, CrashWatch
+
+PEER_TOPIC = "events-bench-peer"
+PEER_GROUP = "segscore-bench-peer"
+READER_FETCH_WAIT_MS = 10
+TARGETS = {"trigger_p99_ms": 250.0, "timer_lateness_p99_ms": 1000.0}
+TARGET_EVENTS_PER_S = 20_000.0
+# Variables of the caller's shell that would change what the worker runs.
+CLEARED = (
+    "BENTOML_HOME",
+    "SEGSCORE_REDIS_URL",
+    "SEGSCORE_KAFKA_BROKER",
+    "SEGSCORE_SEGMENTER_VERSION",
+    "SEGSCORE_PROPENSITY_VERSION",
+    "SEGSCORE_LIVE_SEGMENTS",
+    "SEGSCORE_TRIGGERS",
+    "SEGSCORE_RULES_PATH",
+    "SEGSCORE_EVENTS_TOPIC",
+    "SEGSCORE_CONSUMER_GROUP",
+    "SEGSCORE_SEGMENT_CHANGES_TOPIC",
+    "SEGSCORE_TRIGGERS_TOPIC",
+    "SEGSCORE_TIMER_IDLE_SECONDS",
+)
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """What to run."""
+
+    rate: int = 5_000
+    duration: float = 30.0
+    events: int = 200_000
+    users: int = 10_000
+    cart_after: float = 10.0
+    train_users: int = 300
+    train_days: float = 21.0
+    peer: bool = True
+    seed: int = 7
+    batch_max_events: int | None = None
+    batch_max_seconds: float | None = None
+    profile: Path | None = None  # py-spy the worker over the live phase
+    keep_home: bool = False
+
+
+def run_activation_bench(config: ActivationConfig, console: Console) -> dict[str, Any]:
+    """Run every phase on a private stack; returns the flat result."""
+    with (
+        sigterm_as_interrupt(),
+        bench_environment(
+            config.keep_home,
+            "segscore-bench-activation-",
+            cleared=CLEARED,
+            restored=(
+                "SEGSCORE_BATCH_MAX_EVENTS",
+                "SEGSCORE_BATCH_MAX_SECONDS",
+                "BENTOML_DO_NOT_TRACK",
+            ),
+        ) as home,
+    ):
+        os.environ["BENTOML_HOME"] = str(home / "bentoml")
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+        if config.batch_max_events is not None:
+            os.environ["SEGSCORE_BATCH_MAX_EVENTS"] = str(config.batch_max_events)
+        if config.batch_max_seconds is not None:
+            os.environ["SEGSCORE_BATCH_MAX_SECONDS"] = str(config.batch_max_seconds)
+        return _run(config, console, home)
+
+
+def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, Any]:
+    from core.store.feast_config import feature_store
+    from feature_repo.apply import apply_repo
+    from infra import local_stack, processes
+    from infra.settings import get_settings
+    from infra.topics import ensure_topics
+
+    settings = get_settings()
+    users = max(1, min(config.users, config.events))
+    rules = home / "bench_rules.yaml"
+    rules.write_text(rules_text(config.cart_after))
+    result: dict[str, Any] = {
+        "offered_rate": config.rate,
+        "duration_s": config.duration,
+        "events": config.events,
+        "users": users,
+        "cart_after_s": config.cart_after,
+        "worker_batch_max_events": settings.batch_max_events,
+        "worker_batch_max_seconds": settings.batch_max_seconds,
+        "timer_idle_seconds": settings.timer_idle_seconds,
+        "topic_partitions": settings.topic_partitions,
+        "reader_fetch_max_wait_ms": READER_FETCH_WAIT_MS,
+        **machine_facts(),
+    }
+    console.print(f"bench home {home}")
+    worker_env = {"SEGSCORE_RULES_PATH": str(rules)}
+    worker: subprocess.Popen | None = None
+    reader: Any = None
+    profiler: subprocess.Popen | None = None
+    try:
+        stack = local_stack.up(settings)
+        ensure_topics(stack.kafka_broker, settings)
+        peer_settings = settings.model_copy(update={"events_topic": PEER_TOPIC})
+        ensure_topics(stack.kafka_broker, peer_settings)
+        store = feature_store(settings, stack.redis_url)
+        apply_repo(store)
+        layout = StateLayout.of(store)
+        client = redis.Redis.from_url(stack.redis_url, socket_timeout=5.0)
+        stack_pids = {s.name: s.pid for s in stack.started}
+        result.update(_train(config, settings, console))
+
+        # -- backlog, activations on ----------------------------------------
+        end = time.time() - 60
+        events = make_backlog(config.events, users, end, config.seed, "b")
+        partitions = produce(console, stack.kafka_broker, settings.events_topic, events)
+        worker = processes.start_worker(settings, "bench-worker", worker_env)
+        log = home / "logs" / "bench-worker.log"
+        meter = CpuMeter({"worker": worker.pid, **stack_pids})
+        watch = CrashWatch(log)
+        timed = apply_backlog(
+            console, worker, log, BacklogTracker(client, layout, events, partitions),
+            len(events), meter, "worker reading the backlog (segments and triggers on)",
+        )  # fmt: skip
+        result.update({f"backlog_{k}": v for k, v in timed.items()})
+        result["events_per_s"] = timed["events_per_s"]
+        check_states(client, layout, events)
+
+        # -- live -----------------------------------------------------------
+        with console.status("waiting for the backlog's timers to fire"):
+            wait_timers_fired(client, end + config.cart_after + 1, worker, log, watch)
+        ctx = mp.get_context("spawn")
+        inbox, outbox = ctx.Queue(), ctx.Queue()
+        reader = ctx.Process(
+            target=activation_reader,
+            args=(
+                stack.kafka_broker,
+                [settings.segment_changes_topic, settings.triggers_topic],
+                settings.topic_partitions,
+                READER_FETCH_WAIT_MS,
+                inbox,
+                outbox,
+            ),
+            daemon=True,
+        )
+        reader.start()
+        plan = plan_live(
+            config.rate,
+            config.duration,
+            [bench_user(i) for i in range(users)],
+            config.cart_after,
+            config.seed + 100,
+        )
+        matcher = Matcher(plan.expected, settings.segment_changes_topic)
+        with console.status("the reader catching up with the backlog's records"):
+            _reply(outbox, reader, 120, "the reader to start", "ready")
+            _collect(outbox, reader, matcher, until="quiet", timeout=120)
+        backlog_records = len(matcher.records)
+        if config.profile is not None:
+            profiler = start_profiler(
+                worker.pid, config.profile, home / "logs" / "py-spy.log"
+            )
+        meter = CpuMeter({"worker": worker.pid, "reader": reader.pid, **stack_pids})
+        meter.begin()
+        with console.status(
+            f"producing {config.rate} events/s for {config.duration:g}s"
+        ):
+            sent = asyncio.run(
+                paced_send(stack.kafka_broker, settings.events_topic, plan, config.rate)
+            )
+        result["live_cpu"] = meter.end()
+        with console.status("waiting for every expected record"):
+            deadline = time.monotonic() + 20 + config.cart_after
+            while matcher.missing() and time.monotonic() < deadline:
+                check_alive(worker, log, watch)
+                _collect(outbox, reader, matcher, until=None, timeout=0.5)
+            time.sleep(0.5)  # late records of background causes, then stop
+        inbox.put(None)
+        _collect(outbox, reader, matcher, until="done", timeout=30)
+        reader.join(timeout=10)
+        if profiler is not None and config.profile is not None:
+            stop_profiler(profiler)
+            profiler = None
+            result.update(profile_report(console, config.profile, "worker"))
+        check_alive(worker, log, watch)
+        result["achieved_rate"] = round(sent.rate, 1)
+        result["scenarios"] = plan.scenarios
+        result["records_before_live"] = backlog_records
+        result.update(live_stats(matcher, sent, settings.segment_changes_topic))
+        processes.stop(worker)
+        worker = None
+
+        # -- peer: the same backlog, activations off -------------------------
+        if config.peer:
+            start = time.time() - 60
+            events = make_backlog(config.events, users, start, config.seed, "p")
+            partitions = produce(console, stack.kafka_broker, PEER_TOPIC, events)
+            worker = processes.start_worker(
+                settings,
+                "bench-peer-worker",
+                {
+                    "SEGSCORE_EVENTS_TOPIC": PEER_TOPIC,
+                    "SEGSCORE_CONSUMER_GROUP": PEER_GROUP,
+                    "SEGSCORE_LIVE_SEGMENTS": "false",
+                    "SEGSCORE_TRIGGERS": "false",
+                },
+            )
+            log = home / "logs" / "bench-peer-worker.log"
+            meter = CpuMeter({"worker": worker.pid, **stack_pids})
+            peer = apply_backlog(
+                console, worker, log,
+                BacklogTracker(client, layout, events, partitions), len(events), meter,
+                "worker reading the same backlog (segments and triggers off)",
+            )  # fmt: skip
+            result.update({f"peer_backlog_{k}": v for k, v in peer.items()})
+            result["events_per_s_without_activation"] = peer["events_per_s"]
+            result["activation_throughput_share"] = round(
+                timed["events_per_s"] / peer["events_per_s"], 3
+            )
+            check_states(client, layout, events)
+        result.update(_verdicts(result))
+        return flat(result)
+    except BenchError:
+        for name in ("bench-worker", "bench-peer-worker"):
+            path = home / "logs" / f"{name}.log"
+            if path.exists():
+                console.print(f"{name} log tail:\n{log_tail(path, 15)}")
+        console.print(f"logs kept in {home / 'logs'}")
+        raise
+    finally:
+        if profiler is not None:
+            stop_profiler(profiler)
+        if reader is not None and reader.is_alive():
+            reader.terminate()
+            reader.join(timeout=5)
+        if worker is not None:
+            processes.stop(worker)
+        with contextlib.suppress(Exception):
+            local_stack.down(settings)
+
+
+def _train(config: ActivationConfig, settings: Any, console: Console) -> dict[str, Any]:
+    """A champion pair from a small simulation: live segments need one to run."""
+    from core.event_files import write_events
+    from segscore.simulator import simulate
+    from training.workflow import run_training
+
+    started = time.monotonic()
+    finish = time.time() - 120
+    with console.status(
+        f"simulating {config.train_days:g} days of {config.train_users} shoppers"
+    ):
+        sim = simulate(
+            config.train_users,
+            finish - config.train_days * 86_400,
+            finish,
+            seed=config.seed,
+        )
+        path = settings.data_dir / "events.parquet"
+        write_events(sim.events, path)
+    # force: the pair is promoted whatever the baseline gate says; the bench
+    # needs champions, not good ones.
+    summary = run_training(
+        settings, path, seed_online=False, console=console, force=True
+    )
+    return {
+        "train_events": len(sim.events),
+        "segmenter": summary["segmenter"],
+        "propensity": summary["propensity"],
+        "train_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _reply(box: Any, proc: Any, timeout: float, what: str, key: str) -> None:
+    reply = wait_for_reply(
+        box,
+        proc,
+        timeout,
+        died=f"the reader process died waiting for {what}",
+        late=f"timed out waiting for {what}",
+    )
+    if key not in reply:
+        raise BenchError(f"the reader answered {sorted(reply)} waiting for {what}")
+
+
+def _collect(
+    box: Any, proc: Any, matcher: Matcher, until: str | None, timeout: float
+) -> None:
+    """Take the reader's reports into ``matcher``: until a ``quiet``/``done``
+    report (error after ``timeout``), or (``until=None``) for ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if until is None:
+                return
+            raise BenchError(f"the reader did not report {until} in {timeout:.0f}s")
+        try:
+            reply = box.get(timeout=min(left, 0.25))
+        except queue.Empty:
+            if not proc.is_alive() and until is not None:
+                raise BenchError("the reader process died") from None
+            continue
+        if "records" in reply:
+            matcher.add(reply["records"])
+        if until is not None and until in reply:
+            return
+
+
+def _stats(name: str, seconds: list[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {f"{name}_count": len(seconds)}
+    if seconds:
+        p50, p99 = percentiles_ms(seconds, (50, 99), digits=1)
+        out.update(
+            {
+                f"{name}_p50_ms": p50,
+                f"{name}_p99_ms": p99,
+                f"{name}_max_ms": round(1000 * max(seconds), 1),
+            }
+        )
+    else:
+        out.update({f"{name}_p50_ms": None, f"{name}_p99_ms": None})
+        out[f"{name}_max_ms"] = None
+    return out
+
+
+def live_stats(matcher: Matcher, sent: Sent, changes_topic: str) -> dict[str, Any]:
+    """Latencies of the records caused by live events, and the missing ones.
+
+    Records caused by backlog events (their cause has no send time here) are
+    not counted. A timer due within a second of the last send, or after it,
+    falls due by the idle clock rather than by traffic: counted apart.
+    """
+    triggers: list[float] = []
+    changes: list[float] = []
+    lateness: list[float] = []
+    after_traffic = 0
+    by_rule: dict[str, int] = {}
+    for row in matcher.records.values():
+        sent_at = sent.sent_at.get(row["caused_by"])
+        if sent_at is None:
+            continue
+        if row["topic"] == changes_topic:
+            changes.append(row["read"] - sent_at)
+            continue
+        by_rule[row["rule"]] = by_rule.get(row["rule"], 0) + 1
+        if row["kind"] != "timer":
+            triggers.append(row["read"] - sent_at)
+        elif row["at_ts"] <= sent.last - 1.0:
+            lateness.append(row["read"] - row["at_ts"])
+        else:
+            after_traffic += 1
+    missing = matcher.missing()
+    return {
+        **_stats("trigger", triggers),
+        **_stats("segment_change", changes),
+        **_stats("timer_lateness", lateness),
+        "timers_due_after_traffic": after_traffic,
+        "triggers_by_rule": dict(sorted(by_rule.items())),
+        "expected_activations": len(matcher.expected),
+        "expected_activations_seen": len(matcher.expected) - len(missing),
+        "missing_activations": len(missing),
+        "missing_examples": "; ".join(
+            f"{e.kind} {e.user_id} by {'|'.join(sorted(e.causes))}" for e in missing[:5]
+        ),
+        "duplicate_records": matcher.duplicates,
+    }
+
+
+def _verdicts(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, limit in TARGETS.items():
+        value = result.get(key)
+        out[f"meets_{key}"] = value is not None and value <= limit
+    out["meets_events_per_s"] = result["events_per_s"] >= TARGET_EVENTS_PER_S
+    return out
+
+
+def print_result(console: Console, result: dict[str, Any]) -> None:
+    """The headline numbers first, then every key, in one table."""
+    table = Table(title="segscore bench activation")
+    table.add_column("metric")
+    table.add_column("value", overflow="fold")
+    head = (
+        "trigger_p50_ms", "trigger_p99_ms", "segment_change_p50_ms",
+        "segment_change_p99_ms", "timer_lateness_p50_ms", "timer_lateness_p99_ms",
+        "events_per_s", "events_per_s_without_activation", "missing_activations",
+    )  # fmt: skip
+    for key in (*head, *(k for k in result if k not in head)):
+        if key in result:
+            table.add_row(key, str(result[key]))
+    console.print(table)
+
+
+def flat(result: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts (CPU shares, counts) spread into top-level keys."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                out[f"{key}_{name}"] = inner
+        else:
+            out[key] = value
+    return out
