@@ -134,8 +134,13 @@ class Event(BaseModel):
         return self
 
     def to_json(self) -> bytes:
-        """Serialize back to the wire format (ts as epoch milliseconds)."""
-        payload = self.model_dump(mode="json", exclude_none=True)
+        """Serialize back to the wire format (ts as epoch milliseconds).
+
+        The same bytes as ``model_dump(mode="json", exclude_none=True)`` would
+        give (a test holds them equal), from the fields directly: half the cost,
+        and the worker writes every event it applies into the user's recent list.
+        """
+        payload = {k: v for k, v in self.__dict__.items() if v is not None}
         payload["ts"] = round(self.ts * 1000)
         return orjson.dumps(payload)
 

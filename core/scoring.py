@@ -10,8 +10,7 @@ mapping from feature name to one value per user, ``None`` where the store has
 nothing. Timestamp columns, when present, are named ``<feature>__ts`` (epoch
 seconds, 0 or ``None`` when missing), as ``to_dict(include_event_timestamps=True)``
 names them. The ``state`` column holds each user's serialised state, or the
-:class:`~core.user_state.UserState` itself when the caller built it (scoring as
-of a past time replays states in memory and need not serialise them).
+:class:`~core.user_state.UserState` itself when the caller built it in memory.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -507,10 +506,13 @@ def score(
 
 @dataclass(frozen=True)
 class Placements:
-    """Segments of a list of states, and the segmenter inputs they came from."""
+    """Segments of states, the segmenter inputs, and what they were built from
+    (the feature columns, the propensity inputs: for the worker's rules)."""
 
     segments: list[int]
     inputs: np.ndarray  # rows = states, columns = the segmenter's features
+    stored: StoredColumns = field(default_factory=dict)
+    propensity_inputs: np.ndarray | None = None
 
 
 def place(
@@ -530,7 +532,7 @@ def place(
     stored = with_read_time_features({STATE_FEATURE: list(states)}, n, at.tolist())
     inputs = build_inputs(stored, n, at, models)
     segments = models.assign_segments(inputs.segmentation).tolist()
-    return Placements(segments, inputs.segmentation)
+    return Placements(segments, inputs.segmentation, stored, inputs.propensity)
 
 
 def change_reasons(

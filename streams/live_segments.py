@@ -29,11 +29,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.events import Event, iso
 from core.model_manager import ModelManager, ModelRefused
-from core.scoring import ONLINE_FEATURES, ScoringModels, change_reasons, place
+from core.scoring import (
+    ONLINE_FEATURES,
+    Placements,
+    ScoringModels,
+    change_reasons,
+    place,
+)
 from core.user_state import UserState
 from infra.settings import Settings
 
@@ -41,6 +48,15 @@ if TYPE_CHECKING:
     from streams.processor import BatchResult
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LastPlacement:
+    """Who a batch placed (in row order), how, and with which models."""
+
+    users: list[str]
+    placed: Placements
+    models: ScoringModels
 
 
 class LiveSegments:
@@ -52,6 +68,9 @@ class LiveSegments:
         self._manager: ModelManager | None = None
         self._next_check = 0.0
         self._waiting = False
+        # The latest batch's placement: its feature columns and propensity inputs
+        # serve the batch's rules too (streams.triggers), computed once.
+        self.last: LastPlacement | None = None
         if models is None:
             self.refresh()
 
@@ -90,6 +109,7 @@ class LiveSegments:
         id and time it had when first applied.
         """
         late = {id(e) for e in result.late}
+        self.last = None
         try:
             self.place(states, result.touched, (e for e in events if id(e) not in late))
         except Exception:
@@ -131,6 +151,7 @@ class LiveSegments:
             s.last_event_ts or causes[u].ts for u, s in zip(users, chosen, strict=True)
         ]
         placed = place(chosen, instants, models)
+        self.last = LastPlacement(users, placed, models)
         changes = 0
         for row, (user, state, segment) in enumerate(
             zip(users, chosen, placed.segments, strict=True)

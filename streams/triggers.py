@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from core.scoring import ScoringModels, build_inputs, with_read_time_features
 from core.store.state_store import StateLayout, WriteGuard, load_states, save_states
 from core.user_state import UserState
 from infra.settings import Settings
+from streams.live_segments import LastPlacement
 from streams.outbox import pending
 from streams.state_cache import StateCache
 
@@ -142,8 +143,12 @@ class Triggers:
         states: dict[str, UserState],
         partitions: dict[str, Partition],
         models: ScoringModels | None,
+        placed: LastPlacement | None = None,
     ) -> tuple[IndexWrites, Counts]:
         """Run the rules over a batch's applied events, user by user (in place).
+
+        ``placed``: the batch's live-segment placement, whose feature columns and
+        propensity inputs are reused rather than computed again.
 
         Returns:
             The timer-index writes to send with the states, and the counts.
@@ -156,7 +161,7 @@ class Triggers:
         for event in applied:
             by_user.setdefault(event.user_id, []).append(event)
         users = list(by_user)
-        values = feature_values(rules, users, states, models)
+        values = feature_values(rules, users, states, models, placed)
         for user, row in zip(users, values, strict=True):
             rule_state = states[user].rules
             before = rule_state.next_due()
@@ -210,12 +215,14 @@ def feature_values(
     users: list[str],
     states: dict[str, UserState],
     models: ScoringModels | None,
+    placed: LastPlacement | None = None,
 ) -> list[dict[str, Any]]:
     """Each user's values of the names the rules read, as of their latest event.
 
     The same functions as scoring (:func:`core.scoring.with_read_time_features`,
     :func:`core.feature_math.request_features`), so a rule over a feature sees
-    the value ``/score`` would show at that instant.
+    the value ``/score`` would show at that instant. With ``placed`` (the same
+    users, as of the same instants) its columns are taken instead of recomputed.
     """
     names = rules.names
     if not names:
@@ -223,20 +230,48 @@ def feature_values(
     chosen = [states[u] for u in users]
     n = len(users)
     at = [s.last_event_ts or 0.0 for s in chosen]
+    if placed is not None and placed.users == users:
+        return _from_placement(names, placed, chosen, at)
     stored = with_read_time_features({STATE_FEATURE: chosen}, n, at)
     columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
     if names & _REQUEST:
-        stamps = {
-            k: np.array([np.nan if v is None else v for v in stored[k]], dtype=float)
-            for k in _AGE_SOURCES
-        }
-        ages = request_features(stamps, np.asarray(at, dtype=float))
-        columns.update({k: v.tolist() for k, v in ages.items() if k in names})
+        columns.update(_ages(names, stored, at))
     if "propensity" in names:
         columns["propensity"] = _propensity(stored, n, at, models)
     if "segment" in names:
         columns["segment"] = [s.segment for s in chosen]
     return [{k: column[i] for k, column in columns.items()} for i in range(n)]
+
+
+def _from_placement(
+    names: frozenset[str],
+    placed: LastPlacement,
+    chosen: list[UserState],
+    at: list[float],
+) -> list[dict[str, Any]]:
+    stored = placed.placed.stored
+    columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
+    n = len(chosen)
+    if names & _REQUEST:
+        columns.update(_ages(names, stored, at))
+    if "propensity" in names:
+        inputs = placed.placed.propensity_inputs
+        bundle = placed.models.propensity
+        columns["propensity"] = bundle.probability(bundle.margin(inputs)).tolist()
+    if "segment" in names:
+        columns["segment"] = [s.segment for s in chosen]
+    return [{k: column[i] for k, column in columns.items()} for i in range(n)]
+
+
+def _ages(
+    names: frozenset[str], stored: Mapping[str, Sequence[Any]], at: list[float]
+) -> dict[str, list[float]]:
+    stamps = {
+        k: np.array([np.nan if v is None else v for v in stored[k]], dtype=float)
+        for k in _AGE_SOURCES
+    }
+    ages = request_features(stamps, np.asarray(at, dtype=float))
+    return {k: v.tolist() for k, v in ages.items() if k in names}
 
 
 def _propensity(

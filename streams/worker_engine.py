@@ -400,8 +400,9 @@ class FeatureEngine:
             last: list[tuple[Any, ...]] = []
             if self.triggers is not None:
                 models = live.models if live is not None else None
+                placed = live.last if live is not None else None
                 writes, fired = self.triggers.on_batch(
-                    result.applied, states, partitions, models
+                    result.applied, states, partitions, models, placed
                 )
                 first, last = writes.first, writes.last
                 self._suppressed(fired.suppressed)

@@ -98,7 +98,7 @@ class Evaluation:
         timers = self.state.timers
         if not timers:
             return
-        rules = self.rules.by_name()
+        rules = self.rules.named
         for name, timer in sorted(timers.items(), key=lambda item: item[1].due):
             if timer.due > clock:
                 break
@@ -203,11 +203,12 @@ class Evaluation:
 
     def forget_removed(self) -> None:
         """Drop timers, repeat counts and memberships of rules no longer in the set."""
-        names = {rule.name for rule in self.rules.rules}
         state = self.state
+        names = self.rules.named
         for table in (state.timers, state.repeats, state.members):
-            for gone in [name for name in table if name not in names]:
-                del table[gone]
+            if table:  # mostly empty: most users are in no rule
+                for gone in [name for name in table if name not in names]:
+                    del table[gone]
 
 
 def _holds(rule: Rule, env: Mapping[str, Any]) -> bool:

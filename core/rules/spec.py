@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,9 @@ class RuleSet:
         """Whether some rule reads the propensity (the model must run)."""
         return "propensity" in self.names
 
-    def by_name(self) -> dict[str, Rule]:
-        """Rules by name."""
+    @cached_property
+    def named(self) -> dict[str, Rule]:
+        """Rules by name (built once per rule set: evaluation asks per user)."""
         return {rule.name: rule for rule in self.rules}
 
 

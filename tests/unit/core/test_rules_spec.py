@@ -25,7 +25,7 @@ def test_the_shipped_rules_load_with_their_kinds() -> None:
         "hot_lead": "condition",
         "lapsing": "timer",
     }
-    cart = rules.by_name()["cart_abandoned"]
+    cart = rules.named["cart_abandoned"]
     assert cart.after == 1800.0 and cart.unless == {"purchase"}
     assert cart.cooldown == 6 * 3600
     assert rules.needs_propensity
