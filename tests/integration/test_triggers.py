@@ -21,6 +21,7 @@ from core.events import Event
 from segscore.producer import read_topic
 from streams.metrics import sample_sum
 from streams.triggers import TIMERS_PREFIX
+from tests.support.model_bundles import save_tiny_models
 from tests.support.processes import eventually
 from tests.support.stream_stack import Lane, Rig, log_tail
 
@@ -132,9 +133,42 @@ def test_timers_pending_at_a_kill_9_fire_once_from_the_restarted_worker(
         "the refusal in the worker's log",
     )
     lane.produce([_event("late-cart", 0, "add_to_cart", time.time())])
-    lane.wait_committed(2 + 2 * len(events), 60.0, [second])
+    total = 2 + 2 * len(events)
+    lane.wait_committed(total, 60.0, [second])
     assert _pending(lane) == {"late-cart"}
     assert second.poll() is None, log_tail(rig)
+
+    # The whole partition replayed (a new group reads it from the start, with
+    # live segments on): nothing is applied again, so nothing is emitted again.
+    rig.stop_workers()
+    changes = lane.settings.segment_changes_topic
+    placed = len(read_topic(rig.broker, changes, 10**6, timeout=3.0))
+    segmenter, propensity = save_tiny_models(lane.settings)
+    replay = {
+        **env,
+        "SEGSCORE_CONSUMER_GROUP": "trig-kill-replay",
+        "SEGSCORE_LIVE_SEGMENTS": "true",
+        "SEGSCORE_SEGMENT_CHANGES_TOPIC": changes,
+        "SEGSCORE_SEGMENTER_VERSION": segmenter,
+        "SEGSCORE_PROPENSITY_VERSION": propensity,
+    }
+    third = lane.start_worker("trig-kill-3", extra_env=replay)
+    eventually(
+        lambda: lane.messages("trig-kill-3") >= total,
+        90.0,
+        "the replay of every record",
+    )
+    assert (
+        sample_sum(
+            lane.metrics("trig-kill-3"),
+            "segscore_worker_events_total",
+            outcome="applied",
+        )
+        == 0
+    )
+    assert len(_triggers(rig, lane, len(abandoned) + 1, timeout=3.0)) == len(abandoned)
+    assert len(read_topic(rig.broker, changes, 10**6, timeout=3.0)) == placed
+    assert third.poll() is None, log_tail(rig)
 
 
 def test_a_rebalance_hands_pending_timers_to_the_new_owner(
