@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import redis
+from aiokafka import TopicPartition
 
 from core.store.state_store import StateLayout, decode_fields
 from core.user_state import UserState
@@ -223,3 +224,35 @@ def make_rig(tmp_path: Path, redis_fail: int = 0, dlq_fail: int = 0) -> EngineRi
         sleep=sleep,
     )
     return EngineRig(engine, fake_redis, dlq, sleeps)
+
+
+class FakeConsumer:
+    """aiokafka's consumer as the loop uses it: commits, committed offsets, seeks."""
+
+    def __init__(self, committed: dict[Any, int] | None = None) -> None:
+        self.commits: list[dict[Any, int]] = []
+        self.broker_committed: dict[Any, int] = dict(committed or {})
+        self.seeks: dict[Any, int] = {}
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(dict(offsets))
+        self.broker_committed.update(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("events", 0), TopicPartition("events", 1)}
+
+    async def committed(self, tp: Any) -> int | None:
+        return self.broker_committed.get(tp)
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks[tp] = offset
+
+    async def seek_to_beginning(self, tp: Any) -> None:
+        self.seeks[tp] = 0
+
+
+def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
+    out: dict[tuple[str, int], list[Record]] = {}
+    for record in batch:
+        out.setdefault((record.topic, record.partition), []).append(record)
+    return out

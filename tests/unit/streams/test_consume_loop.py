@@ -12,49 +12,20 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from infra.settings import Settings
 from streams.consumer import EventConsumer
 from streams.store_reset import StoreReset
-from tests.support.worker_fakes import Record, batch_of, make_rig
+from tests.support.worker_fakes import (
+    FakeConsumer,
+    batch_of,
+    make_rig,
+    records_of,
+)
 
 # --- commit after write ------------------------------------------------------------
-
-
-class FakeConsumer:
-    """aiokafka's consumer as the loop uses it: commits, committed offsets, seeks."""
-
-    def __init__(self, committed: dict[Any, int] | None = None) -> None:
-        self.commits: list[dict[Any, int]] = []
-        self.broker_committed: dict[Any, int] = dict(committed or {})
-        self.seeks: dict[Any, int] = {}
-
-    async def commit(self, offsets: dict[Any, int]) -> None:
-        self.commits.append(dict(offsets))
-        self.broker_committed.update(offsets)
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition("events", 0), TopicPartition("events", 1)}
-
-    async def committed(self, tp: Any) -> int | None:
-        return self.broker_committed.get(tp)
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks[tp] = offset
-
-    async def seek_to_beginning(self, tp: Any) -> None:
-        self.seeks[tp] = 0
-
-
-def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
-    out: dict[tuple[str, int], list[Record]] = {}
-    for record in batch:
-        out.setdefault((record.topic, record.partition), []).append(record)
-    return out
 
 
 def make_loop(

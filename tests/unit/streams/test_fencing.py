@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from core.store.state_store import WriteFenced, WriteGuard
 from infra.settings import Settings
@@ -22,18 +21,24 @@ from streams import worker_engine
 from streams.consumer import EventConsumer
 from streams.fencing import Fencing, group_generation
 from streams.metrics import sample_sum
-from tests.support.worker_fakes import Record, batch_of, event_json, make_rig
+from tests.support.worker_fakes import (
+    FakeConsumer,
+    batch_of,
+    event_json,
+    make_rig,
+    records_of,
+)
 
 REFUSAL = WriteFenced(b"segscore:fence:g:events:0", 7, 6)
 
 
-class RejoiningConsumer:
-    """aiokafka's consumer as the loop uses it, with its coordinator's rejoin."""
+class RejoiningConsumer(FakeConsumer):
+    """The fake consumer with its coordinator's generation and rejoin; its commits
+    leave the broker's committed offsets as they were."""
 
     def __init__(self, committed: dict[Any, int]) -> None:
-        self.commits: list[dict[Any, int]] = []
+        super().__init__(committed)
         self.broker_committed = committed
-        self.seeks: dict[Any, int] = {}
         self.rejoins = 0
         self._coordinator = SimpleNamespace(generation=6, request_rejoin=self._rejoin)
 
@@ -42,25 +47,6 @@ class RejoiningConsumer:
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.commits.append(dict(offsets))
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition("events", 0), TopicPartition("events", 1)}
-
-    async def committed(self, tp: Any) -> int | None:
-        return self.broker_committed.get(tp)
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks[tp] = offset
-
-    async def seek_to_beginning(self, tp: Any) -> None:
-        self.seeks[tp] = 0
-
-
-def records_of(batch: list[Record]) -> dict[tuple[str, int], list[Record]]:
-    out: dict[tuple[str, int], list[Record]] = {}
-    for record in batch:
-        out.setdefault((record.topic, record.partition), []).append(record)
-    return out
 
 
 def test_a_fenced_batch_is_not_committed_and_the_worker_rejoins(
