@@ -276,11 +276,8 @@ def bench_activation(
 
     Starts its own stack, trains a model pair, and stops everything at the end.
     """
-    from segscore.bench.activation import (
-        ActivationConfig,
-        print_result,
-        run_activation_bench,
-    )
+    from segscore.bench.activation import ActivationConfig, run_activation_bench
+    from segscore.bench.activation_report import print_result
 
     config = ActivationConfig(
         rate=rate,

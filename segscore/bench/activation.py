@@ -29,7 +29,10 @@ Peer backlog (``peer``)
     The same backlog size, fresh users on a topic of its own, read by a second
     worker with live segments and triggers off: ``events_per_s_without_activation``.
 
-Everything started is stopped at the end, also on errors and Ctrl-C.
+Everything started is stopped at the end, also on errors and Ctrl-C. The
+traffic is in :mod:`segscore.bench.activation_traffic`, the backlog phases in
+:mod:`segscore.bench.activation_backlog`, the report in
+:mod:`segscore.bench.activation_report`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from typing import Any
 
 import redis
 from rich.console import Console
-from rich.table import Table
 
 from core.store.state_store import StateLayout
 from segscore.bench.activation_backlog import (
@@ -58,9 +60,9 @@ from segscore.bench.activation_backlog import (
     produce,
     wait_timers_fired,
 )
+from segscore.bench.activation_report import flat, live_stats, verdicts
 from segscore.bench.activation_traffic import (
     Matcher,
-    Sent,
     activation_reader,
     paced_send,
     plan_live,
@@ -72,7 +74,6 @@ from segscore.bench.harness import (
     bench_environment,
     log_tail,
     machine_facts,
-    percentiles_ms,
     profile_report,
     sigterm_as_interrupt,
     start_profiler,
@@ -85,8 +86,7 @@ from segscore.bench.stream_progress import BacklogTracker, CrashWatch
 PEER_TOPIC = "events-bench-peer"
 PEER_GROUP = "segscore-bench-peer"
 READER_FETCH_WAIT_MS = 10
-TARGETS = {"trigger_p99_ms": 250.0, "timer_lateness_p99_ms": 1000.0}
-TARGET_EVENTS_PER_S = 20_000.0
+IDLE_SECONDS = 2.0
 # Variables of the caller's shell that would change what the worker runs.
 CLEARED = (
     "BENTOML_HOME",
@@ -235,11 +235,25 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
             _reply(outbox, reader, 120, "the reader to start", "ready")
             _collect(outbox, reader, matcher, until="quiet", timeout=120)
         backlog_records = len(matcher.records)
+        # The cost of standing still: the worker's and the reader's idle polls
+        # (the broker answers every one), the baseline under the live numbers.
+        meter = CpuMeter({"worker": worker.pid, "reader": reader.pid, **stack_pids})
+        meter.begin()
+        time.sleep(IDLE_SECONDS)
+        result["idle_cpu"] = meter.end()
         if config.profile is not None:
             profiler = start_profiler(
                 worker.pid, config.profile, home / "logs" / "py-spy.log"
             )
-        meter = CpuMeter({"worker": worker.pid, "reader": reader.pid, **stack_pids})
+        # The producer is this process: it shares the two cores with the rest.
+        meter = CpuMeter(
+            {
+                "worker": worker.pid,
+                "reader": reader.pid,
+                "producer": os.getpid(),
+                **stack_pids,
+            }
+        )
         meter.begin()
         with console.status(
             f"producing {config.rate} events/s for {config.duration:g}s"
@@ -297,7 +311,7 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
                 timed["events_per_s"] / peer["events_per_s"], 3
             )
             check_states(client, layout, events)
-        result.update(_verdicts(result))
+        result.update(verdicts(result))
         return flat(result)
     except BenchError:
         for name in ("bench-worker", "bench-peer-worker"):
@@ -384,100 +398,3 @@ def _collect(
             matcher.add(reply["records"])
         if until is not None and until in reply:
             return
-
-
-def _stats(name: str, seconds: list[float]) -> dict[str, Any]:
-    out: dict[str, Any] = {f"{name}_count": len(seconds)}
-    if seconds:
-        p50, p99 = percentiles_ms(seconds, (50, 99), digits=1)
-        out.update(
-            {
-                f"{name}_p50_ms": p50,
-                f"{name}_p99_ms": p99,
-                f"{name}_max_ms": round(1000 * max(seconds), 1),
-            }
-        )
-    else:
-        out.update({f"{name}_p50_ms": None, f"{name}_p99_ms": None})
-        out[f"{name}_max_ms"] = None
-    return out
-
-
-def live_stats(matcher: Matcher, sent: Sent, changes_topic: str) -> dict[str, Any]:
-    """Latencies of the records caused by live events, and the missing ones.
-
-    Records caused by backlog events (their cause has no send time here) are
-    not counted. A timer due within a second of the last send, or after it,
-    falls due by the idle clock rather than by traffic: counted apart.
-    """
-    triggers: list[float] = []
-    changes: list[float] = []
-    lateness: list[float] = []
-    after_traffic = 0
-    by_rule: dict[str, int] = {}
-    for row in matcher.records.values():
-        sent_at = sent.sent_at.get(row["caused_by"])
-        if sent_at is None:
-            continue
-        if row["topic"] == changes_topic:
-            changes.append(row["read"] - sent_at)
-            continue
-        by_rule[row["rule"]] = by_rule.get(row["rule"], 0) + 1
-        if row["kind"] != "timer":
-            triggers.append(row["read"] - sent_at)
-        elif row["at_ts"] <= sent.last - 1.0:
-            lateness.append(row["read"] - row["at_ts"])
-        else:
-            after_traffic += 1
-    missing = matcher.missing()
-    return {
-        **_stats("trigger", triggers),
-        **_stats("segment_change", changes),
-        **_stats("timer_lateness", lateness),
-        "timers_due_after_traffic": after_traffic,
-        "triggers_by_rule": dict(sorted(by_rule.items())),
-        "expected_activations": len(matcher.expected),
-        "expected_activations_seen": len(matcher.expected) - len(missing),
-        "missing_activations": len(missing),
-        "missing_examples": "; ".join(
-            f"{e.kind} {e.user_id} by {'|'.join(sorted(e.causes))}" for e in missing[:5]
-        ),
-        "duplicate_records": matcher.duplicates,
-    }
-
-
-def _verdicts(result: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, limit in TARGETS.items():
-        value = result.get(key)
-        out[f"meets_{key}"] = value is not None and value <= limit
-    out["meets_events_per_s"] = result["events_per_s"] >= TARGET_EVENTS_PER_S
-    return out
-
-
-def print_result(console: Console, result: dict[str, Any]) -> None:
-    """The headline numbers first, then every key, in one table."""
-    table = Table(title="segscore bench activation")
-    table.add_column("metric")
-    table.add_column("value", overflow="fold")
-    head = (
-        "trigger_p50_ms", "trigger_p99_ms", "segment_change_p50_ms",
-        "segment_change_p99_ms", "timer_lateness_p50_ms", "timer_lateness_p99_ms",
-        "events_per_s", "events_per_s_without_activation", "missing_activations",
-    )  # fmt: skip
-    for key in (*head, *(k for k in result if k not in head)):
-        if key in result:
-            table.add_row(key, str(result[key]))
-    console.print(table)
-
-
-def flat(result: dict[str, Any]) -> dict[str, Any]:
-    """Nested dicts (CPU shares, counts) spread into top-level keys."""
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if isinstance(value, dict):
-            for name, inner in value.items():
-                out[f"{key}_{name}"] = inner
-        else:
-            out[key] = value
-    return out
