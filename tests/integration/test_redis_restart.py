@@ -57,9 +57,9 @@ def _client(settings: Settings) -> redis.Redis:
 
 
 def _dump(client: redis.Redis) -> Dump:
-    """Every hash in the store, field by field."""
+    """Every user's hash in the store, field by field (not the worker's fences)."""
     keys = client.scan_iter(count=1000, _type="HASH")
-    return {key: client.hgetall(key) for key in keys}
+    return {k: client.hgetall(k) for k in keys if not k.startswith(b"segscore:fence:")}
 
 
 def _apply_through_worker(
