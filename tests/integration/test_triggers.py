@@ -25,7 +25,7 @@ from tests.support.model_bundles import save_tiny_models
 from tests.support.processes import eventually
 from tests.support.stream_stack import Lane, Rig, log_tail
 
-AFTER = 25  # seconds of event time from an add to its trigger
+AFTER = 16  # seconds of event time from an add to its trigger
 RULES = f"""
 rules:
   - name: cart_abandoned
