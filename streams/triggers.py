@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,13 @@ import numpy as np
 import redis
 
 from core.events import Event
-from core.feature_catalog import REQUEST_FEATURES, STATE_FEATURE
-from core.feature_math import request_features
+from core.feature_catalog import (
+    HISTORY_NAMES,
+    REQUEST_FEATURES,
+    STATE_FEATURE,
+    STREAM_NAMES,
+)
+from core.feature_math import history_values, request_features, stream_values
 from core.rules.engine import fire_due, on_events
 from core.rules.spec import DEFAULT_RULES, RulesError, RuleSet, load_rules
 from core.scoring import ScoringModels, build_inputs, with_read_time_features
@@ -55,6 +60,7 @@ log = logging.getLogger("segscore.triggers")
 TIMERS_PREFIX = b"segscore:timers:"
 DUE_PER_TICK = 2000  # due users taken per partition per tick; the rest next tick
 _REQUEST = frozenset(spec.name for spec in REQUEST_FEATURES)
+_STREAM_SET, _HISTORY_SET = frozenset(STREAM_NAMES), frozenset(HISTORY_NAMES)
 _AGE_SOURCES = ("last_event_ts", "last_purchase_ts", "first_seen_ts")
 _AGE_SOURCES += ("first_purchase_ts", "previous_purchase_ts")
 
@@ -216,7 +222,7 @@ def feature_values(
     states: dict[str, UserState],
     models: ScoringModels | None,
     placed: LastPlacement | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Mapping[str, Any]]:
     """Each user's values of the names the rules read, as of their latest event.
 
     The same functions as scoring (:func:`core.scoring.with_read_time_features`,
@@ -232,6 +238,10 @@ def feature_values(
     at = [s.last_event_ts or 0.0 for s in chosen]
     if placed is not None and placed.users == users:
         return _from_placement(names, placed, chosen, at)
+    if models is None:
+        # Nothing to compute in bulk for: each user's values are computed when a
+        # rule first reads them, and most rules read none for most events.
+        return [_LazyValues(s, t) for s, t in zip(chosen, at, strict=True)]
     stored = with_read_time_features({STATE_FEATURE: chosen}, n, at)
     columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
     if names & _REQUEST:
@@ -241,6 +251,38 @@ def feature_values(
     if "segment" in names:
         columns["segment"] = [s.segment for s in chosen]
     return [{k: column[i] for k, column in columns.items()} for i in range(n)]
+
+
+class _LazyValues(Mapping[str, Any]):
+    """One user's values as of ``at``, each group computed on its first read.
+
+    The functions :func:`core.scoring.with_read_time_features` runs, so the values
+    are the same. No propensity: there is no model pair (it reads None).
+    """
+
+    def __init__(self, state: UserState, at: float) -> None:
+        self.state, self.at = state, at
+        self.values: dict[str, Any] = {"segment": state.segment, "propensity": None}
+
+    def __getitem__(self, key: str) -> Any:
+        values = self.values
+        if key in values:
+            return values[key]
+        state, at = self.state, self.at
+        if (key in _STREAM_SET or key in _REQUEST) and STREAM_NAMES[0] not in values:
+            values.update(zip(STREAM_NAMES, stream_values(state, at), strict=True))
+        if (key in _HISTORY_SET or key in _REQUEST) and HISTORY_NAMES[0] not in values:
+            values.update(zip(HISTORY_NAMES, history_values(state, at), strict=True))
+        if key in _REQUEST:
+            stamps = {k: values[k] for k in _AGE_SOURCES}
+            values.update(request_features(stamps, at))
+        return values.get(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def _from_placement(

@@ -141,3 +141,39 @@ def test_a_bad_file_at_start_means_no_rules_until_it_is_fixed(tmp_path: Path) ->
     assert triggers.rules.rules == () and triggers.refused == 1
     path.write_text(RULES)
     assert triggers.reload() and len(triggers.rules.rules) == 1
+
+
+def test_values_read_one_by_one_equal_the_batch_columns(tmp_path: Path) -> None:
+    """Without models, rules read each user's values lazily: the same values as
+    the columns scoring computes for the same states and instants."""
+    from core.feature_math import request_features
+    from core.rules.spec import RuleSet, load_rules
+    from core.scoring import with_read_time_features
+    from streams.triggers import feature_values
+
+    rig, _ = _rig(tmp_path)
+    adds = (event_json(f"a{i}", "ann", 5000 - 700 * i, "add_to_cart") for i in range(6))
+    purchase = {
+        "event_id": "p1",
+        "user_id": "ann",
+        "event_type": "purchase",
+        "ts": int((NOW - 100) * 1000),
+        "revenue": 12.0,
+    }
+    rig.handle(batch_of(*adds, orjson.dumps(purchase), event_json("b1", "bob", 10)))
+    users = ["ann", "bob"]
+    states = {u: rig.state(u) for u in users}
+    names = ("events_24h", "cart_adds_7d", "orders_90d", "tenure_days")
+    shipped = load_rules()
+    rules = RuleSet(shipped.rules, shipped.version, names=frozenset(names))
+    lazy = feature_values(rules, users, states, None)
+    at = [states[u].last_event_ts for u in users]
+    eager = with_read_time_features({"state": [states[u] for u in users]}, 2, at)
+    for row in range(2):
+        ages = request_features({k: eager[k][row] for k in eager}, at[row])
+        assert not isinstance(lazy[row], dict)  # computed on read
+        for name in names[:3]:
+            assert lazy[row][name] == eager[name][row], name
+        assert lazy[row]["tenure_days"] == ages["tenure_days"]
+        assert lazy[row]["propensity"] is None
+    assert lazy[0]["cart_adds_7d"] == 6
