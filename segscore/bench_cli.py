@@ -19,6 +19,13 @@ JsonOut = Annotated[
 KeepHome = Annotated[
     bool, typer.Option(help="Keep the temporary home (logs) afterwards.")
 ]
+# The worker's batch limits, which the stream and activation benches can override.
+BatchMaxEvents = Annotated[
+    int | None, typer.Option(help="Override the worker's batch size limit.")
+]
+BatchMaxSeconds = Annotated[
+    float | None, typer.Option(help="Override the worker's batch time limit.")
+]
 
 
 def _report_bench(
@@ -63,12 +70,8 @@ def bench_stream(
         Path | None,
         typer.Option(help="py-spy the worker over the backlog (collapsed stacks)."),
     ] = None,
-    batch_max_events: Annotated[
-        int | None, typer.Option(help="Override the worker's batch size limit.")
-    ] = None,
-    batch_max_seconds: Annotated[
-        float | None, typer.Option(help="Override the worker's batch time limit.")
-    ] = None,
+    batch_max_events: BatchMaxEvents = None,
+    batch_max_seconds: BatchMaxSeconds = None,
     seed: Annotated[int, typer.Option()] = 7,
     keep_home: KeepHome = False,
 ) -> None:
@@ -263,12 +266,8 @@ def bench_activation(
         Path | None,
         typer.Option(help="py-spy the worker over the live phase (collapsed stacks)."),
     ] = None,
-    batch_max_events: Annotated[
-        int | None, typer.Option(help="Override the worker's batch size limit.")
-    ] = None,
-    batch_max_seconds: Annotated[
-        float | None, typer.Option(help="Override the worker's batch time limit.")
-    ] = None,
+    batch_max_events: BatchMaxEvents = None,
+    batch_max_seconds: BatchMaxSeconds = None,
     seed: Annotated[int, typer.Option()] = 7,
     keep_home: KeepHome = False,
 ) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 import orjson
 
 from core.events import Event, EventType
-from segscore.bench.stream_events import EventFactory
+from segscore.bench.stream_events import EventFactory, send_paced
 from segscore.simulator import CATEGORIES
 
 # Crafted scenarios per second, as shares of the offered rate (at least one each).
@@ -226,38 +226,12 @@ class Sent:
 
 async def paced_send(broker: str, topic: str, plan: LivePlan, rate: int) -> Sent:
     """Send the plan at ``rate`` events/s, each timed (event time) at its send."""
-    from aiokafka import AIOKafkaProducer
-
-    payloads = plan.payloads
-    total = len(payloads)
     sent_at: dict[str, float] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=1, acks="all")
-    await producer.start()
-    futures = []
-    sent = 0
-    try:
-        t0 = last = time.time()
-        while sent < total:
-            due = min(total, int((time.time() - t0) * rate) + 1) - sent
-            for _ in range(due):
-                payload = payloads[sent]
-                now = time.time()
-                payload["ts"] = round(now * 1000)
-                futures.append(
-                    await producer.send(
-                        topic,
-                        key=payload["user_id"].encode(),
-                        value=orjson.dumps(payload),
-                    )
-                )
-                sent_at[payload["event_id"]] = now
-                sent += 1
-            last = time.time()
-            # Yield to the producer's sender task; also paces the loop.
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+
+    def note(_: int, payload: dict[str, Any], now: float) -> None:
+        sent_at[payload["event_id"]] = now
+
+    t0, last = await send_paced(broker, topic, plan.payloads, rate, note)
     return Sent(sent_at, t0, last)
 
 

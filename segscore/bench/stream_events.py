@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,6 +199,52 @@ async def raw_consume_async(
     return {"events_per_s": counted / max(seconds, 1e-9), "seconds": seconds}
 
 
+async def send_paced(
+    broker: str,
+    topic: str,
+    payloads: list[dict[str, Any]],
+    rate: int,
+    on_sent: Callable[[int, dict[str, Any], float], None],
+) -> tuple[float, float]:
+    """Send wire-form ``payloads`` at ``rate`` events/s, keyed by user, each with
+    ``ts`` = its send time; ``on_sent(index, payload, send time)`` after each.
+
+    Returns:
+        The wall time of the first send and of the last.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    total = len(payloads)
+    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=1, acks="all")
+    await producer.start()
+    futures = []
+    sent = 0
+    try:
+        t0 = last = time.time()
+        while sent < total:
+            due = min(total, int((time.time() - t0) * rate) + 1) - sent
+            for _ in range(due):
+                payload = payloads[sent]
+                now = time.time()
+                payload["ts"] = round(now * 1000)
+                futures.append(
+                    await producer.send(
+                        topic,
+                        key=payload["user_id"].encode(),
+                        value=orjson.dumps(payload),
+                    )
+                )
+                on_sent(sent, payload, now)
+                sent += 1
+            last = time.time()
+            # Yield to the producer's sender task; also paces the loop.
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return t0, last
+
+
 async def paced_produce(
     broker: str,
     topic: str,
@@ -210,8 +256,6 @@ async def paced_produce(
     samples_per_second: int = SAMPLES_PER_SECOND,
 ) -> dict[str, float]:
     """Send ``rate`` events/s for ``duration`` s; hand sampled ones to the poller."""
-    from aiokafka import AIOKafkaProducer
-
     total = max(1, int(rate * duration))
     rng = np.random.default_rng(seed)
     uids = [bench_user(i) for i in rng.integers(0, users, size=total).tolist()]
@@ -223,32 +267,15 @@ async def paced_produce(
     stride = max(1, round(rate / samples_per_second))
     recent: dict[str, float] = {}
     want_sample = False
-    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=1, acks="all")
-    await producer.start()
-    futures = []
-    sent = 0
-    try:
-        t0 = last = time.time()
-        while sent < total:
-            due = min(total, int((time.time() - t0) * rate) + 1) - sent
-            for _ in range(due):
-                uid, payload = uids[sent], payloads[sent]
-                now = time.time()
-                payload["ts"] = ts_ms = round(now * 1000)
-                futures.append(
-                    await producer.send(
-                        topic, key=uid.encode(), value=orjson.dumps(payload)
-                    )
-                )
-                want_sample = want_sample or sent % stride == 0
-                if want_sample and recent.get(uid, 0.0) < now - 1.0:
-                    samples.put((uid, ts_ms / 1000, now))
-                    recent[uid] = now
-                    want_sample = False
-                sent += 1
-            last = time.time()
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return {"sent": sent, "seconds": max(last - t0, 1e-9)}
+
+    def sample(index: int, payload: dict[str, Any], now: float) -> None:
+        nonlocal want_sample
+        uid = payload["user_id"]
+        want_sample = want_sample or index % stride == 0
+        if want_sample and recent.get(uid, 0.0) < now - 1.0:
+            samples.put((uid, payload["ts"] / 1000, now))
+            recent[uid] = now
+            want_sample = False
+
+    t0, last = await send_paced(broker, topic, payloads, rate, sample)
+    return {"sent": total, "seconds": max(last - t0, 1e-9)}
