@@ -61,8 +61,13 @@ TIMERS_PREFIX = b"segscore:timers:"
 DUE_PER_TICK = 2000  # due users taken per partition per tick; the rest next tick
 _REQUEST = frozenset(spec.name for spec in REQUEST_FEATURES)
 _STREAM_SET, _HISTORY_SET = frozenset(STREAM_NAMES), frozenset(HISTORY_NAMES)
-_AGE_SOURCES = ("last_event_ts", "last_purchase_ts", "first_seen_ts")
-_AGE_SOURCES += ("first_purchase_ts", "previous_purchase_ts")
+_AGE_SOURCES = (
+    "last_event_ts",
+    "last_purchase_ts",
+    "first_seen_ts",
+    "first_purchase_ts",
+    "previous_purchase_ts",
+)
 
 Partition = tuple[str, int]
 Command = tuple[Any, ...]
@@ -236,18 +241,24 @@ def feature_values(
     chosen = [states[u] for u in users]
     n = len(users)
     at = [s.last_event_ts or 0.0 for s in chosen]
+    inputs: np.ndarray | None = None
     if placed is not None and placed.users == users:
-        return _from_placement(names, placed, chosen, at)
-    if models is None:
+        stored, inputs = placed.placed.stored, placed.placed.propensity_inputs
+        models = placed.models
+    elif models is None:
         # Nothing to compute in bulk for: each user's values are computed when a
         # rule first reads them, and most rules read none for most events.
         return [_LazyValues(s, t) for s, t in zip(chosen, at, strict=True)]
-    stored = with_read_time_features({STATE_FEATURE: chosen}, n, at)
+    else:
+        stored = with_read_time_features({STATE_FEATURE: chosen}, n, at)
     columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
     if names & _REQUEST:
         columns.update(_ages(names, stored, at))
     if "propensity" in names:
-        columns["propensity"] = _propensity(stored, n, at, models)
+        if inputs is None:
+            inputs = build_inputs(stored, n, np.asarray(at), models).propensity
+        bundle = models.propensity
+        columns["propensity"] = bundle.probability(bundle.margin(inputs)).tolist()
     if "segment" in names:
         columns["segment"] = [s.segment for s in chosen]
     return [{k: column[i] for k, column in columns.items()} for i in range(n)]
@@ -262,10 +273,10 @@ class _LazyValues(Mapping[str, Any]):
 
     def __init__(self, state: UserState, at: float) -> None:
         self.state, self.at = state, at
-        self.values: dict[str, Any] = {"segment": state.segment, "propensity": None}
+        self._known: dict[str, Any] = {"segment": state.segment, "propensity": None}
 
     def __getitem__(self, key: str) -> Any:
-        values = self.values
+        values = self._known
         if key in values:
             return values[key]
         state, at = self.state, self.at
@@ -279,30 +290,10 @@ class _LazyValues(Mapping[str, Any]):
         return values.get(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self._known)
 
     def __len__(self) -> int:
-        return len(self.values)
-
-
-def _from_placement(
-    names: frozenset[str],
-    placed: LastPlacement,
-    chosen: list[UserState],
-    at: list[float],
-) -> list[dict[str, Any]]:
-    stored = placed.placed.stored
-    columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
-    n = len(chosen)
-    if names & _REQUEST:
-        columns.update(_ages(names, stored, at))
-    if "propensity" in names:
-        inputs = placed.placed.propensity_inputs
-        bundle = placed.models.propensity
-        columns["propensity"] = bundle.probability(bundle.margin(inputs)).tolist()
-    if "segment" in names:
-        columns["segment"] = [s.segment for s in chosen]
-    return [{k: column[i] for k, column in columns.items()} for i in range(n)]
+        return len(self._known)
 
 
 def _ages(
@@ -314,16 +305,6 @@ def _ages(
     }
     ages = request_features(stamps, np.asarray(at, dtype=float))
     return {k: v.tolist() for k, v in ages.items() if k in names}
-
-
-def _propensity(
-    stored: dict[str, Any], n: int, at: list[float], models: ScoringModels | None
-) -> list[float | None]:
-    if models is None:
-        return [None] * n  # no model yet: a rule over it cannot fire
-    inputs = build_inputs(stored, n, np.asarray(at, dtype=float), models)
-    bundle = models.propensity
-    return bundle.probability(bundle.margin(inputs.propensity)).tolist()
 
 
 def due_users(

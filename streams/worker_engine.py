@@ -202,8 +202,6 @@ class FeatureEngine:
         started = time.monotonic()
         if self.live is not None and self.live.due():
             await asyncio.to_thread(self.live.refresh)
-        if self.triggers is not None and self.triggers.due():
-            await asyncio.to_thread(self.triggers.reload)
         parsed = self._parse([r.value for r in batch])
         rejected = {index for index, _ in parsed.rejections}
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
