@@ -139,6 +139,11 @@ class UserState:
     # drop; clean-ups before it would find nothing and are skipped. A cache, not
     # state: not stored or compared; a new or loaded state checks everything once.
     _prune_due: float = field(default=-math.inf, init=False, repr=False, compare=False)
+    # Events pushed onto the user's recent-events list (core.store.recent_events)
+    # since it was last trimmed; None: unknown (a state just loaded), trim first.
+    recent_untrimmed: int | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def to_bytes(self, with_dedupe: bool = True) -> bytes:
         """Compact JSON; without the dedupe ids for the read-only copy in Feast."""
@@ -169,10 +174,12 @@ class UserState:
         )
 
     def dedupe_bytes(self) -> bytes:
-        """The worker's part: recent event ids, source offsets, live segment."""
+        """The worker's part: recent event ids, source offsets, live segment, rules."""
         worker: dict[str, Any] = {"s": self.seen, "o": self.offsets}
-        if self.segment is not None or self.segment_outbox:
-            worker["g"] = [self.segment, self.segment_seq, self.segment_outbox]
+        # The outboxes are not here: they have a field of their own
+        # (core.store.state_store.OUTBOX_FIELD), emptied without this rewrite.
+        if self.segment is not None:
+            worker["g"] = [self.segment, self.segment_seq]
         if not self.rules.empty():
             worker["r"] = self.rules.to_json()
         return orjson.dumps(worker)
@@ -191,7 +198,8 @@ class UserState:
             live = extra.get("g")
             if live:
                 state.segment, state.segment_seq = live[0], int(live[1])
-                state.segment_outbox = tuple(live[2])
+                # Written by workers that kept the outbox here (before its field).
+                state.segment_outbox = tuple(live[2]) if len(live) > 2 else ()
             state.rules = RuleState.from_json(extra.get("r"))
         return state
 

@@ -239,6 +239,9 @@ class EventConsumer:
             return
         engine = self.engine
         if engine is not None:
+            # The batches' records must be on the broker, not only in outboxes
+            # that nothing would load again once their offsets are committed.
+            await engine.settle()
             try:
                 await asyncio.to_thread(engine.check_store)
             except StoreReset:
@@ -301,6 +304,7 @@ class EventConsumer:
             # Not built yet (the first join): no batch was handled, nothing cached;
             # waiting for it here would hold up the join it overlaps with.
             if (engine := self.engine) is not None:
+                await engine.flush_outbox()
                 engine.partitions_revoked((tp.topic, tp.partition) for tp in revoked)
 
     def positions(self) -> dict[tuple[str, int], int]:

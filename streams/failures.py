@@ -7,8 +7,10 @@ the events involved, which become poison and go to the DLQ with their reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -117,3 +119,36 @@ def parse_isolating(values: list[bytes | None], **limits: Any) -> Parsed:
         parsed.events.extend(one.events)
         parsed.rejections.extend((index, r) for _, r in one.rejections)
     return parsed
+
+
+@dataclass
+class DeadLetter:
+    """A DLQ record to produce, keyed as the original (or by user)."""
+
+    key: bytes | None
+    value: bytes
+    reason: str
+
+
+def dead_letter(
+    source: Any, rejection: Rejection, event: Event | None = None
+) -> DeadLetter:
+    """The DLQ record of ``rejection`` for the Kafka record ``source`` (if known)."""
+    if source is not None:
+        key = source.key
+    else:
+        key = event.user_id.encode() if event is not None else None
+    record = dlq_record(
+        rejection,
+        getattr(source, "partition", None),
+        getattr(source, "offset", None),
+    )
+    return DeadLetter(key=key, value=record, reason=rejection.reason)
+
+
+async def send_letters(dlq_topic: Any, letters: list[DeadLetter]) -> None:
+    """Send every DLQ record and wait until the broker has them all."""
+    futures = [
+        await dlq_topic.send(key=letter.key, value=letter.value) for letter in letters
+    ]
+    await asyncio.gather(*futures)

@@ -13,19 +13,20 @@ new generation, and on every assignment the worker raises a fence per partition
 in Redis (hash ``segscore:fence:<group>:<topic>:<partition>``, field
 ``generation``) to its generation.
 Every state write of the worker (:func:`core.store.state_store.save_states` with
-a :class:`~core.store.state_store.WriteGuard`) is one Lua script that checks the
-fences of all the worker's assigned partitions and writes nothing if one is
+a :class:`~core.store.guarded_write.WriteGuard`) goes in Redis transactions of a
+bounded size (:mod:`core.store.guarded_write`): each ``WATCH``es the fences of
+all the worker's assigned partitions, reads them, and writes nothing if one is
 above the worker's generation (it raises the ones below it, so a fence that
-could not be raised at assignment is raised by the first write). The check and
-the write are atomic, so a zombie's write lands either before the new owner's
-fence (and the owner, which loads after it, sees it and replays its events as
-duplicates) or not at all. All assigned partitions are checked, not only the
-batch's: with eager rebalancing one fence above the generation means the whole
-assignment is stale. A worker owns a few partitions; the GETs cost nothing
-next to the batch's HSETs, and the script costs no more than the pipeline it
-replaces (measured in the commit that added it).
+could not be raised at assignment is raised by the first write). A fence raised
+between the read and the ``EXEC`` aborts the transaction, which is tried again
+and then refused. So a zombie's chunk of a write lands either before the new
+owner's fence (and the owner, which loads after it, sees it and replays its
+events as duplicates) or not at all. All assigned partitions are checked, not
+only the batch's: with eager rebalancing one fence above the generation means
+the whole assignment is stale. A worker owns a few partitions; reading their
+fences costs one round trip per chunk.
 
-A refused batch (:class:`~core.store.state_store.WriteFenced`) is neither retried
+A refused batch (:class:`~core.store.guarded_write.WriteFenced`) is neither retried
 (it would be refused forever) nor poison (its events are fine; the new owner
 applies them): the consumer drops every cached state, forgets its uncommitted
 offsets (they belong to the new owner), rewinds to the committed offsets, and
@@ -41,8 +42,8 @@ generation. Accepted, the fence is set to the worker's generation if it still
 holds the value read (compare-and-set, so a fence raised meanwhile by a newer
 owner stays). Refused, the group has moved on and the worker rejoins anyway.
 
-Not for Redis Cluster: the script touches keys it is not given (the states),
-in other hash slots than the fences. The stack runs a single Redis.
+Not for Redis Cluster: a transaction's keys (the fences and the states) lie in
+other hash slots. The stack runs a single Redis.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ import redis
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from core.store.state_store import WriteFenced, WriteGuard
+from core.store.guarded_write import WriteFenced, WriteGuard
 from streams.state_cache import Partition
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ class Fencing:
         """A write was refused: drop every cached state, count, warn once."""
         dropped = len(engine.cache)
         engine.cache.clear()
+        engine.outbox.forget()
         engine.counts["fenced"] += 1
         engine.metrics.fenced.inc()
         if self._warned != error.generation:

@@ -36,6 +36,10 @@ Why nothing is lost or counted twice:
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
 from aiokafka.partitioner import murmur2
 
 # Beyond this many users the cache starts again (a few hundred bytes per user).
@@ -82,3 +86,21 @@ class Router:
         be re-routed (see the module docstring)."""
         want_key, want_partition = self.owner(user_id, partitions)
         return partition != want_partition or key != want_key
+
+
+@dataclass
+class Move:
+    """A misrouted record, to be produced again to its user's own partition."""
+
+    key: bytes
+    value: bytes
+    partition: int
+
+
+async def send_moves(events_topic: Any, moves: list[Move]) -> None:
+    """Produce misrouted records to their users' partitions; wait for all."""
+    futures = [
+        await events_topic.send(key=m.key, value=m.value, partition=m.partition)
+        for m in moves
+    ]
+    await asyncio.gather(*futures)

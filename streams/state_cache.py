@@ -50,6 +50,11 @@ class StateCache:
                 found[uid], keys[uid] = entry[0], entry[1]
         return found, keys, missing
 
+    def peek(self, user_id: str) -> tuple[UserState, bytes] | None:
+        """A cached state and its Redis key, without marking it used."""
+        entry = self._entries.get(user_id)
+        return None if entry is None else (entry[0], entry[1])
+
     def put(
         self,
         states: dict[str, UserState],

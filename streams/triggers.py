@@ -48,7 +48,8 @@ from core.feature_math import history_values, request_features, stream_values
 from core.rules.engine import fire_due, on_events
 from core.rules.spec import DEFAULT_RULES, RulesError, RuleSet, load_rules
 from core.scoring import ScoringModels, build_inputs, with_read_time_features
-from core.store.state_store import StateLayout, WriteGuard, load_states, save_states
+from core.store.guarded_write import WriteGuard
+from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import UserState
 from infra.settings import Settings
 from streams.live_segments import LastPlacement
@@ -71,6 +72,8 @@ _AGE_SOURCES = (
 
 Partition = tuple[str, int]
 Command = tuple[Any, ...]
+# Commands emptying produced outboxes, given a write's states and their keys.
+Drain = Callable[[dict[str, UserState], dict[str, bytes]], list[Command]]
 
 
 def timers_key(tp: Partition) -> bytes:
@@ -386,10 +389,13 @@ def fire_timers(
     check_store: Callable[[], None],
     clocks: dict[Partition, float],
     guard: WriteGuard | None = None,
+    drain: Drain | None = None,
 ) -> tuple[dict[str, UserState], int]:
     """Fire the timers due by ``clocks``: load, fire, write (blocking).
 
-    ``guard`` fences the write as a batch's (:mod:`streams.fencing`).
+    ``guard`` fences the write as a batch's (:mod:`streams.fencing`). ``drain``
+    gives the commands emptying produced outboxes (:func:`streams.outbox.drain`)
+    from the loaded states; they are written even when no timer is due.
 
     States come from the worker's cache where it has them, else from Redis (after
     ``check_store``, as a batch would); on any error the users are evicted from
@@ -401,12 +407,15 @@ def fire_timers(
     """
     owners = due_users(client, clocks)
     if not owners:
+        cleared = drain({}, {}) if drain is not None else []
+        save_states(client, layout, {}, first=cleared, guard=guard)
         return {}, 0
     states, keys, missing = cache.take(owners)
     try:
         if missing:
             check_store()
             states.update(load_states(client, layout, missing, keys))
+        cleared = drain(states, keys) if drain is not None else []
         writes, fired, changed = triggers.fire(states, owners, clocks)
         changed_states = {u: states[u] for u in changed}
         save_states(
@@ -414,7 +423,7 @@ def fire_timers(
             layout,
             changed_states,
             keys,
-            first=writes.first,
+            first=[*cleared, *writes.first],
             last=writes.last,
             guard=guard,
         )

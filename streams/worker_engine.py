@@ -39,32 +39,33 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from core.events import Event, Rejection
+from core.events import Event
 from core.store.feast_config import feature_store
 from core.store.recent_events import stage_recent
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import source_key
 from infra.settings import Settings
+from streams.delivery import Deliveries
 from streams.failures import (
     PoisonBatch,
-    dlq_record,
+    dead_letter,
     is_transient,
     late_rejection,
     parse_isolating,
     poison_rejection,
+    send_letters,
 )
 from streams.fencing import Fencing, WriteFenced
 from streams.metrics import WorkerMetrics
-from streams.outbox import deliver, pending
+from streams.outbox import drain, pending
 from streams.processor import BatchResult, Parsed, Position, apply_batch
-from streams.routing import Router
+from streams.routing import Move, Router, send_moves
 from streams.state_cache import Partition, StateCache
-from streams.store_reset import StoreReset
+from streams.store_reset import StoreIdentity, StoreReset
 from streams.triggers import StreamClocks, fire_timers
 
 if TYPE_CHECKING:
@@ -83,22 +84,6 @@ REDIS_TIMEOUT_SECONDS = 10.0
 REROUTED = "rerouted"
 TIMER_TICK_SECONDS = 0.1  # how often due timers are looked up
 LOUD_EVERY = 60  # with the backoff capped at 5 s: a warning about every 5 minutes
-
-
-@dataclass
-class _DeadLetter:
-    key: bytes | None
-    value: bytes
-    reason: str
-
-
-@dataclass
-class _Move:
-    """A misrouted record, to be produced again to its user's own partition."""
-
-    key: bytes
-    value: bytes
-    partition: int
 
 
 class FeatureEngine:
@@ -163,11 +148,15 @@ class FeatureEngine:
         self._next_tick = 0.0
         self.partitions_for: Callable[[str], Collection[int] | None] | None = None
         self.router = Router()
-        # The store's identity (Redis run_id) when it was last checked; None until
-        # the first check, or when the server does not tell (see store_reset).
-        self._store_id: str | None = None
-        self._store_id_known = True
+        self._store_identity = StoreIdentity()
         self.fencing = Fencing(settings.consumer_group)  # see streams.fencing
+        self.deliveries = Deliveries(
+            lambda: (self.changes_topic, self.triggers_topic),
+            self._retry,
+            self.counts,
+            self.metrics,
+        )
+        self.outbox = self.deliveries.outbox
 
     @property
     def redis(self) -> redis.Redis:
@@ -210,7 +199,7 @@ class FeatureEngine:
         events, moves = self._route(parsed.events, origin)
 
         letters = [
-            self._letter(batch[index], rejection)
+            dead_letter(batch[index], rejection)
             for index, rejection in parsed.rejections
         ]
         outcomes: Counter[str] = Counter()
@@ -230,7 +219,7 @@ class FeatureEngine:
                     exc_info=error,
                 )
                 rejection = poison_rejection(event, error)
-                letters.append(self._letter(origin.get(id(event)), rejection, event))
+                letters.append(dead_letter(origin.get(id(event)), rejection, event))
                 continue
             late = {id(e) for e in result.late}
             written.extend(e for e in chunk if id(e) not in late)
@@ -241,16 +230,16 @@ class FeatureEngine:
                 rejection = late_rejection(
                     event, self.settings.allowed_lateness_seconds
                 )
-                letters.append(self._letter(origin.get(id(event)), rejection, event))
+                letters.append(dead_letter(origin.get(id(event)), rejection, event))
         written_at = self._clock()
 
         if moves:
-            await self._retry("reroute", lambda: self._send_moves(moves))
+            await self._retry("reroute", lambda: send_moves(self.events_topic, moves))
             log.info("re-routed %d record(s) to their users' partitions", len(moves))
         if letters:
-            await self._retry("dlq", lambda: self._send_letters(dlq_topic, letters))
+            await self._retry("dlq", lambda: send_letters(dlq_topic, letters))
         if outbox:
-            await self._deliver(outbox)
+            await self.deliveries.start(outbox)
         self.clocks.batch(batch, ((origin[id(e)], e.ts) for e in written))
 
         # Everything is durable: record what happened.
@@ -299,7 +288,7 @@ class FeatureEngine:
 
     def _route(
         self, events: list[Event], origin: dict[int, Any]
-    ) -> tuple[list[Event], list[_Move]]:
+    ) -> tuple[list[Event], list[Move]]:
         """Split off the events whose record must move to their user's partition."""
         partitions = self._partition_count()
         if not partitions:
@@ -307,12 +296,12 @@ class FeatureEngine:
         router = self.router
         misrouted = router.misrouted
         keep: list[Event] = []
-        moves: list[_Move] = []
+        moves: list[Move] = []
         for event in events:
             record = origin[id(event)]
             if misrouted(event.user_id, record.key, record.partition, partitions):
                 key, partition = router.owner(event.user_id, partitions)
-                moves.append(_Move(key, record.value, partition))
+                moves.append(Move(key, record.value, partition))
             else:
                 keep.append(event)
         return keep, moves
@@ -385,16 +374,18 @@ class FeatureEngine:
             # write this worker made (see StoreReset). One round trip, only for
             # batches that read.
             self.check_store()
+        acked = self.outbox.take_acked()
         try:
             if missing:
                 states.update(load_states(client, layout, missing, keys))
+            cleared = self._drain(acked, states, keys)
             result = apply_batch(
                 events, states, self.settings.allowed_lateness_seconds, positions
             )
             live = self.live
             if live and result.touched and not live.place_batch(events, states, result):
                 self.counts["segment_errors"] += 1
-            first: list[tuple[Any, ...]] = []
+            first: list[tuple[Any, ...]] = cleared
             last: list[tuple[Any, ...]] = []
             if self.triggers is not None:
                 models = live.models if live is not None else None
@@ -402,11 +393,15 @@ class FeatureEngine:
                 writes, fired = self.triggers.on_batch(
                     result.applied, states, partitions, models, placed
                 )
-                first, last = writes.first, writes.last
+                first, last = [*cleared, *writes.first], writes.last
                 self._suppressed(fired.suppressed)
             keep = self.settings.profile_recent_events
             stage_recent(
-                lambda *a: last.append(a), result.applied, keep, layout.key_ttl_seconds
+                lambda *a: last.append(a),
+                result.applied,
+                keep,
+                layout.key_ttl_seconds,
+                states,
             )
             touched = {u: states[u] for u in result.touched}
             save_states(
@@ -425,6 +420,7 @@ class FeatureEngine:
         except BaseException as exc:
             # The attempt may have changed cached states that Redis never got.
             self.cache.evict(users)
+            self.outbox.restore(acked)
             if isinstance(exc, Exception) and not (
                 is_transient(exc) or isinstance(exc, WriteFenced)  # neither poison
             ):
@@ -439,9 +435,12 @@ class FeatureEngine:
         Called by the consume loop between batches (at most every
         ``TIMER_TICK_SECONDS``). Raises :class:`StoreReset` like :meth:`handle`.
         """
-        if self.triggers is None or time.monotonic() < self._next_tick:
+        if time.monotonic() < self._next_tick:
             return
-        if self.triggers.due():  # a quiet stream still takes up a new rules file
+        if self.triggers is None and not self.outbox.has_acked():
+            return
+        if self.triggers is not None and self.triggers.due():
+            # A quiet stream still takes up a new rules file.
             await asyncio.to_thread(self.triggers.reload)
         self._next_tick = time.monotonic() + TIMER_TICK_SECONDS
         clocks = self.clocks.now(self._clock())
@@ -449,112 +448,98 @@ class FeatureEngine:
             "timers", lambda: asyncio.to_thread(self._fire_timers, clocks)
         )
         if outbox:
-            await self._deliver(outbox)
+            await self.deliveries.start(outbox)
 
     def _fire_timers(self, clocks: dict[Partition, float]) -> dict[str, UserState]:
-        """Fire, write and return the states to deliver (blocking)."""
-        assert self.triggers is not None
-        outbox, suppressed = fire_timers(
-            self.triggers,
-            self.redis,
-            self.layout,
-            self.cache,
-            self.check_store,
-            clocks,
-            self.fencing.guard(),
-        )
+        """Fire, write and return the states to deliver (blocking); also empty
+        the outboxes the broker has acknowledged since the last write."""
+        if self.triggers is None:
+            self._write_drained()
+            return {}
+        acked = self.outbox.take_acked()
+        try:
+            outbox, suppressed = fire_timers(
+                self.triggers,
+                self.redis,
+                self.layout,
+                self.cache,
+                self.check_store,
+                clocks,
+                self.fencing.guard(),
+                lambda states, keys: self._drain(acked, states, keys),
+            )
+        except BaseException:
+            self.outbox.restore(acked)
+            raise
         self._suppressed(suppressed)
         return outbox
+
+    def _drain(
+        self,
+        acked: dict[str, set[str]],
+        states: dict[str, UserState],
+        keys: dict[str, bytes],
+    ) -> list[tuple[Any, ...]]:
+        """Commands emptying acknowledged records (see :func:`streams.outbox.drain`)."""
+        if not acked:
+            return []
+        layout = self.layout
+        return drain(
+            acked, states, self.cache.peek, lambda u: keys.get(u) or layout.key(u)
+        )
 
     def _suppressed(self, n: int) -> None:
         self.counts["triggers_suppressed"] += n
         self.metrics.activations.inc(n, kind="trigger_suppressed")
 
-    async def _deliver(self, outbox: dict[str, UserState]) -> None:
-        changes, fired = await deliver(
-            outbox,
-            self.changes_topic,
-            self.triggers_topic,
-            self.redis,
-            self.layout,
-            self._retry,
-            self.fencing.guard(),
-        )
-        self.counts["segment_changes"] += changes
-        self.counts["triggers"] += fired
-        self.metrics.activations.inc(changes, kind="segment_change")
-        self.metrics.activations.inc(fired, kind="trigger")
+    async def flush_outbox(self) -> None:
+        """Settle the deliveries and store that their outboxes are empty, before
+        partitions go to another worker (which would send them again). Best
+        effort: a record sent twice keeps its id."""
+        await self.settle()
+        if not self.outbox.has_acked():
+            return
+        try:
+            await asyncio.to_thread(self._write_drained)
+        except Exception as exc:
+            log.info("emptying produced outboxes failed (%s); they may go again", exc)
+
+    def _write_drained(self) -> None:
+        """Store the acknowledged records' removal, with no state to write."""
+        acked = self.outbox.take_acked()
+        try:
+            cleared = self._drain(acked, {}, {})
+            guard = self.fencing.guard()
+            save_states(self.redis, self.layout, {}, first=cleared, guard=guard)
+        except BaseException:
+            self.outbox.restore(acked)
+            raise
+
+    async def settle(self) -> None:
+        """Wait until every record handed to the broker so far is acknowledged.
+
+        The consumer calls it before committing offsets: a committed batch's
+        records are then on the broker, not only in the stored outboxes.
+        """
+        await self.deliveries.settle()
 
     def check_store(self) -> None:
         """Raise :class:`StoreReset` if the store restarted or failed over since the
         last check (its ``run_id`` changed). Blocking; transient errors propagate.
         """
-        if not self._store_id_known:
-            return
-        try:
-            found = str(self.redis.info("server").get("run_id") or "")
-        except redis.ResponseError as exc:
-            # INFO renamed away or forbidden by an ACL: the store cannot be told
-            # apart from a restarted one, so say so once and stop asking. Any other
-            # reply (READONLY, LOADING, ...) is an outage: retried by the caller.
-            text = str(exc).lower()
-            if not (
-                isinstance(exc, redis.exceptions.NoPermissionError)
-                or "unknown command" in text
-            ):
-                raise
-            log.warning("cannot tell store restarts apart (INFO: %s)", exc)
-            self._store_id_known = False
-            return
-        if not found:
-            self._store_id_known = False
-            return
-        previous, self._store_id = self._store_id, found
-        if previous is not None and previous != found:
-            raise StoreReset(f"store run_id changed from {previous} to {found}")
+        self._store_identity.check(self.redis)
 
     def store_reset(self) -> None:
         """Forget every cached state: the store is the truth again after a reset."""
         dropped = len(self.cache)
         self.cache.clear()
+        self.outbox.forget()
         self.counts["store_resets"] += 1
         log.warning(
             "the online store restarted or failed over; dropped %d cached states "
             "and replaying from the committed offsets",
             dropped,
         )
-
-    def _letter(
-        self, source: Any, rejection: Rejection, event: Event | None = None
-    ) -> _DeadLetter:
-        if source is not None:
-            key = source.key
-        else:
-            key = event.user_id.encode() if event is not None else None
-        record = dlq_record(
-            rejection,
-            getattr(source, "partition", None),
-            getattr(source, "offset", None),
-        )
-        return _DeadLetter(key=key, value=record, reason=rejection.reason)
-
-    async def _send_moves(self, moves: list[_Move]) -> None:
-        """Produce misrouted records to their users' partitions; wait for all."""
-        topic = self.events_topic
-        futures = [
-            await topic.send(key=move.key, value=move.value, partition=move.partition)
-            for move in moves
-        ]
-        await asyncio.gather(*futures)
-
-    @staticmethod
-    async def _send_letters(dlq_topic: Any, letters: list[_DeadLetter]) -> None:
-        """Send every DLQ record and wait until the broker has them all."""
-        futures = [
-            await dlq_topic.send(key=letter.key, value=letter.value)
-            for letter in letters
-        ]
-        await asyncio.gather(*futures)
 
     async def _retry(self, stage: str, call: Callable[[], Awaitable[T]]) -> T:
         """Await ``call()`` until it succeeds; PoisonBatch and StoreReset pass up."""

@@ -50,14 +50,9 @@ class RuleState:
     outbox: tuple[dict[str, Any], ...] = ()  # fired, not yet produced
 
     def empty(self) -> bool:
-        """Nothing worth storing."""
+        """Nothing worth storing with the dedupe data (the outbox is stored apart)."""
         return not (
-            self.timers
-            or self.members
-            or self.fired
-            or self.repeats
-            or self.seq
-            or self.outbox
+            self.timers or self.members or self.fired or self.repeats or self.seq
         )
 
     def next_due(self) -> float | None:
@@ -78,17 +73,19 @@ class RuleState:
             {r: [t.due, t.armed_at, t.cause, t.values] for r, t in self.timers.items()},
             {r: [m.since, m.until] for r, m in self.members.items()},
             self.fired,
-            {
-                r: {k: list(v) for k, v in keys.items()}
-                for r, keys in self.repeats.items()
-            },
+            # orjson writes tuples as arrays: no per-key copies (this runs for
+            # every user written, and repeats can hold 32 keys per rule).
+            self.repeats,
             self.seq,
-            list(self.outbox),
+            [],  # the outbox has a field of its own (state_store.OUTBOX_FIELD)
         ]
 
     @classmethod
     def from_json(cls, raw: list[Any] | None) -> RuleState:
-        """Inverse of :meth:`to_json`; None gives an empty state."""
+        """Inverse of :meth:`to_json`; None gives an empty state.
+
+        An outbox in ``raw`` was written by a worker that kept it there.
+        """
         if not raw:
             return cls()
         timers, members, fired, repeats, seq, outbox = raw

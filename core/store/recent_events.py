@@ -9,7 +9,7 @@ and it expires with the user's feature hash.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 
 from core.events import Event
+from core.user_state import UserState
 
 PREFIX = b"segscore:recent:"
 
@@ -31,11 +32,18 @@ def stage_recent(
     events: Iterable[Event],
     keep: int,
     ttl_seconds: int | None = None,
+    states: Mapping[str, UserState] | None = None,
 ) -> None:
     """Stage pushes of ``events`` (oldest first) onto their users' lists, trimmed.
 
     ``stage`` takes raw command arguments (a pipeline's
     ``pipeline_execute_command``). Nothing is staged when ``keep`` is 0.
+
+    With the users' ``states`` (the worker's), a list is trimmed only once it may
+    hold ``2 * keep`` items, not at every push: a trim is a third of the
+    commands per user written, and readers take the first ``keep`` anyway. A
+    list is then at most ``2 * keep - 1`` long (after a state is loaded, its
+    first push trims, as the count is unknown).
     """
     if keep <= 0:
         return
@@ -44,8 +52,18 @@ def stage_recent(
         by_user.setdefault(event.user_id, []).append(event.to_json())
     for user, items in by_user.items():
         key = recent_key(user)
-        stage(b"LPUSH", key, *items[-keep:])
-        stage(b"LTRIM", key, 0, keep - 1)
+        pushed = items[-keep:]
+        stage(b"LPUSH", key, *pushed)
+        state = states.get(user) if states is not None else None
+        if state is None:
+            stage(b"LTRIM", key, 0, keep - 1)
+        else:
+            untrimmed = state.recent_untrimmed
+            if untrimmed is None or untrimmed + len(pushed) >= keep:
+                stage(b"LTRIM", key, 0, keep - 1)
+                state.recent_untrimmed = 0
+            else:
+                state.recent_untrimmed = untrimmed + len(pushed)
         if ttl_seconds:
             stage(b"EXPIRE", key, ttl_seconds)
 

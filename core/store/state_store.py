@@ -18,7 +18,6 @@ frozen at write time would be wrong for any user who has since gone idle.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -37,12 +36,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from core.feature_catalog import STATE_FEATURE
 from core.names import JOIN_KEY, STREAM_VIEW
 from core.rules.state import Membership
+from core.store.guarded_write import WriteGuard, write_guarded
 from core.user_state import UserState
 
 DEDUPE_FIELD = b"segscore:dedupe"
 # The user's rule memberships (JSON rule -> [since, until]), beside the state in
 # the same hash so /score reads them in its one HMGET; written by the worker.
 MEMBERS_FIELD = b"segscore:members"
+# Records written with the state but not produced yet (live segment changes and
+# fired triggers: JSON ``[changes, triggers]``), beside the state in the same
+# ``HSET``. A field of its own so that emptying it once the broker has them is an
+# ``HDEL``, not a rewrite of the whole state (see streams.outbox).
+OUTBOX_FIELD = b"segscore:outbox"
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,15 @@ class StateLayout:
 def encode_fields(layout: StateLayout, state: UserState) -> dict[bytes, bytes]:
     """The hash fields holding ``state`` (it must have seen at least one event)."""
     state_value, ts_value, dedupe = _field_values(state)
-    return {
+    fields = {
         layout.state_field: state_value,
         layout.ts_field: ts_value,
         DEDUPE_FIELD: dedupe,
     }
+    outbox = outbox_value(state)
+    if outbox is not None:
+        fields[OUTBOX_FIELD] = outbox
+    return fields
 
 
 def _field_values(state: UserState) -> tuple[bytes, bytes, bytes]:
@@ -178,8 +187,21 @@ def _timestamp(seconds: int, nanos: int) -> bytes:
     return _seconds_field(seconds) + b"\x10" + _varint(nanos)
 
 
-def decode_fields(state_value: bytes | None, dedupe: bytes | None) -> UserState:
+def outbox_value(state: UserState) -> bytes | None:
+    """The :data:`OUTBOX_FIELD` value of ``state``; None when nothing is pending."""
+    changes, fired = state.segment_outbox, state.rules.outbox
+    if not (changes or fired):
+        return None
+    return orjson.dumps([changes, fired])
+
+
+def decode_fields(
+    state_value: bytes | None, dedupe: bytes | None, outbox: bytes | None = None
+) -> UserState:
     """Inverse of :func:`encode_fields`; a user never seen gets a fresh state.
+
+    ``outbox``: the :data:`OUTBOX_FIELD` value, whose records join any an older
+    worker kept in the dedupe data.
 
     Raises:
         ValueError: The stored fields are not a state (the worker then sends the
@@ -194,7 +216,20 @@ def decode_fields(state_value: bytes | None, dedupe: bytes | None) -> UserState:
             # Silently starting afresh would overwrite what is stored.
             raise ValueError("the stored state is not a bytes value")
         blob = value.bytes_val
-    return UserState.from_bytes(blob, dedupe)
+    state = UserState.from_bytes(blob, dedupe)
+    if outbox:
+        changes, fired = orjson.loads(outbox)
+        state.segment_outbox = _merged(state.segment_outbox, changes)
+        state.rules.outbox = _merged(state.rules.outbox, fired)
+    return state
+
+
+def _merged(
+    kept: tuple[dict[str, Any], ...], stored: list[dict[str, Any]]
+) -> tuple[dict[str, Any], ...]:
+    """Records of both places, each id once (the field's copy wins)."""
+    ids = {record.get("id") for record in stored}
+    return (*(r for r in kept if r.get("id") not in ids), *stored)
 
 
 def load_states(
@@ -211,7 +246,7 @@ def load_states(
     if not ids:
         return {}
     keys = {} if keys is None else keys
-    fields = (layout.state_field, DEDUPE_FIELD)
+    fields = (layout.state_field, DEDUPE_FIELD, OUTBOX_FIELD)
     pipe = client.pipeline(transaction=False)
     for uid in ids:
         key = keys.get(uid)
@@ -220,8 +255,8 @@ def load_states(
         pipe.hmget(key, fields)
     replies = pipe.execute()
     return {
-        uid: decode_fields(state, dedupe)
-        for uid, (state, dedupe) in zip(ids, replies, strict=True)
+        uid: decode_fields(state, dedupe, outbox)
+        for uid, (state, dedupe, outbox) in zip(ids, replies, strict=True)
     }
 
 
@@ -241,13 +276,17 @@ def save_states(
     and after the states' (a pipeline runs them in order on one connection):
     what must exist whenever a state does, such as a timer's index entry, goes
     first; what may only go once the state is written goes last.
-    A user with rule state also gets :data:`MEMBERS_FIELD` (their memberships).
+    A user with rule state also gets :data:`MEMBERS_FIELD` (their memberships),
+    one with records not produced yet :data:`OUTBOX_FIELD` (emptying that field
+    is the caller's: an ``HDEL`` once the broker has them).
 
-    With a ``guard``, all of it (``first``, the states, ``last``) is one Lua
-    script that writes nothing unless the guard's fences allow it.
+    With a ``guard``, all of it (``first``, the states, ``last``) is written in
+    transactions that run only while the guard's fences allow them
+    (:func:`core.store.guarded_write.write_guarded`).
 
     Raises:
-        WriteFenced: The guard refused the write; nothing was written.
+        WriteFenced: The guard refused the write (nothing of it was written
+            unless the fence rose in the middle of it; see that module).
     """
     if not (states or first or last):
         return
@@ -255,7 +294,7 @@ def save_states(
     ttl = layout.key_ttl_seconds
     state_field, ts_field = layout.state_field, layout.ts_field
     pipe = client.pipeline(transaction=False)
-    argv: list[Any] = []
+    commands: list[tuple[Any, ...]] = []
     stage: Callable[..., Any]
     if guard is None:
         # Commands staged as raw arguments, not through ``pipe.hset(mapping=...)``:
@@ -265,11 +304,9 @@ def save_states(
         # reply callbacks (which a bytes name skips) would change nothing.
         stage = pipe.pipeline_execute_command
     else:
-        argv.append(guard.generation)
 
         def stage(*command: Any) -> None:
-            argv.append(len(command))
-            argv.extend(command)
+            commands.append(command)
 
     for command in first:
         stage(*command)
@@ -279,10 +316,13 @@ def save_states(
             key = keys[uid] = layout.key(uid)
         state_value, ts_value, dedupe = _field_values(state)
         fields = (state_field, state_value, ts_field, ts_value, DEDUPE_FIELD, dedupe)
-        if state.rules.empty():
-            stage(b"HSET", key, *fields)
-        else:
-            stage(b"HSET", key, *fields, MEMBERS_FIELD, members_value(state))
+        extra: tuple[bytes, ...] = ()
+        if not state.rules.empty():
+            extra = (MEMBERS_FIELD, members_value(state))
+        outbox = outbox_value(state)
+        if outbox is not None:
+            extra = (*extra, OUTBOX_FIELD, outbox)
+        stage(b"HSET", key, *fields, *extra)
         if ttl:
             stage(b"EXPIRE", key, ttl)
     for command in last:
@@ -290,86 +330,7 @@ def save_states(
     if guard is None:
         pipe.execute()
     else:
-        _run_guarded(client, guard, argv)
-
-
-class WriteFenced(Exception):
-    """A guarded write was refused: a fence is above the writer's generation.
-
-    Attributes:
-        fence_key: The fence that refused it.
-        fence: Its value (the generation that owns it now).
-        generation: The writer's generation.
-    """
-
-    def __init__(self, fence_key: bytes, fence: int, generation: int) -> None:
-        super().__init__(
-            f"{fence_key.decode(errors='replace')} is at generation {fence}, "
-            f"above the writer's {generation}"
-        )
-        self.fence_key, self.fence, self.generation = fence_key, fence, generation
-
-
-@dataclass(frozen=True)
-class WriteGuard:
-    """Fences a write must pass: each a hash whose ``generation`` is an integer.
-
-    A hash, not a string: every other key in the online store's database is a
-    hash, and whatever walks its keys as hashes keeps working.
-
-    A write guarded by it happens only if no fence is above ``generation``, and
-    raises the fences below it to it, atomically with the write (one Lua script).
-    Not for Redis Cluster: the states' keys are not declared to the script and
-    lie in other slots than the fences; the stack runs a single Redis.
-    """
-
-    fence_keys: tuple[bytes, ...]
-    generation: int
-
-
-# KEYS: fences. ARGV[1]: the writer's generation; then each command as its
-# argument count followed by its arguments. Returns 0 once everything is
-# written, or {fence key, fence} when a fence is above the generation (nothing
-# written). A command's error reply (OOM, READONLY, WRONGTYPE, ...) is returned
-# as it is, by pcall, so the client classifies it as it would a pipeline's; the
-# commands before it stay written, as in a pipeline.
-_GUARDED_WRITE = """
-local generation = tonumber(ARGV[1])
-local low = {}
-for i = 1, #KEYS do
-  local raw = redis.call('HGET', KEYS[i], 'generation')
-  local fence = raw and tonumber(raw)
-  if fence and fence > generation then return {KEYS[i], fence} end
-  if not fence or fence < generation then low[#low + 1] = KEYS[i] end
-end
-for _, key in ipairs(low) do
-  local reply = redis.pcall('HSET', key, 'generation', ARGV[1])
-  if type(reply) == 'table' and reply.err then return reply end
-end
-local pos, n = 2, #ARGV
-while pos <= n do
-  local count = tonumber(ARGV[pos])
-  local reply = redis.pcall(unpack(ARGV, pos + 1, pos + count))
-  if type(reply) == 'table' and reply.err then return reply end
-  pos = pos + count + 1
-end
-return 0
-"""
-_GUARDED_WRITE_SHA = hashlib.sha1(_GUARDED_WRITE.encode()).hexdigest()
-
-
-def _run_guarded(client: redis.Redis, guard: WriteGuard, argv: list[Any]) -> None:
-    """Run the guarded write: one round trip (three the first time on a server)."""
-    keys = guard.fence_keys
-    try:
-        reply = client.evalsha(_GUARDED_WRITE_SHA, len(keys), *keys, *argv)
-    except redis.exceptions.NoScriptError:
-        # A new or restarted server, or SCRIPT FLUSH: load it and run again.
-        client.script_load(_GUARDED_WRITE)
-        reply = client.evalsha(_GUARDED_WRITE_SHA, len(keys), *keys, *argv)
-    if reply != 0:
-        key, fence = reply
-        raise WriteFenced(key, int(fence), guard.generation)
+        write_guarded(client, guard, commands)
 
 
 def members_value(state: UserState) -> bytes:

@@ -15,13 +15,8 @@ import pytest
 import redis
 
 from core.store.feast_config import feature_store
-from core.store.state_store import (
-    StateLayout,
-    WriteFenced,
-    WriteGuard,
-    load_states,
-    save_states,
-)
+from core.store.guarded_write import CHUNK_COMMANDS, WriteFenced, WriteGuard
+from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import UserState
 from streams.fencing import fence_generation, fence_key
 from streams.metrics import label_values, sample_sum
@@ -40,6 +35,22 @@ def _user_hashes(lane: Lane) -> dict[bytes, dict[bytes, bytes]]:
         for key in client.scan_iter(count=1000, _type="HASH")
         if not key.startswith(b"segscore:fence:")  # these change on a rejoin
     }
+
+
+def _quiet_hashes(lane: Lane) -> dict[bytes, dict[bytes, bytes]]:
+    """The user hashes once b is idle: the same in two looks a second apart.
+
+    Not at once: b's idle clock fires the backlog's cart timers, and the fired
+    records' outbox fields are emptied by its next tick.
+    """
+    before = _user_hashes(lane)
+    for _ in range(30):
+        time.sleep(1)
+        now = _user_hashes(lane)
+        if now == before:
+            return now
+        before = now
+    raise AssertionError("b kept writing user hashes for 30 s")
 
 
 def _fenced(lane: Lane, worker: str) -> float:
@@ -93,6 +104,44 @@ def test_guarded_writes_check_and_raise_fences_atomically(rig: Rig) -> None:
     assert [fence_generation(client, f) for f in fences] == [5, 5]
 
 
+def test_a_fence_raised_between_the_read_and_the_write_aborts_the_chunk(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redis.Redis(port=rig.redis_port, db=10)
+    client.flushdb()
+    layout = StateLayout(project="fence-race")
+    fence = b"f:race"
+    client.hset(fence, b"generation", 4)
+    rival = redis.Redis(port=rig.redis_port, db=10)
+    multi = redis.client.Pipeline.multi
+
+    def raise_fence_first(pipe: redis.client.Pipeline) -> None:
+        # The new owner raises the fence after the write read it, before EXEC.
+        rival.hset(fence, b"generation", 5)
+        multi(pipe)
+
+    monkeypatch.setattr(redis.client.Pipeline, "multi", raise_fence_first)
+    state = UserState(last_event_ts=1_800_000_000.0, offsets={"t:0": 3})
+    with pytest.raises(WriteFenced) as refused:
+        save_states(client, layout, {"a": state}, guard=WriteGuard((fence,), 4))
+    assert (refused.value.fence, refused.value.generation) == (5, 4)
+    assert not client.exists(layout.key("a"))
+
+
+def test_a_long_guarded_write_goes_in_chunks_each_whole(rig: Rig) -> None:
+    client = redis.Redis(port=rig.redis_port, db=11)
+    client.flushdb()
+    layout = StateLayout(project="fence-chunks")
+    n = CHUNK_COMMANDS * 2 + 7  # three transactions
+    states = {
+        f"u{i}": UserState(last_event_ts=1_800_000_000.0 + i, offsets={"t:0": i})
+        for i in range(n)
+    }
+    save_states(client, layout, states, guard=WriteGuard((b"f:c",), 2))
+    assert load_states(client, layout, list(states)) == states
+    assert fence_generation(client, b"f:c") == 2
+
+
 def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
     rig: Rig,
 ) -> None:
@@ -104,7 +153,10 @@ def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
     fences = [fence_key(group, topic, p) for p in range(2)]
 
     lane.produce(backlog)
-    a = lane.start_worker("zombie-a")
+    # Small batches: a is frozen with one in hand more surely (its timing, not
+    # the fence, depends on the size).
+    small = {"SEGSCORE_BATCH_MAX_EVENTS": "2000"}
+    a = lane.start_worker("zombie-a", extra_env=small)
     eventually(lambda: lane.messages("zombie-a") >= 5_000, 120, "a mid-backlog")
     os.killpg(a.pid, signal.SIGSTOP)  # busy: a batch in flight or fetched ahead
     generation_a = max((fence_generation(client, f) or -1) for f in fences)
@@ -112,12 +164,11 @@ def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
     assert acked_a < len(backlog), "a should freeze mid-backlog"
     try:
         # b's join waits for a's session to run out (2 s), then b owns everything.
-        b = lane.start_worker("zombie-b")
+        b = lane.start_worker("zombie-b", extra_env=small)
         eventually(lambda: _owned(lane, "zombie-b") == {"0", "1"}, 90, "b owns all")
         assert all((fence_generation(client, f) or -1) > generation_a for f in fences)
         lane.wait_committed(len(backlog), 150, [b])
-        time.sleep(1)  # b idle: nothing more moves in Redis
-        settled = _user_hashes(lane)
+        settled = _quiet_hashes(lane)
         assert_matches_batch(lane, backlog)
     finally:
         os.killpg(a.pid, signal.SIGCONT)

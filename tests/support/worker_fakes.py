@@ -15,7 +15,12 @@ import orjson
 import redis
 from aiokafka import TopicPartition
 
-from core.store.state_store import StateLayout, decode_fields
+from core.store.state_store import (
+    DEDUPE_FIELD,
+    OUTBOX_FIELD,
+    StateLayout,
+    decode_fields,
+)
 from core.user_state import UserState
 from infra.settings import Settings
 from streams.metrics import WorkerMetrics, parse_exposition
@@ -121,7 +126,7 @@ class FakePipeline:
         """Raw commands, as save_states stages them (HSET field value ...)."""
         if name == b"HSET":
             self.hset(key, dict(zip(args[::2], args[1::2], strict=True)))
-        elif name in (b"LPUSH", b"LTRIM", b"ZADD", b"ZREM", b"EXPIRE"):
+        elif name in (b"LPUSH", b"LTRIM", b"ZADD", b"ZREM", b"EXPIRE", b"HDEL"):
             self.ops.append((name.decode(), key, args))
         else:
             raise AssertionError(f"unexpected command {name!r}")
@@ -135,7 +140,7 @@ class FakePipeline:
                 self.client.reads += 1
                 row = self.client.data.get(key, {})
                 out.append([row.get(f) for f in arg])
-            elif op in ("LPUSH", "LTRIM", "ZADD", "ZREM", "EXPIRE", "zrange"):
+            elif op in ("LPUSH", "LTRIM", "ZADD", "ZREM", "EXPIRE", "HDEL", "zrange"):
                 out.append(self._other(op, key, arg))
             else:
                 self.client.data.setdefault(key, {}).update(arg)
@@ -150,6 +155,10 @@ class FakePipeline:
             lists[key] = lists.get(key, [])[args[0] : args[1] + 1]
         elif op == "ZADD":
             zsets.setdefault(key, {})[args[1].encode()] = float(args[0])
+        elif op == "HDEL":
+            row = self.client.data.get(key, {})
+            for name in args:
+                row.pop(name, None)
         elif op == "ZREM":
             zsets.get(key, {}).pop(args[0].encode(), None)
         elif op == "zrange":
@@ -189,8 +198,14 @@ class EngineRig:
     sleeps: list[float]
 
     def handle(self, batch: list[Record]) -> None:
-        """Run the engine on one batch to completion."""
-        asyncio.run(self.engine.handle(batch, self.dlq))
+        """Run the engine on one batch to completion, records delivered and the
+        produced outboxes emptied (as the worker's next write would)."""
+
+        async def run() -> None:
+            await self.engine.handle(batch, self.dlq)
+            await self.engine.flush_outbox()
+
+        asyncio.run(run())
 
     def samples(self) -> dict:
         """The engine's metrics, parsed."""
@@ -203,7 +218,11 @@ class EngineRig:
     def state(self, user: str) -> UserState:
         """``user``'s state as stored in the fake Redis."""
         row = self.redis.data.get(LAYOUT.key(user), {})
-        return decode_fields(row.get(LAYOUT.state_field), row.get(b"segscore:dedupe"))
+        return decode_fields(
+            row.get(LAYOUT.state_field),
+            row.get(DEDUPE_FIELD),
+            row.get(OUTBOX_FIELD),
+        )
 
 
 def make_rig(tmp_path: Path, redis_fail: int = 0, dlq_fail: int = 0) -> EngineRig:

@@ -38,8 +38,8 @@ from core.store.state_store import (
     encode_fields,
 )
 from core.user_state import UserState, source_key
+from streams.failures import dlq_record, late_rejection
 from streams.processor import apply_batch, parse_batch
-from streams.worker_engine import dlq_record, late_rejection
 
 NOW = 1_800_000_000.0  # 2027-01-15
 LATENESS = 600

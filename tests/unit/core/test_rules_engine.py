@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +10,8 @@ from core.events import Event
 from core.rules.engine import fire_due, on_events
 from core.rules.spec import parse_rules
 from core.rules.state import MAX_REPEAT_KEYS, RuleState
+from core.store.state_store import decode_fields, outbox_value
+from core.user_state import UserState
 
 T0 = 1_800_000_000.0
 RULES = parse_rules(
@@ -188,8 +191,22 @@ def test_records_survive_a_round_trip_through_storage() -> None:
     state = RuleState()
     on_events(RULES, "u", state, [_event(1, "add_to_cart", T0)], {})
     fire_due(RULES, "u", state, T0 + 1800)
-    again = RuleState.from_json(state.to_json())
-    assert again == state
+    assert state.outbox, "the fire left a record to produce"
+    user = UserState(rules=state)
+    # The outbox is stored in a field of its own, the rest with the dedupe data.
+    assert b"u:r1" not in user.dedupe_bytes()
+    again = decode_fields(None, user.dedupe_bytes(), outbox_value(user))
+    assert again.rules == state
+
+
+def test_an_outbox_kept_in_the_dedupe_data_by_an_older_worker_still_reads() -> None:
+    state = RuleState()
+    on_events(RULES, "u", state, [_event(1, "add_to_cart", T0)], {})
+    fire_due(RULES, "u", state, T0 + 1800)
+    old = state.to_json()
+    old[5] = list(state.outbox)  # where workers before the outbox field kept it
+    back = decode_fields(None, orjson.dumps({"s": {}, "o": {}, "r": old}))
+    assert back.rules == state
 
 
 kinds = st.sampled_from(["add_to_cart", "purchase", "page_view", "product_view"])

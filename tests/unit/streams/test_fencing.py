@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from core.store.state_store import WriteFenced, WriteGuard
+from core.store.guarded_write import WriteFenced, WriteGuard
 from infra.settings import Settings
 from streams import worker_engine
 from streams.consumer import EventConsumer

@@ -42,7 +42,12 @@ def _rig(tmp_path: Path, text: str = RULES) -> tuple[EngineRig, FakeDlq]:
 
 def _tick(rig: EngineRig) -> None:
     rig.engine._next_tick = 0.0
-    asyncio.run(rig.engine.fire_timers())
+
+    async def tick() -> None:
+        await rig.engine.fire_timers()
+        await rig.engine.flush_outbox()
+
+    asyncio.run(tick())
 
 
 def test_an_abandoned_cart_fires_once_when_its_partition_passes_the_due_time(
@@ -114,6 +119,28 @@ def test_recent_events_are_kept_newest_first_and_bounded(tmp_path: Path) -> None
     rig.handle(batch_of(*(event_json(f"e{i}", "ann", 100 - i) for i in range(5))))
     kept = [orjson.loads(v)["event_id"] for v in rig.redis.lists[recent_key("ann")]]
     assert kept == ["e4", "e3", "e2"]
+
+
+def test_recent_lists_are_trimmed_now_and_then_never_past_twice_the_bound(
+    tmp_path: Path,
+) -> None:
+    rig, _ = _rig(tmp_path)
+    keep = 4
+    rig.engine.settings = Settings(home=tmp_path, profile_recent_events=keep)
+    key = recent_key("ann")
+    lengths: list[int] = []
+    for i in range(30):
+        rig.handle(batch_of(event_json(f"e{i}", "ann", 100 - i), first_offset=i))
+        lengths.append(len(rig.redis.lists[key]))
+        newest = [orjson.loads(v)["event_id"] for v in rig.redis.lists[key][:keep]]
+        assert newest == [f"e{j}" for j in range(i, max(i - keep, -1), -1)]
+    trims = sum(1 for i in range(1, len(lengths)) if lengths[i] <= lengths[i - 1])
+    assert max(lengths) <= 2 * keep - 1
+    assert 0 < trims < 10, "trimmed about once per keep pushes, not at each"
+    # A state loaded afresh (cache dropped) trims at its first push.
+    rig.engine.cache.clear()
+    rig.handle(batch_of(event_json("e30", "ann", 50), first_offset=30))
+    assert len(rig.redis.lists[key]) == keep
 
 
 def test_a_bad_rules_file_is_refused_and_the_old_rules_keep_running(
