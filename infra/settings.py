@@ -71,7 +71,12 @@ class Settings(BaseSettings):
 
     # Stream worker (streams/).
     batch_max_events: int = Field(
-        default=2000, description="Micro-batch size limit of the stream worker."
+        default=10_000,
+        description="Micro-batch size limit of the stream worker. Reached only "
+        "by a worker behind its partitions (one keeping up takes what arrives in "
+        "batch_max_seconds): larger batches then write each busy user once for "
+        "more of their events (2,000 -> 10,000: +30 % events/s in bench "
+        "activation).",
     )
     batch_max_seconds: float = Field(
         default=0.05, description="Micro-batch time limit of the stream worker."
