@@ -501,6 +501,8 @@ class FeatureEngine:
             return
         try:
             await asyncio.to_thread(self._write_drained)
+        except WriteFenced as fenced:  # dropped without a revoke: say so
+            self.fencing.refused(self, fenced)
         except Exception as exc:
             log.info("emptying produced outboxes failed (%s); they may go again", exc)
 

@@ -53,6 +53,14 @@ def _quiet_hashes(lane: Lane) -> dict[bytes, dict[bytes, bytes]]:
     raise AssertionError("b kept writing user hashes for 30 s")
 
 
+def _rejoined(lane: Lane, worker: str) -> bool:
+    """Whether ``worker`` was assigned partitions after it was fenced (its log:
+    the lag gauge of its metrics file still names what it owned before)."""
+    log = (lane.settings.home / "logs" / f"{worker}.log").read_text()
+    fenced = log.find("fenced: another worker owns")
+    return fenced >= 0 and "] assigned [(" in log[fenced:]
+
+
 def _fenced(lane: Lane, worker: str) -> float:
     return sample_sum(lane.metrics(worker), "segscore_worker_fenced_batches_total")
 
@@ -153,18 +161,21 @@ def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
     fences = [fence_key(group, topic, p) for p in range(2)]
 
     lane.produce(backlog)
-    # Small batches: a is frozen with one in hand more surely (its timing, not
-    # the fence, depends on the size).
-    small = {"SEGSCORE_BATCH_MAX_EVENTS": "2000"}
-    a = lane.start_worker("zombie-a", extra_env=small)
-    eventually(lambda: lane.messages("zombie-a") >= 5_000, 120, "a mid-backlog")
-    os.killpg(a.pid, signal.SIGSTOP)  # busy: a batch in flight or fetched ahead
+    before = client.dbsize()
+    # One big batch (a whole fetch), frozen while its chunks are being written:
+    # a wakes with the rest of that write in hand, the case fencing is for.
+    a = lane.start_worker("zombie-a", extra_env={"SEGSCORE_BATCH_MAX_EVENTS": "50000"})
+    deadline = time.monotonic() + 120
+    while client.dbsize() <= before + len(fences) + 100:  # a's first chunk is in
+        assert time.monotonic() < deadline, "a never wrote"
+        time.sleep(0.005)
+    os.killpg(a.pid, signal.SIGSTOP)
     generation_a = max((fence_generation(client, f) or -1) for f in fences)
     acked_a = lane.messages("zombie-a")
     assert acked_a < len(backlog), "a should freeze mid-backlog"
     try:
         # b's join waits for a's session to run out (2 s), then b owns everything.
-        b = lane.start_worker("zombie-b", extra_env=small)
+        b = lane.start_worker("zombie-b")
         eventually(lambda: _owned(lane, "zombie-b") == {"0", "1"}, 90, "b owns all")
         assert all((fence_generation(client, f) or -1) > generation_a for f in fences)
         lane.wait_committed(len(backlog), 150, [b])
@@ -175,7 +186,7 @@ def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
 
     # a finishes the batch it held on its stale cache: refused, and it rejoins.
     eventually(lambda: _fenced(lane, "zombie-a") >= 1, 60, "a's write refused")
-    eventually(lambda: _owned(lane, "zombie-a") and _owned(lane, "zombie-b"), 90,
+    eventually(lambda: _rejoined(lane, "zombie-a") and _owned(lane, "zombie-b"), 90,
                "a to rejoin and own a partition")  # fmt: skip
     assert a.poll() is None and b.poll() is None
     # Not one user's hash moved: no state went backwards, nothing applied twice.
