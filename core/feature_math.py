@@ -399,7 +399,7 @@ def request_features(
         key: np.asarray(
             np.nan if stored.get(key) is None else stored[key], dtype=np.float64
         )
-        for key in _AGE_SOURCES
+        for key in AGE_SOURCES
     }
     instant = np.asarray(as_of, dtype=np.float64)
     shape = np.broadcast_shapes(instant.shape, *(v.shape for v in values.values()))
@@ -434,7 +434,8 @@ def request_features(
     }
 
 
-_AGE_SOURCES = (
+# The state timestamps the request-time features are ages of.
+AGE_SOURCES = (
     "last_event_ts",
     "last_purchase_ts",
     "first_seen_ts",

@@ -9,8 +9,7 @@ batch's records are on the broker.
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +39,7 @@ class Deliveries:
         self._retry = retry
         self._counts = counts
         self._metrics = metrics
-        self._under_way: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._under_way: deque[asyncio.Future[None]] = deque()
 
     async def start(self, states: dict[str, UserState]) -> None:
         """Produce the records of ``states`` not already on their way, in the

@@ -128,12 +128,8 @@ def drain(
             if found is None:
                 continue
             state, key = found
-        state.segment_outbox = tuple(
-            r for r in state.segment_outbox if r.get("id") not in ids
-        )
-        state.rules.outbox = tuple(
-            r for r in state.rules.outbox if r.get("id") not in ids
-        )
+        state.segment_outbox = _without(state.segment_outbox, ids)
+        state.rules.outbox = _without(state.rules.outbox, ids)
         key = key or key_of(user)
         value = outbox_value(state)
         if value is None:

@@ -44,7 +44,12 @@ from core.feature_catalog import (
     STATE_FEATURE,
     STREAM_NAMES,
 )
-from core.feature_math import history_values, request_features, stream_values
+from core.feature_math import (
+    AGE_SOURCES,
+    history_values,
+    request_features,
+    stream_values,
+)
 from core.rules.engine import fire_due, on_events
 from core.rules.spec import DEFAULT_RULES, RulesError, RuleSet, load_rules
 from core.scoring import ScoringModels, build_inputs, with_read_time_features
@@ -62,13 +67,6 @@ TIMERS_PREFIX = b"segscore:timers:"
 DUE_PER_TICK = 2000  # due users taken per partition per tick; the rest next tick
 _REQUEST = frozenset(spec.name for spec in REQUEST_FEATURES)
 _STREAM_SET, _HISTORY_SET = frozenset(STREAM_NAMES), frozenset(HISTORY_NAMES)
-_AGE_SOURCES = (
-    "last_event_ts",
-    "last_purchase_ts",
-    "first_seen_ts",
-    "first_purchase_ts",
-    "previous_purchase_ts",
-)
 
 Partition = tuple[str, int]
 Command = tuple[Any, ...]
@@ -288,7 +286,7 @@ class _LazyValues(Mapping[str, Any]):
         if (key in _HISTORY_SET or key in _REQUEST) and HISTORY_NAMES[0] not in values:
             values.update(zip(HISTORY_NAMES, history_values(state, at), strict=True))
         if key in _REQUEST:
-            stamps = {k: values[k] for k in _AGE_SOURCES}
+            stamps = {k: values[k] for k in AGE_SOURCES}
             values.update(request_features(stamps, at))
         return values.get(key)
 
@@ -304,7 +302,7 @@ def _ages(
 ) -> dict[str, list[float]]:
     stamps = {
         k: np.array([np.nan if v is None else v for v in stored[k]], dtype=float)
-        for k in _AGE_SOURCES
+        for k in AGE_SOURCES
     }
     ages = request_features(stamps, np.asarray(at, dtype=float))
     return {k: v.tolist() for k, v in ages.items() if k in names}

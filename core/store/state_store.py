@@ -293,10 +293,10 @@ def save_states(
     keys = {} if keys is None else keys
     ttl = layout.key_ttl_seconds
     state_field, ts_field = layout.state_field, layout.ts_field
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False) if guard is None else None
     commands: list[tuple[Any, ...]] = []
     stage: Callable[..., Any]
-    if guard is None:
+    if pipe is not None:
         # Commands staged as raw arguments, not through ``pipe.hset(mapping=...)``:
         # its layers, and a str command name (which redis-py re-encodes and
         # splits for every command), cost ~3 us of the ~25 us per user written.
@@ -327,9 +327,10 @@ def save_states(
             stage(b"EXPIRE", key, ttl)
     for command in last:
         stage(*command)
-    if guard is None:
+    if pipe is not None:
         pipe.execute()
     else:
+        assert guard is not None
         write_guarded(client, guard, commands)
 
 
