@@ -76,10 +76,21 @@ class BacklogTracker:
             )
         self.next = [0] * len(self.lanes)
         self.applied = [0] * len(self.lanes)
+        self._last = last_times(events)
+        self._settled = False
 
     @property
     def complete(self) -> bool:
-        """Whether the last event of every partition is applied."""
+        """Whether every user's state ends at their last event.
+
+        Checked only once the last event of every partition is applied, and
+        needed on top of that: a batch's users are written in chunks in the order
+        they first appear in it, so the state of a partition's last event can be
+        readable before other users of its batch are.
+        """
+        return self._settled
+
+    def _lanes_done(self) -> bool:
         return all(
             n >= len(lane) for n, lane in zip(self.next, self.lanes, strict=True)
         )
@@ -102,16 +113,27 @@ class BacklogTracker:
             if done >= 0:
                 self.next[lane_no] = start + done + 1
                 self.applied[lane_no] = chunk[done].applied
+        if not self._settled and self._lanes_done():
+            self._settled = not wrong_states(self.client, self.layout, self._last)
         return sum(self.applied)
+
+
+def last_times(events: Sequence[Event]) -> dict[str, float]:
+    """Each user's last event time."""
+    return {event.user_id: event.ts for event in events}
 
 
 def verify_states(
     client: redis.Redis, layout: StateLayout, events: Sequence[Event]
 ) -> int:
     """How many users' states do NOT end at the last event produced for them."""
-    expected: dict[str, float] = {}
-    for event in events:
-        expected[event.user_id] = event.ts
+    return wrong_states(client, layout, last_times(events))
+
+
+def wrong_states(
+    client: redis.Redis, layout: StateLayout, expected: dict[str, float]
+) -> int:
+    """How many users' states do NOT end at ``expected[user]``."""
     users = list(expected)
     wrong = 0
     for start in range(0, len(users), 5000):
