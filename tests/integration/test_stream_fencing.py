@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 import redis
 
+from core.store import guarded_write
 from core.store.feast_config import feature_store
 from core.store.guarded_write import CHUNK_COMMANDS, WriteFenced, WriteGuard
 from core.store.state_store import StateLayout, load_states, save_states
@@ -106,8 +108,14 @@ def test_guarded_writes_check_and_raise_fences_atomically(rig: Rig) -> None:
     with pytest.raises(redis.ResponseError) as wrong:
         save_states(client, layout, {"c": state}, guard=WriteGuard(fences, 4))
     assert "WRONGTYPE" in str(wrong.value) and not is_transient(wrong.value)
-    # A script flushed from the server (restart, SCRIPT FLUSH) is loaded again.
-    client.script_flush()
+    # A command refused when queued aborts its whole transaction.
+    with pytest.raises(redis.ResponseError):
+        save_states(
+            client, layout, {"e": state}, guard=WriteGuard(fences, 4),
+            last=[(b"HSET", b"odd")],
+        )  # fmt: skip
+    assert not client.exists(layout.key("e"))
+    # The connections the errors came on were dropped, not handed back mid-reply.
     save_states(client, layout, {"d": state}, guard=WriteGuard(fences, 5))
     assert [fence_generation(client, f) for f in fences] == [5, 5]
 
@@ -121,14 +129,14 @@ def test_a_fence_raised_between_the_read_and_the_write_aborts_the_chunk(
     fence = b"f:race"
     client.hset(fence, b"generation", 4)
     rival = redis.Redis(port=rig.redis_port, db=10)
-    multi = redis.client.Pipeline.multi
+    transact = guarded_write._transact
 
-    def raise_fence_first(pipe: redis.client.Pipeline) -> None:
+    def raise_fence_first(connection: Any, commands: Any) -> bool:
         # The new owner raises the fence after the write read it, before EXEC.
         rival.hset(fence, b"generation", 5)
-        multi(pipe)
+        return transact(connection, commands)
 
-    monkeypatch.setattr(redis.client.Pipeline, "multi", raise_fence_first)
+    monkeypatch.setattr(guarded_write, "_transact", raise_fence_first)
     state = UserState(last_event_ts=1_800_000_000.0, offsets={"t:0": 3})
     with pytest.raises(WriteFenced) as refused:
         save_states(client, layout, {"a": state}, guard=WriteGuard((fence,), 4))
