@@ -8,12 +8,13 @@ the stale worker's writes must be refused (see :mod:`streams.fencing`).
 How: the commands go in chunks of at most :data:`CHUNK_COMMANDS`, each a Redis
 transaction with optimistic locking: ``WATCH`` the fences and read them (one round
 trip), and only if none is above the writer's generation, ``MULTI`` (fences below
-it raised to it), the chunk's commands, ``EXEC`` (another). A fence raised between the read and the ``EXEC``
-aborts the ``EXEC`` (nothing of the chunk written), and the chunk is tried again,
-which then reads the raised fence. Native commands, not one Lua script for the
-whole write: a script ran ~3x longer inside Redis (about 38 against 14 us per
-event) and held every other client -- the scoring service's reads -- for all of
-it (40-70 ms per 2,000-event batch); a chunk holds them for a few milliseconds.
+it raised to it), the chunk's commands, ``EXEC`` (another). A fence raised between
+the read and the ``EXEC`` aborts the ``EXEC`` (nothing of the chunk written), and
+the chunk is tried again, which then reads the raised fence. Native commands, not
+one Lua script for the whole write: a script ran ~3x longer inside Redis (about
+38 against 14 us per event) and held every other client -- the scoring service's
+reads -- for all of it (40-70 ms per 2,000-event batch); a chunk holds them for a
+few milliseconds.
 
 Chunks are written in order, each whole or not at all, so a refusal can leave
 the first chunks of a batch written, as a crash mid-write can: they were written
