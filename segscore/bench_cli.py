@@ -268,6 +268,14 @@ def bench_activation(
     ] = None,
     batch_max_events: BatchMaxEvents = None,
     batch_max_seconds: BatchMaxSeconds = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Workers in the consumer group (they split the partitions; "
+            "at most the topic's partition count do work).",
+            min=1,
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option()] = 7,
     keep_home: KeepHome = False,
 ) -> None:
@@ -289,6 +297,7 @@ def bench_activation(
         seed=seed,
         batch_max_events=batch_max_events,
         batch_max_seconds=batch_max_seconds,
+        workers=workers,
         profile=profile,
         keep_home=keep_home,
     )

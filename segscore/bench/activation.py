@@ -4,7 +4,8 @@ Everything runs in a fresh temporary ``SEGSCORE_HOME``: its own redis-server and
 tansu broker, a champion model pair trained on a small simulation (so live
 segments run), a rules file with the four shipped rules whose cart timer is
 ``cart_after`` seconds (:func:`~segscore.bench.activation_traffic.rules_text`),
-and ONE real worker subprocess with live segments and triggers on. Three phases:
+and real worker subprocesses (one unless ``workers`` says more; they split the
+topic's partitions) with live segments and triggers on. Three phases:
 
 Backlog with activations on
     N events of U users are produced before the worker starts; throughput is
@@ -26,8 +27,9 @@ Live
     must get its record: ``missing_activations`` names those that did not.
 
 Peer backlog (``peer``)
-    The same backlog size, fresh users on a topic of its own, read by a second
-    worker with live segments and triggers off: ``events_per_s_without_activation``.
+    The same backlog size, fresh users on a topic of its own, read by as many
+    other workers with live segments and triggers off:
+    ``events_per_s_without_activation``.
 
 Everything started is stopped at the end, also on errors and Ctrl-C. The
 traffic is in :mod:`segscore.bench.activation_traffic`, the backlog phases in
@@ -53,8 +55,8 @@ from rich.console import Console
 
 from core.store.state_store import StateLayout
 from segscore.bench.activation_backlog import (
+    BenchWorkers,
     apply_backlog,
-    check_alive,
     check_states,
     make_backlog,
     produce,
@@ -81,7 +83,7 @@ from segscore.bench.harness import (
     wait_for_reply,
 )
 from segscore.bench.stream_events import bench_user
-from segscore.bench.stream_progress import BacklogTracker, CrashWatch
+from segscore.bench.stream_progress import BacklogTracker
 
 PEER_TOPIC = "events-bench-peer"
 PEER_GROUP = "segscore-bench-peer"
@@ -120,6 +122,7 @@ class ActivationConfig:
     seed: int = 7
     batch_max_events: int | None = None
     batch_max_seconds: float | None = None
+    workers: int = 1  # in one consumer group; the verdict on events_per_s is per worker
     profile: Path | None = None  # py-spy the worker over the live phase
     keep_home: bool = False
 
@@ -135,6 +138,7 @@ def run_activation_bench(config: ActivationConfig, console: Console) -> dict[str
             restored=(
                 "SEGSCORE_BATCH_MAX_EVENTS",
                 "SEGSCORE_BATCH_MAX_SECONDS",
+                "SEGSCORE_TOPIC_PARTITIONS",
                 "BENTOML_DO_NOT_TRACK",
             ),
         ) as home,
@@ -145,13 +149,19 @@ def run_activation_bench(config: ActivationConfig, console: Console) -> dict[str
             os.environ["SEGSCORE_BATCH_MAX_EVENTS"] = str(config.batch_max_events)
         if config.batch_max_seconds is not None:
             os.environ["SEGSCORE_BATCH_MAX_SECONDS"] = str(config.batch_max_seconds)
+        from infra.settings import Settings
+
+        default_partitions = Settings.model_fields["topic_partitions"].default
+        if config.workers > default_partitions:
+            # A partition for every worker; the extra ones would idle otherwise.
+            os.environ["SEGSCORE_TOPIC_PARTITIONS"] = str(config.workers)
         return _run(config, console, home)
 
 
 def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, Any]:
     from core.store.feast_config import feature_store
     from feature_repo.apply import apply_repo
-    from infra import local_stack, processes
+    from infra import local_stack
     from infra.settings import get_settings
     from infra.topics import ensure_topics
 
@@ -169,12 +179,13 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         "worker_batch_max_seconds": settings.batch_max_seconds,
         "timer_idle_seconds": settings.timer_idle_seconds,
         "topic_partitions": settings.topic_partitions,
+        "workers": config.workers,
         "reader_fetch_max_wait_ms": READER_FETCH_WAIT_MS,
         **machine_facts(),
     }
     console.print(f"bench home {home}")
     worker_env = {"SEGSCORE_RULES_PATH": str(rules)}
-    worker: subprocess.Popen | None = None
+    workers: BenchWorkers | None = None
     reader: Any = None
     profiler: subprocess.Popen | None = None
     try:
@@ -193,21 +204,22 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         end = time.time() - 60
         events = make_backlog(config.events, users, end, config.seed, "b")
         partitions = produce(console, stack.kafka_broker, settings.events_topic, events)
-        worker = processes.start_worker(settings, "bench-worker", worker_env)
-        log = home / "logs" / "bench-worker.log"
-        meter = CpuMeter({"worker": worker.pid, **stack_pids})
-        watch = CrashWatch(log)
+        workers = BenchWorkers(settings, "bench-worker", config.workers, worker_env)
+        meter = CpuMeter({**workers.pids(), **stack_pids})
         timed = apply_backlog(
-            console, worker, log, BacklogTracker(client, layout, events, partitions),
+            console, workers, BacklogTracker(client, layout, events, partitions),
             len(events), meter, "worker reading the backlog (segments and triggers on)",
         )  # fmt: skip
         result.update({f"backlog_{k}": v for k, v in timed.items()})
         result["events_per_s"] = timed["events_per_s"]
+        result["events_per_s_per_worker"] = round(
+            timed["events_per_s"] / config.workers, 1
+        )
         check_states(client, layout, events)
 
         # -- live -----------------------------------------------------------
         with console.status("waiting for the backlog's timers to fire"):
-            wait_timers_fired(client, end + config.cart_after + 1, worker, log, watch)
+            wait_timers_fired(client, end + config.cart_after + 1, workers)
         ctx = mp.get_context("spawn")
         inbox, outbox = ctx.Queue(), ctx.Queue()
         reader = ctx.Process(
@@ -237,18 +249,18 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         backlog_records = len(matcher.records)
         # The cost of standing still: the worker's and the reader's idle polls
         # (the broker answers every one), the baseline under the live numbers.
-        meter = CpuMeter({"worker": worker.pid, "reader": reader.pid, **stack_pids})
+        meter = CpuMeter({**workers.pids(), "reader": reader.pid, **stack_pids})
         meter.begin()
         time.sleep(IDLE_SECONDS)
         result["idle_cpu"] = meter.end()
         if config.profile is not None:
             profiler = start_profiler(
-                worker.pid, config.profile, home / "logs" / "py-spy.log"
+                workers.procs[0].pid, config.profile, home / "logs" / "py-spy.log"
             )
         # The producer is this process: it shares the two cores with the rest.
         meter = CpuMeter(
             {
-                "worker": worker.pid,
+                **workers.pids(),
                 "reader": reader.pid,
                 "producer": os.getpid(),
                 **stack_pids,
@@ -265,7 +277,7 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         with console.status("waiting for every expected record"):
             deadline = time.monotonic() + 20 + config.cart_after
             while matcher.missing() and time.monotonic() < deadline:
-                check_alive(worker, log, watch)
+                workers.check()
                 _collect(outbox, reader, matcher, until=None, timeout=0.5)
             time.sleep(0.5)  # late records of background causes, then stop
         inbox.put(None)
@@ -275,22 +287,23 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
             stop_profiler(profiler)
             profiler = None
             result.update(profile_report(console, config.profile, "worker"))
-        check_alive(worker, log, watch)
+        workers.check()
         result["achieved_rate"] = round(sent.rate, 1)
         result["scenarios"] = plan.scenarios
         result["records_before_live"] = backlog_records
         result.update(live_stats(matcher, sent, settings.segment_changes_topic))
-        processes.stop(worker)
-        worker = None
+        workers.stop()
+        workers = None
 
         # -- peer: the same backlog, activations off -------------------------
         if config.peer:
             start = time.time() - 60
             events = make_backlog(config.events, users, start, config.seed, "p")
             partitions = produce(console, stack.kafka_broker, PEER_TOPIC, events)
-            worker = processes.start_worker(
+            workers = BenchWorkers(
                 settings,
                 "bench-peer-worker",
+                config.workers,
                 {
                     "SEGSCORE_EVENTS_TOPIC": PEER_TOPIC,
                     "SEGSCORE_CONSUMER_GROUP": PEER_GROUP,
@@ -298,10 +311,9 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
                     "SEGSCORE_TRIGGERS": "false",
                 },
             )
-            log = home / "logs" / "bench-peer-worker.log"
-            meter = CpuMeter({"worker": worker.pid, **stack_pids})
+            meter = CpuMeter({**workers.pids(), **stack_pids})
             peer = apply_backlog(
-                console, worker, log,
+                console, workers,
                 BacklogTracker(client, layout, events, partitions), len(events), meter,
                 "worker reading the same backlog (segments and triggers off)",
             )  # fmt: skip
@@ -314,10 +326,8 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         result.update(verdicts(result))
         return flat(result)
     except BenchError:
-        for name in ("bench-worker", "bench-peer-worker"):
-            path = home / "logs" / f"{name}.log"
-            if path.exists():
-                console.print(f"{name} log tail:\n{log_tail(path, 15)}")
+        for path in sorted((home / "logs").glob("bench-*worker*.log")):
+            console.print(f"{path.stem} log tail:\n{log_tail(path, 15)}")
         console.print(f"logs kept in {home / 'logs'}")
         raise
     finally:
@@ -326,8 +336,8 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         if reader is not None and reader.is_alive():
             reader.terminate()
             reader.join(timeout=5)
-        if worker is not None:
-            processes.stop(worker)
+        if workers is not None:
+            workers.stop()
         with contextlib.suppress(Exception):
             local_stack.down(settings)
 

@@ -1,10 +1,10 @@
-"""The backlog phases of ``segscore bench activation``, and watching its worker.
+"""The backlog phases of ``segscore bench activation``, and watching its workers.
 
-A backlog is produced before its worker starts; its throughput is read from the
-per-user states the worker writes to Redis (:class:`BacklogTracker`), never from
-the broker's end offsets, which the bundled tansu reports behind what it has
+A backlog is produced before its workers start; its throughput is read from the
+per-user states they write to Redis (:class:`BacklogTracker`), never from the
+broker's end offsets, which the bundled tansu reports behind what it has
 acknowledged. Timed as ``segscore bench stream`` times its own: from the first
-state write seen to the last event of every partition applied.
+state write seen to every user's last event applied.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,19 +47,57 @@ def produce(
         return asyncio.run(produce_backlog_async(broker, topic, events))
 
 
-def check_alive(worker: subprocess.Popen, log: Path, watch: CrashWatch) -> None:
-    """Fail when the worker exited, or logged a crashed task (it lives on then)."""
-    if worker.poll() is not None:
-        raise BenchError(f"worker exited:\n{log_tail(log)}")
-    crash = watch.crashed()
-    if crash:
-        raise BenchError(f"a worker task crashed: {crash}")
+class BenchWorkers:
+    """The worker processes of one phase: one consumer group, a log each.
+
+    More than one splits the topic's partitions between them, as a deployment
+    scales out; the first is named ``name``, the others ``name-2``, ``name-3``...
+    """
+
+    def __init__(
+        self, settings: Any, name: str, count: int, env: dict[str, str]
+    ) -> None:
+        from infra import processes
+
+        self.names = [name, *(f"{name}-{i}" for i in range(2, count + 1))]
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for each in self.names:
+                self.procs.append(processes.start_worker(settings, each, env))
+        except BaseException:
+            self.stop()
+            raise
+        logs = settings.home / "logs"
+        self.logs = [logs / f"{each}.log" for each in self.names]
+        self._watches = [CrashWatch(log) for log in self.logs]
+
+    def check(self) -> None:
+        """Fail when a worker exited, or logged a crashed task (it lives on then)."""
+        for proc, log, watch in zip(self.procs, self.logs, self._watches, strict=True):
+            if proc.poll() is not None:
+                raise BenchError(f"worker exited:\n{log_tail(log)}")
+            crash = watch.crashed()
+            if crash:
+                raise BenchError(f"a worker task crashed: {crash}")
+
+    def pids(self) -> dict[str, int]:
+        """For :class:`CpuMeter`: ``worker``, ``worker_2``, ..."""
+        return {
+            "worker" if i == 0 else f"worker_{i + 1}": proc.pid
+            for i, proc in enumerate(self.procs)
+        }
+
+    def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after a grace period)."""
+        from infra import processes
+
+        for proc in self.procs:
+            processes.stop(proc)
 
 
 def apply_backlog(
     console: Console,
-    worker: subprocess.Popen,
-    log: Path,
+    workers: BenchWorkers,
     tracker: BacklogTracker,
     total: int,
     meter: CpuMeter,
@@ -69,13 +106,12 @@ def apply_backlog(
     """Throughput from the first state write seen to the last event applied."""
     started = time.monotonic()
     timeout = 120 + total / 500
-    watch = CrashWatch(log)
     t_first = applied_first = None
     t_before = started  # the last poll that saw nothing applied
     timeline: list[tuple[float, int]] = []
     with console.status(status):
         while not tracker.complete:
-            check_alive(worker, log, watch)
+            workers.check()
             if time.monotonic() - started > timeout:
                 raise BenchError(
                     f"backlog not applied after {timeout:.0f}s "
@@ -130,13 +166,7 @@ def check_states(client: redis.Redis, layout: StateLayout, events: list[Event]) 
         raise BenchError(f"{wrong} users' states do not end at their last event")
 
 
-def wait_timers_fired(
-    client: redis.Redis,
-    by: float,
-    worker: subprocess.Popen,
-    log: Path,
-    watch: CrashWatch,
-) -> None:
+def wait_timers_fired(client: redis.Redis, by: float, workers: BenchWorkers) -> None:
     """Until no timer due by ``by`` is indexed: the backlog's carts have fired.
 
     Left pending, they would all fall due with the first live events and fire
@@ -151,7 +181,7 @@ def wait_timers_fired(
             pipe.zcount(key, "-inf", by)
         if not any(pipe.execute()):
             return
-        check_alive(worker, log, watch)
+        workers.check()
         if time.monotonic() > deadline:
             raise BenchError("the backlog's timers did not fire within 90s")
         time.sleep(0.2)

@@ -1,6 +1,7 @@
 """Smoke run of ``segscore bench activation`` on real components (not a timing).
 
-Tiny sizes: a short cart timer, a low rate, a small backlog. The command must
+Tiny sizes: a short cart timer, a low rate, a small backlog, two workers (the
+one-worker path is the same code). The command must
 train its model pair, start and stop its own stack, see every crafted cause get
 its segment change or trigger, and write flat JSON with the headline keys.
 """
@@ -45,7 +46,7 @@ def test_bench_activation_smoke(
     args = [
         *("--rate", "300", "--duration", "7", "--cart-after", "3"),
         *("--events", "2000", "--users", "150", "--train-users", "120"),
-        *("--batch-max-events", "250", "--json", str(out)),
+        *("--batch-max-events", "250", "--workers", "2", "--json", str(out)),
     ]
     cmd = [sys.executable, "-m", "segscore.cli", "bench", "activation", *args]
     done = run_command(cmd, 150)
@@ -54,6 +55,10 @@ def test_bench_activation_smoke(
     assert not missing, missing
     assert all(not isinstance(v, dict | list) for v in data.values()), "not flat"
     assert data["offered_rate"] == 300 and data["events"] == 2000
+    # Two workers in one group, each measured: they split the partitions.
+    assert data["workers"] == 2 and data["topic_partitions"] >= 2
+    assert data["live_cpu_worker"] > 0 and data["live_cpu_worker_2"] > 0
+    assert data["events_per_s_per_worker"] == round(data["events_per_s"] / 2, 1)
     # Every kind was measured, and every crafted cause got its record.
     for kind in ("trigger", "segment_change", "timer_lateness"):
         assert data[f"{kind}_count"] > 0, kind
@@ -62,6 +67,7 @@ def test_bench_activation_smoke(
     assert data["expected_activations"] > 0
     assert data["missing_activations"] == 0, data["missing_examples"]
     assert data["expected_activations_seen"] == data["expected_activations"]
+    assert data["duplicate_records"] == 0
     assert data["triggers_by_rule_cart_abandoned"] > 0
     assert data["triggers_by_rule_repeat_interest"] > 0
     assert data["events_per_s"] > 0 and data["events_per_s_without_activation"] > 0
