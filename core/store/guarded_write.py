@@ -125,8 +125,9 @@ def _write_chunk(
 
 # The round trips of a chunk, on a connection of the client's pool, without
 # redis-py's pipeline: WATCH and the reads go together (one round trip, where the
-# pipeline API takes two), and the QUEUED replies are read without its per-reply
-# layers, which were a tenth of the worker's time at live batch sizes.
+# pipeline API took three with the EXEC). A round trip costs little CPU but a lot
+# of time on a busy machine (Redis must be scheduled to answer): two fewer per
+# batch took the activation bench's trigger p99 from about 2.8 s to 1.7 s.
 
 
 def _watch_fences(connection: Any, keys: Sequence[bytes]) -> list[Any]:
