@@ -19,9 +19,10 @@ it from the state, so it fires once.
 
 Time. Rules run in event time. A partition's clock is the newest event time
 applied from it; when it has had no record for ``timer_idle_seconds``, the wall
-clock minus that instead (a quiet shop's carts still get abandoned). So a
-backlog fires its timers as its own time passes: a purchase later in the backlog
-still cancels the cart timer before it.
+clock minus that instead (a quiet shop's carts still get abandoned); never ahead
+of the worker's wall clock (a producer's clock running ahead fires nothing
+early). So a backlog fires its timers as its own time passes: a purchase later
+in the backlog still cancels the cart timer before it.
 """
 
 from __future__ import annotations
@@ -366,12 +367,17 @@ class StreamClocks:
             self.records(tp, newest.get(tp))
 
     def now(self, wall: float | None = None) -> dict[Partition, float]:
-        """Every known partition's clock."""
+        """Every known partition's clock.
+
+        Never ahead of ``wall`` (this worker's clock): an event stamped by a
+        producer whose clock runs ahead is accepted (up to ``max_future_seconds``)
+        but must not make its partition's timers fire early.
+        """
         wall = time.time() if wall is None else wall
         quiet = time.monotonic() - self.idle_seconds
         clocks = {}
         for tp, heard in self.heard.items():
-            clock = self.newest.get(tp, -math.inf)
+            clock = min(self.newest.get(tp, -math.inf), wall)
             if heard <= quiet:
                 clock = max(clock, wall - self.idle_seconds)
             if clock > -math.inf:
