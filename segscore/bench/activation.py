@@ -149,10 +149,9 @@ def run_activation_bench(config: ActivationConfig, console: Console) -> dict[str
             os.environ["SEGSCORE_BATCH_MAX_EVENTS"] = str(config.batch_max_events)
         if config.batch_max_seconds is not None:
             os.environ["SEGSCORE_BATCH_MAX_SECONDS"] = str(config.batch_max_seconds)
-        from infra.settings import Settings
+        from infra.settings import get_settings
 
-        default_partitions = Settings.model_fields["topic_partitions"].default
-        if config.workers > default_partitions:
+        if config.workers > get_settings().topic_partitions:
             # A partition for every worker; the extra ones would idle otherwise.
             os.environ["SEGSCORE_TOPIC_PARTITIONS"] = str(config.workers)
         return _run(config, console, home)

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from core.events import Event
 from core.store.state_store import StateLayout
+from infra import processes
 from segscore.bench.harness import BenchError, CpuMeter, log_tail
 from segscore.bench.stream_events import EventFactory, produce_backlog_async
 from segscore.bench.stream_progress import BacklogTracker, CrashWatch, verify_states
@@ -57,8 +58,6 @@ class BenchWorkers:
     def __init__(
         self, settings: Any, name: str, count: int, env: dict[str, str]
     ) -> None:
-        from infra import processes
-
         self.names = [name, *(f"{name}-{i}" for i in range(2, count + 1))]
         self.procs: list[subprocess.Popen] = []
         try:
@@ -89,8 +88,6 @@ class BenchWorkers:
 
     def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after a grace period)."""
-        from infra import processes
-
         for proc in self.procs:
             processes.stop(proc)
 
