@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis._parsers import _RESP2Parser
 
 from core.store import guarded_write
 from core.store.feast_config import feature_store
@@ -144,8 +145,15 @@ def test_a_fence_raised_between_the_read_and_the_write_aborts_the_chunk(
     assert not client.exists(layout.key("a"))
 
 
-def test_a_long_guarded_write_goes_in_chunks_each_whole(rig: Rig) -> None:
-    client = redis.Redis(port=rig.redis_port, db=11)
+@pytest.mark.parametrize("parser", [None, _RESP2Parser], ids=["hiredis", "python"])
+def test_a_long_guarded_write_goes_in_chunks_each_whole(
+    rig: Rig, parser: type | None
+) -> None:
+    # Both reply paths: hiredis's reader read directly, and redis-py's own
+    # (a client built with another parser, or without hiredis).
+    options = {} if parser is None else {"parser_class": parser}
+    pool = redis.ConnectionPool(port=rig.redis_port, db=11, **options)
+    client = redis.Redis(connection_pool=pool)
     client.flushdb()
     layout = StateLayout(project="fence-chunks")
     n = CHUNK_COMMANDS * 2 + 7  # three transactions
@@ -156,6 +164,17 @@ def test_a_long_guarded_write_goes_in_chunks_each_whole(rig: Rig) -> None:
     save_states(client, layout, states, guard=WriteGuard((b"f:c",), 2))
     assert load_states(client, layout, list(states)) == states
     assert fence_generation(client, b"f:c") == 2
+    # An error reply raises as its class, and the pool's connection still works.
+    client.set(b"not-a-hash", b"x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        save_states(
+            client,
+            layout,
+            {},
+            last=[(b"HSET", b"not-a-hash", b"f", b"v")],
+            guard=WriteGuard((b"f:c",), 2),
+        )
+    assert client.ping()
 
 
 def test_a_worker_frozen_past_its_session_cannot_write_over_the_new_owner(
