@@ -170,13 +170,13 @@ def _round_trip(connection: Any, commands: Sequence[Sequence[Any]]) -> list[Any]
         redis.RedisError: The first error reply, as its class (the rest are left
             unread: the caller disconnects the connection on any error).
     """
-    reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+    parser = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
     if not isinstance(reader, hiredis.Reader):  # a client built without hiredis
         connection.send_packed_command(connection.pack_commands(commands))
         return [connection.read_response() for _ in commands]
     packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
     connection.send_packed_command([packed])
-    parser = connection._parser
     gets, more = reader.gets, parser.read_from_socket
     replies: list[Any] = []
     while len(replies) < len(commands):

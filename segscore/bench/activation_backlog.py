@@ -21,6 +21,7 @@ from rich.console import Console
 from core.events import Event
 from core.store.state_store import StateLayout
 from infra import processes
+from infra.settings import Settings
 from segscore.bench.harness import BenchError, CpuMeter, log_tail
 from segscore.bench.stream_events import EventFactory, produce_backlog_async
 from segscore.bench.stream_progress import BacklogTracker, CrashWatch, verify_states
@@ -56,7 +57,7 @@ class BenchWorkers:
     """
 
     def __init__(
-        self, settings: Any, name: str, count: int, env: dict[str, str]
+        self, settings: Settings, name: str, count: int, env: dict[str, str]
     ) -> None:
         self.names = [name, *(f"{name}-{i}" for i in range(2, count + 1))]
         self.procs: list[subprocess.Popen] = []

@@ -211,10 +211,10 @@ async def send_paced(
 
     The producer is librdkafka's (confluent-kafka), as a shop's own services or
     collectors would use, with ``acks=all``, a 1 ms linger and Kafka's default
-    partitioner. It shares the two
-    cores with what is measured: aiokafka, the first producer here, took about a
-    third of a core at 5,000 events/s (a future and a Python batch per record),
-    CPU the worker then lacked; librdkafka takes a fraction of it.
+    partitioner. It shares the two cores with what is measured: aiokafka, the
+    first producer here, took about a third of a core at 5,000 events/s (a future
+    and a Python batch per record), CPU the worker then lacked; librdkafka takes
+    a fraction of it.
 
     Returns:
         The wall time of the first send and of the last.
