@@ -6,18 +6,31 @@ assignment ``/score`` makes), and a user whose segment differs from the one kept
 in their state gets a change record:
 
 ``{"id": "<user>:<seq>", "user_id", "seq", "from", "from_name", "to", "to_name",
-"at", "caused_by", "model_version", "top_features"}``
+"at", "caused_by", "cause", "model_version", "top_features"}``
 
 ``seq`` counts the user's changes; ``at`` is the causing event's time (ISO-8601)
-and ``caused_by`` its ``event_id``; ``from`` is null the first time a user is
-placed. ``top_features`` (:func:`core.scoring.change_reasons`) names what moved
-them. The record is written into the state (its outbox) in the same ``HSET`` as
-the events that caused it, then produced to the ``segment-changes`` topic keyed by
-user, then cleared (:mod:`streams.outbox`). So a change is never lost: a crash
-before the produce leaves it in the outbox, and the replay of the batch (whose
-events are recognised as duplicates and change nothing) sends it. A crash after
-the produce and before the clear sends it again with the same ``id``. A replayed
-event never makes a change of its own, because it is not applied twice.
+and ``caused_by`` its ``event_id`` (``cause`` is ``"event"``); ``from`` is null
+the first time a user is placed. ``top_features``
+(:func:`core.scoring.change_reasons`) names what moved them. The record is
+written into the state (its outbox) in the same ``HSET`` as the events that
+caused it, then produced to the ``segment-changes`` topic keyed by user, then
+cleared (:mod:`streams.outbox`). So a change is never lost: a crash before the
+produce leaves it in the outbox, and the replay of the batch (whose events are
+recognised as duplicates and change nothing) sends it. A crash after the produce
+and before the clear sends it again with the same ``id``. A replayed event never
+makes a change of its own, because it is not applied twice.
+
+Time alone moves users too: windows empty and ages grow while a user is away, so
+a buyer can drift into a lapsed segment with no event at all. Each placed user has
+a re-check (:func:`recheck_at`): an hour, a day, a week, a month, three months,
+half a year and a year after their latest event, as the windows the segmenter
+reads empty and ages grow. It is a timer like the rules' (kept in the rule state,
+indexed with them in Redis, fired by the partition's owner once its clock passes
+it, see :mod:`streams.triggers`), so it survives restarts, moves with rebalances
+and fires once. At the re-check the user is placed as of that instant, as
+``/score`` would place them then; a change gets a record with ``cause``
+``"time"``, ``at`` the re-check's time and ``caused_by`` null. A move between two
+re-checks shows at the next one.
 
 The models are the ones the scoring service follows (:mod:`core.model_manager`):
 pinned versions or the champions, reloaded on promotion without a restart. Until
@@ -41,13 +54,40 @@ from core.scoring import (
     change_reasons,
     place,
 )
-from core.user_state import UserState
+from core.user_state import DAY, HOUR, UserState
 from infra.settings import Settings
 
 if TYPE_CHECKING:
     from streams.processor import BatchResult
 
 log = logging.getLogger(__name__)
+
+# Re-checks after a user's latest event: past the last bucket of the 1h, 24h and
+# 7d windows (hour buckets: the latest one stays up to an hour past the window),
+# of the 30d and 90d ones (day buckets), then ages only.
+RECHECK_AFTER: tuple[float, ...] = (
+    HOUR,
+    DAY,
+    7 * DAY + HOUR,
+    31 * DAY,
+    91 * DAY,
+    182 * DAY,
+    365 * DAY,
+)
+
+
+def recheck_at(last_event_ts: float | None, after: float) -> float | None:
+    """The first re-check of a user last seen at ``last_event_ts`` later than ``after``.
+
+    None once the year of re-checks has passed (or for a user with no event).
+    """
+    if last_event_ts is None:
+        return None
+    for offset in RECHECK_AFTER:
+        due = last_event_ts + offset
+        if due > after:
+            return due
+    return None
 
 
 @dataclass(frozen=True)
@@ -158,29 +198,87 @@ class LiveSegments:
         ):
             if state.segment == segment:
                 continue
-            state.segment_seq += 1
-            state.segment_outbox += (
-                _record(
-                    user,
-                    state,
-                    segment,
-                    causes[user],
-                    models,
-                    change_reasons(models, placed.inputs[row], state.segment, segment)
-                    if state.segment is not None
-                    else [],
-                ),
-            )
-            state.segment = segment
+            cause = causes[user]
+            _change(user, state, segment, models, placed, row, cause.ts, cause.event_id)
             changes += 1
         return changes
+
+    def recheck(
+        self, states: dict[str, UserState], clocks: dict[str, float]
+    ) -> list[str]:
+        """Re-place the users of ``states`` whose re-check is due by their clock.
+
+        Args:
+            states: Loaded states (changed in place).
+            clocks: Each user's partition clock (event time).
+
+        Returns:
+            The users whose state changed: a re-check moved on or was dropped
+            (no models: it is dropped, and armed again on their next event), and
+            perhaps a change record went into the outbox.
+        """
+        due = [
+            u
+            for u, s in states.items()
+            if s.rules.recheck is not None and s.rules.recheck <= clocks[u]
+        ]
+        if not due:
+            return []
+        models = self.models
+        if models is not None:
+            chosen = [states[u] for u in due]
+            # Never before their latest event: "as of" an earlier instant would
+            # not see it (a clock held back to the wall by a future-stamped event).
+            instants = [
+                max(clocks[u], s.last_event_ts or 0.0)
+                for u, s in zip(due, chosen, strict=True)
+            ]
+            placed = place(chosen, instants, models)
+            rows = zip(due, chosen, instants, strict=True)
+            for row, (user, state, at) in enumerate(rows):
+                segment = placed.segments[row]
+                if state.segment != segment:
+                    _change(user, state, segment, models, placed, row, at, None)
+        for user in due:
+            state = states[user]
+            state.rules.recheck = (
+                recheck_at(state.last_event_ts, clocks[user])
+                if models is not None
+                else None
+            )
+        return due
+
+
+def _change(
+    user: str,
+    state: UserState,
+    segment: int,
+    models: ScoringModels,
+    placed: Placements,
+    row: int,
+    at: float,
+    caused_by: str | None,
+) -> None:
+    """Record ``user``'s move to ``segment`` in their outbox (``caused_by`` None:
+    time alone moved them)."""
+    reasons = (
+        change_reasons(models, placed.inputs[row], state.segment, segment)
+        if state.segment is not None
+        else []
+    )
+    state.segment_seq += 1
+    state.segment_outbox += (
+        _record(user, state, segment, at, caused_by, models, reasons),
+    )
+    state.segment = segment
 
 
 def _record(
     user: str,
     state: UserState,
     segment: int,
-    cause: Event,
+    at: float,
+    caused_by: str | None,
     models: ScoringModels,
     reasons: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -194,8 +292,9 @@ def _record(
         "from_name": None if old is None else names.get(old, f"segment {old}"),
         "to": segment,
         "to_name": names.get(segment, f"segment {segment}"),
-        "at": iso(cause.ts),
-        "caused_by": cause.event_id,
+        "at": iso(at),
+        "caused_by": caused_by,
+        "cause": "event" if caused_by is not None else "time",
         "model_version": models.segmenter.tag,
         "top_features": reasons,
     }

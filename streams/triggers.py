@@ -58,7 +58,7 @@ from core.store.guarded_write import WriteGuard
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import UserState
 from infra.settings import Settings
-from streams.live_segments import LastPlacement
+from streams.live_segments import LastPlacement, LiveSegments, recheck_at
 from streams.outbox import pending
 from streams.state_cache import StateCache
 
@@ -168,19 +168,24 @@ class Triggers:
         """
         rules = self.rules
         writes, counts = IndexWrites(), Counts()
-        if not applied or not rules.rules:
+        if not applied or not (rules.rules or placed is not None):
             return writes, counts
         by_user: dict[str, list[Event]] = {}
         for event in applied:
             by_user.setdefault(event.user_id, []).append(event)
         users = list(by_user)
         values = feature_values(rules, users, states, models, placed)
+        placed_users = set(placed.users) if placed is not None else set()
         for user, row in zip(users, values, strict=True):
-            rule_state = states[user].rules
+            state = states[user]
+            rule_state = state.rules
             before = rule_state.next_due()
-            done = on_events(rules, user, rule_state, by_user[user], row)
-            counts.fired += done.fired
-            counts.suppressed += done.suppressed
+            if rules.rules:
+                done = on_events(rules, user, rule_state, by_user[user], row)
+                counts.fired += done.fired
+                counts.suppressed += done.suppressed
+            if user in placed_users:
+                _arm_recheck(state)
             writes.move(partitions[user], user, before, rule_state.next_due())
         return writes, counts
 
@@ -189,8 +194,12 @@ class Triggers:
         states: dict[str, UserState],
         owners: dict[str, Partition],
         clocks: dict[Partition, float],
+        before_due: dict[str, float | None] | None = None,
     ) -> tuple[IndexWrites, Counts, list[str]]:
         """Fire the due timers of ``states`` (users found in a timer index).
+
+        ``before_due``: each user's earliest due time as loaded, when something
+        (a segment re-check) has already moved it.
 
         Returns:
             The index writes, the counts, and the users whose state changed.
@@ -198,9 +207,16 @@ class Triggers:
         writes, counts, changed = IndexWrites(), Counts(), []
         for user, state in states.items():
             tp = owners[user]
-            before = state.rules.next_due()
-            done = fire_due(self.rules, user, state.rules, clocks[tp])
-            after = state.rules.next_due()
+            rule_state = state.rules
+            before = (
+                before_due[user] if before_due is not None else rule_state.next_due()
+            )
+            done = fire_due(self.rules, user, rule_state, clocks[tp])
+            if rule_state.recheck is not None and rule_state.recheck <= clocks[tp]:
+                # Nobody re-placed the user (live segments are off): drop it, or
+                # it would stay due and be found at every tick.
+                rule_state.recheck = None
+            after = rule_state.next_due()
             counts.fired += done.fired
             counts.suppressed += done.suppressed
             if after != before or done.fired or done.suppressed:
@@ -213,6 +229,18 @@ class Triggers:
             )
             writes.last.append(command)
         return writes, counts, changed
+
+
+def _arm_recheck(state: UserState) -> None:
+    """Re-place ``state``'s user an hour after their latest event, unless sooner.
+
+    Only ever earlier: an active user's pending re-check stays where it is (no
+    index write per batch) and, once due, moves on from their latest event.
+    """
+    due = recheck_at(state.last_event_ts, -math.inf)
+    current = state.rules.recheck
+    if due is not None and (current is None or due < current):
+        state.rules.recheck = due
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -394,8 +422,11 @@ def fire_timers(
     clocks: dict[Partition, float],
     guard: WriteGuard | None = None,
     drain: Drain | None = None,
+    live: LiveSegments | None = None,
 ) -> tuple[dict[str, UserState], int]:
     """Fire the timers due by ``clocks``: load, fire, write (blocking).
+
+    With ``live``, users whose segment re-check is due are placed again first.
 
     ``guard`` fences the write as a batch's (:mod:`streams.fencing`). ``drain``
     gives the commands emptying produced outboxes (:func:`streams.outbox.drain`)
@@ -420,8 +451,14 @@ def fire_timers(
             check_store()
             states.update(load_states(client, layout, missing, keys))
         cleared = drain(states, keys) if drain is not None else []
-        writes, fired, changed = triggers.fire(states, owners, clocks)
-        changed_states = {u: states[u] for u in changed}
+        before = {u: s.rules.next_due() for u, s in states.items()}
+        rechecked = (
+            live.recheck(states, {u: clocks[tp] for u, tp in owners.items()})
+            if live is not None
+            else []
+        )
+        writes, fired, changed = triggers.fire(states, owners, clocks, before)
+        changed_states = {u: states[u] for u in (*changed, *rechecked)}
         save_states(
             client,
             layout,

@@ -467,6 +467,7 @@ class FeatureEngine:
                 clocks,
                 self.fencing.guard(),
                 lambda states, keys: self._drain(acked, states, keys),
+                self.live,
             )
         except BaseException:
             self.outbox.restore(acked)

@@ -8,8 +8,9 @@ anything a second time. Read by the service for a user's profile.
 Bounds (why it cannot grow without limit): one timer and one membership per rule;
 for a repeat rule at most :data:`MAX_REPEAT_KEYS` keys (products) per user, each
 with at most the rule's ``count`` times, all within its window; the least
-recently seen key is dropped first. The outbox holds fired records until they
-are produced.
+recently seen key is dropped first; one live-segment re-check time
+(:mod:`streams.live_segments`). The outbox holds fired records until they are
+produced.
 """
 
 from __future__ import annotations
@@ -48,16 +49,29 @@ class RuleState:
     repeats: dict[str, dict[str, tuple[float, ...]]] = field(default_factory=dict)
     seq: int = 0  # records fired so far; with the user id, each record's id
     outbox: tuple[dict[str, Any], ...] = ()  # fired, not yet produced
+    # When the worker next re-places the user in a live segment with no event
+    # of theirs (streams.live_segments.recheck_at): a timer like the rules',
+    # indexed with them, so it survives restarts and moves with rebalances.
+    recheck: float | None = None
 
     def empty(self) -> bool:
         """Nothing worth storing with the dedupe data (the outbox is stored apart)."""
         return not (
-            self.timers or self.members or self.fired or self.repeats or self.seq
+            self.timers
+            or self.members
+            or self.fired
+            or self.repeats
+            or self.seq
+            or self.recheck is not None
         )
 
     def next_due(self) -> float | None:
-        """The earliest pending timer's due time, or None."""
-        return min((t.due for t in self.timers.values()), default=None)
+        """The earliest pending timer's (or segment re-check's) due time, or None."""
+        due = min((t.due for t in self.timers.values()), default=None)
+        recheck = self.recheck
+        if recheck is None or (due is not None and due <= recheck):
+            return due
+        return recheck
 
     def active(self, at: float) -> dict[str, Membership]:
         """Memberships that hold at ``at``."""
@@ -78,6 +92,7 @@ class RuleState:
             self.repeats,
             self.seq,
             [],  # the outbox has a field of its own (state_store.OUTBOX_FIELD)
+            self.recheck,
         ]
 
     @classmethod
@@ -88,7 +103,7 @@ class RuleState:
         """
         if not raw:
             return cls()
-        timers, members, fired, repeats, seq, outbox = raw
+        timers, members, fired, repeats, seq, outbox = raw[:6]
         return cls(
             timers={r: Timer(t[0], t[1], t[2], t[3]) for r, t in timers.items()},
             members={r: Membership(m[0], m[1]) for r, m in members.items()},
@@ -98,4 +113,5 @@ class RuleState:
             },
             seq=int(seq),
             outbox=tuple(outbox),
+            recheck=raw[6] if len(raw) > 6 else None,  # older states had none
         )
