@@ -51,7 +51,7 @@ class _Env(Mapping[str, Any]):
 
 
 def _picked(rule: Rule, env: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: env.get(name) for name in sorted(rule.names())}
+    return {name: env.get(name) for name in rule.picked}
 
 
 class Evaluation:

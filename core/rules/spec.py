@@ -117,11 +117,17 @@ class Rule:
 
     def names(self) -> frozenset[str]:
         """Every name the rule's expressions read."""
+        return frozenset(self.picked)
+
+    @cached_property
+    def picked(self) -> tuple[str, ...]:
+        """The names the rule's expressions read, sorted: the values a fired
+        record carries (computed once: every fire and arm reads them)."""
         found: set[str] = set()
         for expression in (self.when, self.after):
             if isinstance(expression, Expression):
                 found |= expression.names
-        return frozenset(found)
+        return tuple(sorted(found))
 
 
 @dataclass(frozen=True)

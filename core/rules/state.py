@@ -67,11 +67,12 @@ class RuleState:
 
     def next_due(self) -> float | None:
         """The earliest pending timer's (or segment re-check's) due time, or None."""
-        due = min((t.due for t in self.timers.values()), default=None)
-        recheck = self.recheck
-        if recheck is None or (due is not None and due <= recheck):
-            return due
-        return recheck
+        due = self.recheck
+        if self.timers:  # mostly empty: skip building a generator
+            first = min(t.due for t in self.timers.values())
+            if due is None or first < due:
+                due = first
+        return due
 
     def active(self, at: float) -> dict[str, Membership]:
         """Memberships that hold at ``at``."""
