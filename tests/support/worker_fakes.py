@@ -42,6 +42,16 @@ class Record:
     value: bytes
 
 
+# A rules file with one timer: the cart-abandonment rule of the default file.
+CART_RULES = """
+rules:
+  - name: cart_abandoned
+    on: add_to_cart
+    after: 30m
+    unless: [purchase]
+"""
+
+
 def event_json(
     event_id: str, user: str, age_s: float, etype: str = "page_view"
 ) -> bytes:
@@ -203,6 +213,17 @@ class EngineRig:
 
         async def run() -> None:
             await self.engine.handle(batch, self.dlq)
+            await self.engine.flush_outbox()
+
+        asyncio.run(run())
+
+    def tick(self) -> None:
+        """Fire the timers due now (as the consume loop does between batches),
+        their records delivered and the produced outboxes emptied."""
+        self.engine._next_tick = 0.0
+
+        async def run() -> None:
+            await self.engine.fire_timers()
             await self.engine.flush_outbox()
 
         asyncio.run(run())

@@ -7,7 +7,6 @@ tiny models; the real worker, broker and Redis are in
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from streams.live_segments import RECHECK_AFTER, LiveSegments, recheck_at
 from streams.triggers import Triggers, timers_key
 from tests.support.model_bundles import tiny_bundles
 from tests.support.worker_fakes import (
+    CART_RULES,
     LAYOUT,
     NOW,
     EngineRig,
@@ -32,13 +32,6 @@ from tests.support.worker_fakes import (
     make_rig,
 )
 
-RULES = """
-rules:
-  - name: cart_abandoned
-    on: add_to_cart
-    after: 30m
-    unless: [purchase]
-"""
 INDEX = timers_key(("events", 0))
 
 
@@ -53,19 +46,9 @@ def _rig(tmp_path: Path, models: ScoringModels) -> tuple[EngineRig, FakeDlq]:
     settings = Settings(home=tmp_path)
     rig.engine.live = LiveSegments(settings, models=models)
     rig.engine.changes_topic = changes
-    rig.engine.triggers = Triggers(settings, parse_rules(RULES))
+    rig.engine.triggers = Triggers(settings, parse_rules(CART_RULES))
     rig.engine.triggers_topic = FakeDlq()
     return rig, changes
-
-
-def _tick(rig: EngineRig) -> None:
-    rig.engine._next_tick = 0.0
-
-    async def tick() -> None:
-        await rig.engine.fire_timers()
-        await rig.engine.flush_outbox()
-
-    asyncio.run(tick())
 
 
 def _sit_elsewhere(rig: EngineRig, models: ScoringModels, user: str, at: float) -> int:
@@ -113,12 +96,12 @@ def test_time_alone_moves_a_user_once_with_the_reason(
     truth = _sit_elsewhere(rig, models, "ann", NOW)
     sent_before = len(changes.sent)
 
-    _tick(rig)  # the partition's clock is still ann's own event: nothing due
+    rig.tick()  # the partition's clock is still ann's own event: nothing due
     assert len(changes.sent) == sent_before
 
     # Bob's event moves the partition's clock to NOW, past ann's re-check.
     rig.handle(batch_of(event_json("b1", "bob", 0), first_offset=1))
-    _tick(rig)
+    rig.tick()
     by_time = [v for _, v in changes.sent if v["user_id"] == "ann"][-1]
     assert by_time["cause"] == "time" and by_time["caused_by"] is None
     assert (by_time["to"], by_time["at"]) == (truth, iso(NOW))
@@ -132,9 +115,9 @@ def test_time_alone_moves_a_user_once_with_the_reason(
     assert {v["cause"] for _, v in changes.sent if v["user_id"] == "bob"} == {"event"}
 
     count = len(changes.sent)
-    _tick(rig)
+    rig.tick()
     rig.engine.cache.clear()  # as a restarted worker: only Redis carried over
-    _tick(rig)
+    rig.tick()
     assert len(changes.sent) == count, "fired once"
 
 
@@ -153,7 +136,7 @@ def test_an_unchanged_user_gets_no_record_and_an_active_one_no_index_write(
     sent = len(changes.sent)
 
     rig.handle(batch_of(event_json("d1", "dan", 0), first_offset=2))
-    _tick(rig)
+    rig.tick()
 
     own = [v for _, v in changes.sent[sent:] if v["user_id"] == "cid"]
     assert bool(own) == (expected != placed)
@@ -168,7 +151,7 @@ def test_without_live_segments_a_due_recheck_is_dropped_not_found_forever(
     rig.engine.live = None  # turned off since
     rig.handle(batch_of(event_json("f1", "fay", 0), first_offset=1))
     sent = len(changes.sent)
-    _tick(rig)
+    rig.tick()
     assert rig.state("eve").rules.recheck is None
     assert b"eve" not in rig.redis.zsets.get(INDEX, {})
     assert len(changes.sent) == sent

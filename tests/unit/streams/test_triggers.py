@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from core.store.recent_events import recent_key
 from infra.settings import Settings
 from streams.triggers import Triggers, timers_key
 from tests.support.worker_fakes import (
+    CART_RULES,
     NOW,
     EngineRig,
     FakeDlq,
@@ -22,13 +22,7 @@ from tests.support.worker_fakes import (
     make_rig,
 )
 
-RULES = """
-rules:
-  - name: cart_abandoned
-    on: add_to_cart
-    after: 30m
-    unless: [purchase]
-"""
+RULES = CART_RULES
 INDEX = timers_key(("events", 0))
 
 
@@ -40,16 +34,6 @@ def _rig(tmp_path: Path, text: str = RULES) -> tuple[EngineRig, FakeDlq]:
     return rig, fired
 
 
-def _tick(rig: EngineRig) -> None:
-    rig.engine._next_tick = 0.0
-
-    async def tick() -> None:
-        await rig.engine.fire_timers()
-        await rig.engine.flush_outbox()
-
-    asyncio.run(tick())
-
-
 def test_an_abandoned_cart_fires_once_when_its_partition_passes_the_due_time(
     tmp_path: Path,
 ) -> None:
@@ -57,12 +41,12 @@ def test_an_abandoned_cart_fires_once_when_its_partition_passes_the_due_time(
     rig.handle(batch_of(event_json("a1", "ann", 3600, "add_to_cart")))
     due = NOW - 3600 + 1800
     assert rig.redis.zsets[INDEX] == {b"ann": due}
-    _tick(rig)  # the partition's clock is the add's own time: nothing is due
+    rig.tick()  # the partition's clock is the add's own time: nothing is due
     assert fired.sent == []
 
     # Another user's event moves the partition's event time past the due time.
     rig.handle(batch_of(event_json("b1", "bob", 0), first_offset=1))
-    _tick(rig)
+    rig.tick()
     assert [
         (key, record["rule"], record["caused_by"]) for key, record in fired.sent
     ] == [(b"ann", "cart_abandoned", "a1")]
@@ -73,9 +57,9 @@ def test_an_abandoned_cart_fires_once_when_its_partition_passes_the_due_time(
     assert "cart_abandoned" in stored.members
     assert rig.engine.counts["triggers"] == 1
 
-    _tick(rig)
+    rig.tick()
     rig.handle(batch_of(event_json("a1", "ann", 3600, "add_to_cart")))  # a replay
-    _tick(rig)
+    rig.tick()
     assert len(fired.sent) == 1
 
 
@@ -96,7 +80,7 @@ def test_a_purchase_before_the_due_time_cancels_and_unindexes(tmp_path: Path) ->
             event_json("b1", "bob", 0),
         )
     )
-    _tick(rig)
+    rig.tick()
     assert fired.sent == [] and rig.redis.zsets.get(INDEX, {}) == {}
 
 
@@ -108,7 +92,7 @@ def test_a_timer_outlives_the_worker_that_armed_it(tmp_path: Path) -> None:
     other, fired_again = _rig(tmp_path)
     other.redis.data, other.redis.zsets = rig.redis.data, rig.redis.zsets
     other.handle(batch_of(event_json("b1", "bob", 0), first_offset=1))
-    _tick(other)
+    other.tick()
     assert [record["caused_by"] for _, record in fired_again.sent] == ["a1"]
     assert fired.sent == []
 
