@@ -203,50 +203,52 @@ class LiveSegments:
             changes += 1
         return changes
 
-    def recheck(
-        self, states: dict[str, UserState], clocks: dict[str, float]
-    ) -> list[str]:
-        """Re-place the users of ``states`` whose re-check is due by their clock.
 
-        Args:
-            states: Loaded states (changed in place).
-            clocks: Each user's partition clock (event time).
+def recheck(
+    states: dict[str, UserState],
+    clocks: dict[str, float],
+    models: ScoringModels | None,
+) -> list[str]:
+    """Re-place the users of ``states`` whose re-check is due by their clock.
 
-        Returns:
-            The users whose state changed: a re-check moved on or was dropped
-            (no models: it is dropped, and armed again on their next event), and
-            perhaps a change record went into the outbox.
-        """
-        due = [
-            u
-            for u, s in states.items()
-            if s.rules.recheck is not None and s.rules.recheck <= clocks[u]
+    Args:
+        states: Loaded states (changed in place).
+        clocks: Each user's partition clock (event time).
+        models: The live pair; None (live segments off, or no pair trained)
+            drops the due re-checks, to be armed again on the user's next
+            placement, rather than leave them due and found at every tick.
+
+    Returns:
+        The users whose state changed: a re-check moved on or was dropped, and
+        perhaps a change record went into the outbox.
+    """
+    due = [
+        u
+        for u, s in states.items()
+        if s.rules.recheck is not None and s.rules.recheck <= clocks[u]
+    ]
+    if due and models is not None:
+        chosen = [states[u] for u in due]
+        # Never before their latest event: "as of" an earlier instant would
+        # not see it (a clock held back to the wall by a future-stamped event).
+        instants = [
+            max(clocks[u], s.last_event_ts or 0.0)
+            for u, s in zip(due, chosen, strict=True)
         ]
-        if not due:
-            return []
-        models = self.models
-        if models is not None:
-            chosen = [states[u] for u in due]
-            # Never before their latest event: "as of" an earlier instant would
-            # not see it (a clock held back to the wall by a future-stamped event).
-            instants = [
-                max(clocks[u], s.last_event_ts or 0.0)
-                for u, s in zip(due, chosen, strict=True)
-            ]
-            placed = place(chosen, instants, models)
-            rows = zip(due, chosen, instants, strict=True)
-            for row, (user, state, at) in enumerate(rows):
-                segment = placed.segments[row]
-                if state.segment != segment:
-                    _change(user, state, segment, models, placed, row, at, None)
-        for user in due:
-            state = states[user]
-            state.rules.recheck = (
-                recheck_at(state.last_event_ts, clocks[user])
-                if models is not None
-                else None
-            )
-        return due
+        placed = place(chosen, instants, models)
+        rows = zip(due, chosen, instants, strict=True)
+        for row, (user, state, at) in enumerate(rows):
+            segment = placed.segments[row]
+            if state.segment != segment:
+                _change(user, state, segment, models, placed, row, at, None)
+    for user in due:
+        state = states[user]
+        state.rules.recheck = (
+            recheck_at(state.last_event_ts, clocks[user])
+            if models is not None
+            else None
+        )
+    return due
 
 
 def _change(

@@ -58,7 +58,7 @@ from core.store.guarded_write import WriteGuard
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import UserState
 from infra.settings import Settings
-from streams.live_segments import LastPlacement, LiveSegments, recheck_at
+from streams.live_segments import LastPlacement, LiveSegments, recheck, recheck_at
 from streams.outbox import pending
 from streams.state_cache import StateCache
 
@@ -194,12 +194,12 @@ class Triggers:
         states: dict[str, UserState],
         owners: dict[str, Partition],
         clocks: dict[Partition, float],
-        before_due: dict[str, float | None] | None = None,
+        before_due: dict[str, float | None],
     ) -> tuple[IndexWrites, Counts, list[str]]:
         """Fire the due timers of ``states`` (users found in a timer index).
 
-        ``before_due``: each user's earliest due time as loaded, when something
-        (a segment re-check) has already moved it.
+        ``before_due``: each user's earliest due time as loaded (their segment
+        re-check may have moved since, see :func:`fire_timers`).
 
         Returns:
             The index writes, the counts, and the users whose state changed.
@@ -208,14 +208,8 @@ class Triggers:
         for user, state in states.items():
             tp = owners[user]
             rule_state = state.rules
-            before = (
-                before_due[user] if before_due is not None else rule_state.next_due()
-            )
+            before = before_due[user]
             done = fire_due(self.rules, user, rule_state, clocks[tp])
-            if rule_state.recheck is not None and rule_state.recheck <= clocks[tp]:
-                # Nobody re-placed the user (live segments are off): drop it, or
-                # it would stay due and be found at every tick.
-                rule_state.recheck = None
             after = rule_state.next_due()
             counts.fired += done.fired
             counts.suppressed += done.suppressed
@@ -426,7 +420,8 @@ def fire_timers(
 ) -> tuple[dict[str, UserState], int]:
     """Fire the timers due by ``clocks``: load, fire, write (blocking).
 
-    With ``live``, users whose segment re-check is due are placed again first.
+    Users whose segment re-check is due are placed again first, with ``live``'s
+    models (without them, the re-checks are dropped).
 
     ``guard`` fences the write as a batch's (:mod:`streams.fencing`). ``drain``
     gives the commands emptying produced outboxes (:func:`streams.outbox.drain`)
@@ -452,10 +447,10 @@ def fire_timers(
             states.update(load_states(client, layout, missing, keys))
         cleared = drain(states, keys) if drain is not None else []
         before = {u: s.rules.next_due() for u, s in states.items()}
-        rechecked = (
-            live.recheck(states, {u: clocks[tp] for u, tp in owners.items()})
-            if live is not None
-            else []
+        rechecked = recheck(
+            states,
+            {u: clocks[tp] for u, tp in owners.items()},
+            live.models if live is not None else None,
         )
         writes, fired, changed = triggers.fire(states, owners, clocks, before)
         changed_states = {u: states[u] for u in (*changed, *rechecked)}

@@ -22,11 +22,10 @@ from tests.support.worker_fakes import (
     make_rig,
 )
 
-RULES = CART_RULES
 INDEX = timers_key(("events", 0))
 
 
-def _rig(tmp_path: Path, text: str = RULES) -> tuple[EngineRig, FakeDlq]:
+def _rig(tmp_path: Path, text: str = CART_RULES) -> tuple[EngineRig, FakeDlq]:
     rig = make_rig(tmp_path)
     fired = FakeDlq()
     rig.engine.triggers = Triggers(Settings(home=tmp_path), parse_rules(text))
@@ -131,16 +130,16 @@ def test_a_bad_rules_file_is_refused_and_the_old_rules_keep_running(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
+    path.write_text(CART_RULES)
     triggers = Triggers(Settings(home=tmp_path, rules_path=path))
     assert [r.name for r in triggers.rules.rules] == ["cart_abandoned"]
-    path.write_text(RULES.replace("after: 30m", "after: thirty"))
+    path.write_text(CART_RULES.replace("after: 30m", "after: thirty"))
     with caplog.at_level(logging.ERROR):
         assert not triggers.reload()
     assert "line 5: rules[0].after" in caplog.text
     assert [r.name for r in triggers.rules.rules] == ["cart_abandoned"]
     assert triggers.refused == 1
-    path.write_text(RULES.replace("30m", "5m"))
+    path.write_text(CART_RULES.replace("30m", "5m"))
     assert triggers.reload()
     assert triggers.rules.rules[0].after == 300.0
 
@@ -150,7 +149,7 @@ def test_a_bad_file_at_start_means_no_rules_until_it_is_fixed(tmp_path: Path) ->
     path.write_text("rules:\n  - name: x\n    when: nonsense(\n")
     triggers = Triggers(Settings(home=tmp_path, rules_path=path))
     assert triggers.rules.rules == () and triggers.refused == 1
-    path.write_text(RULES)
+    path.write_text(CART_RULES)
     assert triggers.reload() and len(triggers.rules.rules) == 1
 
 
