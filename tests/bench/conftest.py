@@ -12,19 +12,23 @@ from infra.settings import PROJECT_ROOT
 
 
 @pytest.fixture
-def run_command() -> Callable[[list[str], float], subprocess.CompletedProcess[str]]:
+def run_command() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run a command from the project root, asserting it succeeds.
 
     Nothing in its environment points at a home, a Redis, a broker or a BentoML
     home: each benchmark must start, and stop, everything it needs itself.
+    ``settings`` adds ``SEGSCORE_`` settings of the test's choosing.
     """
 
-    def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def run(
+        cmd: list[str], timeout: float, settings: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("SEGSCORE_") and k != "BENTOML_HOME"
         }
+        env.update(settings or {})
         env["PYTHONPATH"] = str(PROJECT_ROOT)
         done = subprocess.run(
             cmd,

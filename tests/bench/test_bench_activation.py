@@ -49,7 +49,12 @@ def test_bench_activation_smoke(
         *("--batch-max-events", "250", "--workers", "2", "--json", str(out)),
     ]
     cmd = [sys.executable, "-m", "segscore.cli", "bench", "activation", *args]
-    done = run_command(cmd, 150)
+    # "No record twice" holds while the group is stable. Under the parallel suite a
+    # worker on a starved core once missed the bundled broker's 2 s session and
+    # was dropped: its uncommitted batches replayed (at least once, as designed)
+    # and 135 records came twice. This test is not about that.
+    stable = {"SEGSCORE_CONSUMER_SESSION_TIMEOUT_MS": "15000"}
+    done = run_command(cmd, 150, stable)
     data = json.loads(out.read_text())
     missing = [k for k in KEYS if k not in data]
     assert not missing, missing
