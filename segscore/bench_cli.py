@@ -193,20 +193,34 @@ def bench_serve(
     users: Annotated[int, typer.Option(min=50, help="Simulated shoppers.")] = 1000,
     days: Annotated[float, typer.Option(min=1, help="Days of history.")] = 28.0,
     single_requests: Annotated[
-        int, typer.Option(min=10, help="Sequential single-user requests (each).")
-    ] = 2000,
+        int | None,
+        typer.Option(
+            min=10, help="Sequential single-user requests (each). [2000; quick 300]"
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 16,
     duration: Annotated[
-        float, typer.Option(min=0.5, help="Seconds per throughput phase.")
-    ] = 10.0,
+        float | None,
+        typer.Option(min=0.5, help="Seconds per closed-loop phase. [10; quick 2]"),
+    ] = None,
     batch_requests: Annotated[
-        int, typer.Option(min=10, help="Sequential explained batches.")
-    ] = 200,
+        int | None,
+        typer.Option(
+            min=10, help="Distinct batches the batch phases cycle through. [200]"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 100,
     batch_concurrency: Annotated[
-        int, typer.Option(min=1, help="Connections in the unexplained batch phase.")
+        int, typer.Option(min=1, help="Connections in the batch phases.")
     ] = 8,
     workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, help="Repeats of the phases; medians reported. [3]"),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="One repeat of short phases (CI).")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 7,
     json_out: JsonOut = None,
     profile: Annotated[
@@ -218,11 +232,14 @@ def bench_serve(
     """Scoring API over loopback HTTP, side by side with `feast serve`.
 
     Starts its own Redis, simulates and trains, seeds the online store, starts the
-    BentoML service and Feast's feature server, and stops them all at the end.
+    BentoML service and Feast's feature server, runs the load phases `--repeats`
+    times against them (medians, spread and load average reported, with the
+    service's memory), and stops them all at the end.
     """
-    from segscore.bench.serve import ServeBenchConfig, print_result, run_serve_bench
+    from segscore.bench.serve import make_config, print_result, run_serve_bench
 
-    config = ServeBenchConfig(
+    config = make_config(
+        quick,
         users=users,
         days=days,
         seed=seed,
@@ -233,7 +250,7 @@ def bench_serve(
         batch_requests=batch_requests,
         batch_concurrency=batch_concurrency,
         serve_workers=workers,
-        warmup_requests=min(200, single_requests),
+        repeats=repeats,
         profile=profile,
         keep_home=keep_home,
     )

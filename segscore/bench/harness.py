@@ -238,12 +238,28 @@ class CpuMeter:
 
 
 class TreeMemory:
-    """Samples the total resident memory of a process and its descendants."""
+    """Samples the resident memory of a process and its descendants in a thread.
 
-    def __init__(self, pid: int, every_seconds: float = 0.05) -> None:
+    ``peak_mb`` is the peak of the summed RSS: pages two processes share count
+    twice, so it is the conservative number. With ``pss``, ``peak_pss_mb`` is
+    the peak of the summed proportional set size (shared pages split between
+    their sharers), closer to what the tree costs the machine; it reads
+    ``smaps_rollup``, so sample it no more often than every ~0.1 s.
+    ``peak_process_mb`` is the largest single process's RSS seen, and
+    ``processes`` the most processes seen in the tree at once.
+    """
+
+    def __init__(
+        self, pid: int, every_seconds: float = 0.05, pss: bool = False
+    ) -> None:
         self.peak_mb = 0.0
+        self.peak_pss_mb = 0.0
+        self.peak_process_mb = 0.0
+        self.processes = 0
+        self.samples = 0
         self._root = psutil.Process(pid)
         self._every = every_seconds
+        self._pss = pss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -257,17 +273,27 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
             try:
                 processes = [self._root, *self._root.children(recursive=True)]
             except psutil.Error:
                 return
+            rss = pss = seen = 0
             for process in processes:
                 try:
-                    total += process.memory_info().rss
+                    if self._pss:
+                        info = process.memory_full_info()
+                        pss += info.pss
+                    else:
+                        info = process.memory_info()
                 except psutil.Error:
                     continue  # exited between listing and reading
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+                rss += info.rss
+                seen += 1
+                self.peak_process_mb = max(self.peak_process_mb, info.rss / 2**20)
+            self.peak_mb = max(self.peak_mb, rss / 2**20)
+            self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
+            self.processes = max(self.processes, seen)
+            self.samples += 1
             self._stop.wait(self._every)
 
 
@@ -397,6 +423,64 @@ def percentiles_ms(
     """Percentiles ``qs`` of durations in seconds, as milliseconds rounded."""
     values = np.percentile(np.asarray(seconds, dtype=float) * 1000.0, list(qs))
     return tuple(round(float(v), digits) for v in values)
+
+
+def summarize_numbers(
+    runs: Sequence[dict[str, Any]], totals: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Repeats of one measurement as one flat result.
+
+    Every key that is a number (not a flag) in every run is summarised by
+    :func:`segscore.bench.repeats.summarize_runs` (median, each value, spread);
+    the load average is kept per run. ``totals`` are counts of what went wrong
+    (missing records, duplicates), summed instead: a median would hide the one
+    repeat that had them. Any other key (a flag, a name, a number some run
+    could not measure) is the last run's value.
+    """
+    from segscore.bench.repeats import summarize_runs
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    own = {"load_avg_1m", *totals}
+    keys = [
+        key
+        for key in runs[0]
+        if key not in own and all(number(run.get(key)) for run in runs)
+    ]
+    out = {k: v for k, v in runs[-1].items() if k not in keys and k not in own}
+    out.update(summarize_runs(runs, keys))
+    for key in totals:
+        out[key] = sum(run[key] for run in runs)
+    return out
+
+
+def report_rows(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(key, cell)`` rows of a flat report for a table, repeats folded in.
+
+    A number summarised over repeats (:func:`segscore.bench.repeats.summarize_runs`)
+    is one row: its median, then the spread and each repeat's value, e.g.
+    ``31.2  (spread 8.1 %: 30.4 / 31.2 / 32.9)``; its ``_runs`` and
+    ``_spread_pct`` keys get no rows of their own. Other lists are joined with
+    `` / ``.
+    """
+    for key, value in result.items():
+        base = key.removesuffix("_runs").removesuffix("_spread_pct")
+        if (
+            base != key
+            and base in result
+            and isinstance(result.get(f"{base}_runs"), list)
+        ):
+            continue  # folded into the row of ``base``
+        runs = result.get(f"{key}_runs")
+        if isinstance(runs, list) and len(runs) > 1:
+            spread = result.get(f"{key}_spread_pct")
+            each = " / ".join(f"{v:g}" for v in runs)
+            yield key, f"{value:g}  (spread {spread:g} %: {each})"
+        elif isinstance(value, list):
+            yield key, " / ".join(str(v) for v in value)
+        else:
+            yield key, str(value)
 
 
 def write_json_report(path: Path, report: dict[str, Any]) -> None:
