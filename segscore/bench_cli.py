@@ -57,18 +57,30 @@ def _report_bench(
 
 @app.command("stream")
 def bench_stream(
-    events: Annotated[int, typer.Option(help="Backlog size.", min=1)] = 100_000,
+    events: Annotated[
+        int | None, typer.Option(help="Backlog size. [100000; quick 20000]", min=1)
+    ] = None,
     rate: Annotated[
         int, typer.Option(help="Offered events/s for freshness.", min=1)
     ] = 5_000,
     users: Annotated[int, typer.Option(help="Distinct users.", min=1)] = 10_000,
     duration: Annotated[
-        float, typer.Option(help="Seconds of paced producing.", min=0.5)
-    ] = 15.0,
+        float | None,
+        typer.Option(help="Seconds of paced producing. [15; quick 5]", min=0.5),
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, help="Repeats of both measurements; medians. [3]"),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="One repeat, a small backlog, a short phase (CI).")
+    ] = False,
     json_out: JsonOut = None,
     profile: Annotated[
         Path | None,
-        typer.Option(help="py-spy the worker over the backlog (collapsed stacks)."),
+        typer.Option(
+            help="py-spy the worker over the first backlog (collapsed stacks)."
+        ),
     ] = None,
     batch_max_events: BatchMaxEvents = None,
     batch_max_seconds: BatchMaxSeconds = None,
@@ -77,20 +89,18 @@ def bench_stream(
 ) -> None:
     """Broker -> Faust worker -> Redis: backlog throughput and freshness at a rate.
 
-    Starts its own stack in a temporary home and stops it at the end.
+    Starts its own stack in a temporary home, repeats both measurements
+    (`--repeats`; medians, spread and load average reported) and stops it all.
     """
-    from segscore.bench.stream import (
-        BenchConfig,
-        flat,
-        print_result,
-        run_bench,
-    )
+    from segscore.bench.stream import flat, make_config, print_result, run_bench
 
-    config = BenchConfig(
+    config = make_config(
+        quick,
         events=events,
         rate=rate,
         users=users,
         duration=duration,
+        repeats=repeats,
         seed=seed,
         batch_max_events=batch_max_events,
         batch_max_seconds=batch_max_seconds,

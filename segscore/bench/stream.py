@@ -50,6 +50,17 @@ Freshness (fixed offered rate)
     time) tells a worker that keeps up (~0) from one falling behind the offered rate
     (> 0: the percentiles then only grow with the duration).
 
+Repeats
+    The stack is started once; both measurements then run ``repeats`` times
+    (default 3), each repeat with a backlog of fresh users read by a freshly
+    started worker (stopped at the end of its repeat) and its own paced phase
+    and poller. Every number is reported as the median of its repeats with each
+    repeat's value, the spread and the 1-minute load average of each repeat
+    (:func:`segscore.bench.harness.summarize_numbers`). Every repeat's bare
+    consumer reads the first repeat's backlog from the start of the topic: the
+    same kind of events, counted from the producer's acknowledgements. ``--quick``
+    is one repeat of a 20,000-event backlog and a 5 s paced phase, for CI.
+
 Everything started is stopped at the end, also on errors and Ctrl-C. This module
 runs the measurements and reports them; the events and what produces and reads
 them are in :mod:`segscore.bench.stream_events`, the readers of the worker's
@@ -83,11 +94,14 @@ from segscore.bench.harness import (
     machine_facts,
     percentiles_ms,
     profile_report,
+    report_rows,
     sigterm_as_interrupt,
     start_profiler,
     stop_profiler,
+    summarize_numbers,
     wait_for_reply,
 )
+from segscore.bench.repeats import DEFAULT_REPEATS, load_average
 from segscore.bench.stream_events import (
     backlog_events,
     paced_produce,
@@ -116,8 +130,25 @@ class BenchConfig:
     seed: int = 7
     batch_max_events: int | None = None
     batch_max_seconds: float | None = None
+    repeats: int = DEFAULT_REPEATS
     profile: Path | None = None
     keep_home: bool = False
+
+
+# What ``--quick`` changes: one repeat of a small backlog and a short paced phase.
+QUICK: dict[str, Any] = {"repeats": 1, "events": 20_000, "duration": 5.0}
+
+
+def make_config(quick: bool = False, **given: Any) -> BenchConfig:
+    """A config from the options given (``None`` = not given) and ``--quick``.
+
+    Given options win; ``quick`` then fills in :data:`QUICK`; the rest are the
+    defaults.
+    """
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if quick:
+        chosen = {**QUICK, **chosen}
+    return BenchConfig(**chosen)
 
 
 def run_bench(config: BenchConfig, console: Console) -> dict[str, Any]:
@@ -134,10 +165,25 @@ def run_bench(config: BenchConfig, console: Console) -> dict[str, Any]:
         return _run(config, console, home)
 
 
+@dataclass
+class _Rig:
+    """What every repeat runs against: the stack, its settings and its clients."""
+
+    config: BenchConfig
+    console: Console
+    home: Path
+    settings: Any
+    stack: Any
+    client: redis.Redis
+    layout: StateLayout
+    users: int
+    stack_pids: dict[str, int]
+
+
 def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
     from core.store.feast_config import feature_store
     from feature_repo.apply import apply_repo
-    from infra import local_stack, processes
+    from infra import local_stack
     from infra.settings import get_settings
     from infra.topics import ensure_topics
 
@@ -160,43 +206,93 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
         **machine_facts(),
     }
     console.print(f"bench home {home}")
-    worker = profiler = poller = None
     try:
         stack = local_stack.up(settings)
         ensure_topics(stack.kafka_broker, settings)
         store = feature_store(settings, stack.redis_url)
         apply_repo(store)
-        layout = StateLayout.of(store)
-        client = redis.Redis.from_url(stack.redis_url, socket_timeout=5.0)
-        stack_pids = {s.name: s.pid for s in stack.started}
+        rig = _Rig(
+            config=config,
+            console=console,
+            home=home,
+            settings=settings,
+            stack=stack,
+            client=redis.Redis.from_url(stack.redis_url, socket_timeout=5.0),
+            layout=StateLayout.of(store),
+            users=users,
+            stack_pids={s.name: s.pid for s in stack.started},
+        )
+        runs: list[dict[str, Any]] = []
+        first: Counter[int] | None = None
+        for repeat in range(config.repeats):
+            if config.repeats > 1:
+                console.print(f"repeat {repeat + 1} of {config.repeats}")
+            run, partitions = _repeat(rig, repeat, first)
+            first = first if first is not None else partitions
+            runs.append(flat(run))
+        result.update(summarize_numbers(runs))
+        if config.profile is not None:
+            result.update(profile_report(console, config.profile, "worker"))
+        return result
+    except BenchError:
+        console.print(f"logs kept in {home / 'logs'}")
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            local_stack.down(settings)
 
+
+def _repeat(
+    rig: _Rig, repeat: int, first: Counter[int] | None
+) -> tuple[dict[str, Any], Counter[int]]:
+    """One repeat: a backlog of fresh users read by a fresh worker, then freshness.
+
+    Returns the repeat's result and its backlog's records per partition. The
+    first repeat's backlog is what every repeat's bare consumer reads (``first``):
+    it reads from the start of the topic, and later backlogs are the same kind of
+    events behind it.
+    """
+    from infra import processes
+
+    config, console, settings = rig.config, rig.console, rig.settings
+    name = "bench-worker" if repeat == 0 else f"bench-worker-{repeat + 1}"
+    worker_log = rig.home / "logs" / f"{name}.log"
+    result: dict[str, Any] = {}
+    worker = profiler = None
+    try:
         with console.status(f"producing a backlog of {config.events} events"):
-            events = backlog_events(config.events, users, time.time() - 60, config.seed)
+            # Fresh users each repeat: a backlog of users the store already has
+            # newer states of would look applied before the worker read it.
+            prefix = "b" if repeat == 0 else f"r{repeat}u"
+            events = backlog_events(
+                config.events,
+                rig.users,
+                time.time() - 60,
+                config.seed + repeat,
+                prefix,
+            )
             t_produce = time.monotonic()
             partitions = asyncio.run(
-                produce_backlog_async(stack.kafka_broker, settings.events_topic, events)
+                produce_backlog_async(
+                    rig.stack.kafka_broker, settings.events_topic, events
+                )
             )
             result["backlog_produce_s"] = round(time.monotonic() - t_produce, 2)
-        tracker = BacklogTracker(client, layout, events, partitions)
+        tracker = BacklogTracker(rig.client, rig.layout, events, partitions)
 
         # From before the worker process exists to the first of its state writes
         # that Redis shows: start-up, imports, group join and the first batch.
         started = time.monotonic()
-        worker = processes.start_worker(settings, name="bench-worker")
-        worker_log = home / "logs" / "bench-worker.log"
+        worker = processes.start_worker(settings, name=name)
         crash_watch = CrashWatch(worker_log)
-        meter = CpuMeter({"worker": worker.pid, **stack_pids})
+        meter = CpuMeter({"worker": worker.pid, **rig.stack_pids})
         timeout = 120 + config.events / 500
         t_first = applied_first = None
         t_before = started  # the last poll that saw nothing applied
         timeline: list[tuple[float, int]] = []
         with console.status("worker reading the backlog"):
             while not tracker.complete:
-                if worker.poll() is not None:
-                    raise BenchError(f"worker exited:\n{log_tail(worker_log)}")
-                crash = crash_watch.crashed()
-                if crash:
-                    raise BenchError(f"a worker task crashed: {crash}")
+                _check_worker(worker, worker_log, crash_watch)
                 if time.monotonic() - started > timeout:
                     raise BenchError(
                         f"backlog not applied after {timeout:.0f}s "
@@ -210,9 +306,11 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
                 if applied and t_first is None:
                     t_first, applied_first = now, applied
                     meter.begin()
-                    if config.profile is not None:
+                    if config.profile is not None and repeat == 0:
                         profiler = start_profiler(
-                            worker.pid, config.profile, home / "logs" / "py-spy.log"
+                            worker.pid,
+                            config.profile,
+                            rig.home / "logs" / "py-spy.log",
                         )
                 if applied and (not timeline or timeline[-1][1] != applied):
                     timeline.append((now, applied))
@@ -236,7 +334,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
         result["events_per_s"] = round(counted / seconds, 1)
         result["events_per_s_lower_bound"] = lower_bound
         result["events_per_s_steady"] = _steady_rate(timeline, config.events)
-        wrong = verify_states(client, layout, events)
+        wrong = verify_states(rig.client, rig.layout, events)
         result["states_wrong"] = wrong
         if wrong:
             raise BenchError(f"{wrong} users' states do not end at their last event")
@@ -248,9 +346,9 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
         with console.status("a bare consumer reading the same backlog"):
             raw = asyncio.run(
                 raw_consume_async(
-                    stack.kafka_broker,
+                    rig.stack.kafka_broker,
                     settings.events_topic,
-                    Counter(partitions),
+                    first if first is not None else Counter(partitions),
                     settings.batch_max_events,
                     settings.consumer_fetch_max_wait_ms,
                     timeout,
@@ -265,76 +363,87 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
             f"{raw['events_per_s']:.0f} events/s; "
             f"the worker did {result['worker_share_of_raw']:.0%} of that"
         )
+        result.update(_freshness(rig, repeat, worker, worker_log, crash_watch))
+        result["load_avg_1m"] = load_average()
+        return result, Counter(partitions)
+    except BenchError:
+        if worker is not None:
+            console.print(f"worker log tail:\n{log_tail(worker_log, 15)}")
+        raise
+    finally:
+        if profiler is not None:
+            stop_profiler(profiler)
+        if worker is not None:
+            processes.stop(worker)
 
-        ctx = mp.get_context("spawn")
-        inbox, outbox = ctx.Queue(), ctx.Queue()
-        poller = ctx.Process(
-            target=freshness_poller,
-            args=(
-                str(home),
-                stack.redis_url,
-                inbox,
-                outbox,
-                FRESHNESS_POLL_SECONDS,
-                30.0,
-            ),
-            daemon=True,
-        )
-        poller.start()
+
+def _check_worker(worker: Any, log: Path, crash_watch: CrashWatch) -> None:
+    if worker.poll() is not None:
+        raise BenchError(f"worker exited:\n{log_tail(log)}")
+    crash = crash_watch.crashed()
+    if crash:
+        raise BenchError(f"a worker task crashed: {crash}")
+
+
+def _freshness(
+    rig: _Rig, repeat: int, worker: Any, worker_log: Path, crash_watch: CrashWatch
+) -> dict[str, Any]:
+    """The paced phase with a poller process reading sampled events back."""
+    config, settings = rig.config, rig.settings
+    result: dict[str, Any] = {}
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    poller = ctx.Process(
+        target=freshness_poller,
+        args=(
+            str(rig.home),
+            rig.stack.redis_url,
+            inbox,
+            outbox,
+            FRESHNESS_POLL_SECONDS,
+            30.0,
+        ),
+        daemon=True,
+    )
+    poller.start()
+    try:
         _from_poller(outbox, poller, 120, "the freshness poller to start")
+        meter = CpuMeter({"worker": worker.pid, **rig.stack_pids})
         meter.begin()
-        with console.status(
+        with rig.console.status(
             f"producing {config.rate} events/s for {config.duration:g}s"
         ):
             produced = asyncio.run(
                 paced_produce(
-                    stack.kafka_broker,
+                    rig.stack.kafka_broker,
                     settings.events_topic,
                     config.rate,
                     config.duration,
-                    users,
-                    config.seed + 100,
+                    rig.users,
+                    config.seed + 100 + repeat,
                     inbox,
                 )
             )
         result["freshness_cpu"] = meter.end()
         inbox.put(None)
-        with console.status("waiting for the last sampled events"):
+        with rig.console.status("waiting for the last sampled events"):
             fresh = _from_poller(outbox, poller, 90, "freshness results")
         poller.join(timeout=10)
-        if worker.poll() is not None:
-            raise BenchError(f"worker exited:\n{log_tail(worker_log)}")
-        crash = crash_watch.crashed()
-        if crash:
-            raise BenchError(f"a worker task crashed: {crash}")
-        result["achieved_rate"] = round(produced["sent"] / produced["seconds"], 1)
-        result["freshness_unresolved"] = len(fresh["unresolved"])
-        result["freshness_read_ms"] = round(fresh["read_ms_mean"], 2)
-        result["freshness_poll_cycle_ms"] = round(fresh["cycle_ms_mean"], 2)
-        if not fresh["latencies"]:
-            raise BenchError("no sampled event became visible through Feast")
-        # Unresolved samples count with their wait so far: percentiles stay honest
-        # (lower bounds) when the worker could not keep up.
-        result.update(freshness_stats(fresh["latencies"] + fresh["unresolved"]))
-        if config.profile is not None:
-            result.update(profile_report(console, config.profile, "worker"))
-        return result
-    except BenchError:
-        if worker is not None:
-            tail = log_tail(home / "logs" / "bench-worker.log", 15)
-            console.print(f"worker log tail:\n{tail}")
-        console.print(f"logs kept in {home / 'logs'}")
-        raise
     finally:
-        if profiler is not None:
-            stop_profiler(profiler)
-        if poller is not None and poller.is_alive():
+        if poller.is_alive():
             poller.terminate()
             poller.join(timeout=5)
-        if worker is not None:
-            processes.stop(worker)
-        with contextlib.suppress(Exception):
-            local_stack.down(settings)
+    _check_worker(worker, worker_log, crash_watch)
+    result["achieved_rate"] = round(produced["sent"] / produced["seconds"], 1)
+    result["freshness_unresolved"] = len(fresh["unresolved"])
+    result["freshness_read_ms"] = round(fresh["read_ms_mean"], 2)
+    result["freshness_poll_cycle_ms"] = round(fresh["cycle_ms_mean"], 2)
+    if not fresh["latencies"]:
+        raise BenchError("no sampled event became visible through Feast")
+    # Unresolved samples count with their wait so far: percentiles stay honest
+    # (lower bounds) when the worker could not keep up.
+    result.update(freshness_stats(fresh["latencies"] + fresh["unresolved"]))
+    return result
 
 
 def freshness_stats(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
@@ -379,16 +488,14 @@ def _steady_rate(timeline: list[tuple[float, int]], total: int) -> float | None:
 
 
 def print_result(console: Console, result: dict[str, Any]) -> None:
-    """The result as a two-column table."""
+    """The result as a two-column table: medians with spread and repeats."""
     table = Table(title="segscore bench stream")
     table.add_column("metric")
-    table.add_column("value", overflow="fold")
-    for key, value in result.items():
+    table.add_column("value (median of repeats)", overflow="fold")
+    for key, cell in report_rows(flat(result)):
         if key in ("profile_top_self",):
             continue
-        if isinstance(value, dict):
-            value = "  ".join(f"{k}={v}" for k, v in value.items())
-        table.add_row(key, str(value))
+        table.add_row(key, cell)
     console.print(table)
 
 

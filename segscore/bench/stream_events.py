@@ -98,17 +98,20 @@ def bench_user(index: int) -> str:
     return f"b{index:07d}"
 
 
-def backlog_events(n: int, users: int, end: float, seed: int) -> list[Event]:
+def backlog_events(
+    n: int, users: int, end: float, seed: int, prefix: str = "b"
+) -> list[Event]:
     """``n`` events of ``users`` users, strictly increasing times ending at ``end``.
 
     Arrivals are uniform over an hour (longer if needed for 1 ms spacing); users take
-    turns in a shuffled order, so each gets about ``n / users`` events.
+    turns in a shuffled order, so each gets about ``n / users`` events. Users are
+    ``<prefix>NNNNNNN``; the default prefix makes them :func:`bench_user`'s.
     """
     span = max(3600.0, n / 200.0)
     times = np.round(np.linspace(end - span, end, n), 3).tolist()
     rng = np.random.default_rng(seed)
     order = rng.permutation(np.arange(n) % users).tolist()
-    events = EventFactory(seed + 1).batch([bench_user(i) for i in order], times)
+    events = EventFactory(seed + 1).batch([f"{prefix}{i:07d}" for i in order], times)
     for event in events[:: max(1, n // 100)]:
         checked = parse_event(event.to_json())
         if not isinstance(checked, Event):
