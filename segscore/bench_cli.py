@@ -275,9 +275,12 @@ def bench_activation(
         int, typer.Option(help="Offered events/s in the live phase.", min=1)
     ] = 5_000,
     duration: Annotated[
-        float, typer.Option(help="Seconds of paced producing.", min=1.0)
-    ] = 30.0,
-    events: Annotated[int, typer.Option(help="Backlog size.", min=1)] = 200_000,
+        float | None,
+        typer.Option(help="Seconds of paced producing. [30; quick 10]", min=1.0),
+    ] = None,
+    events: Annotated[
+        int | None, typer.Option(help="Backlog size. [200000; quick 20000]", min=1)
+    ] = None,
     users: Annotated[int, typer.Option(help="Distinct backlog users.", min=1)] = 10_000,
     cart_after: Annotated[
         float, typer.Option(help="The cart-abandonment timer, in seconds.", min=0.5)
@@ -303,17 +306,26 @@ def bench_activation(
             min=1,
         ),
     ] = 1,
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, help="Repeats of the three phases; medians. [3]"),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="One repeat, a small backlog, a short phase (CI).")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 7,
     keep_home: KeepHome = False,
 ) -> None:
     """Live segments and triggers: cause-to-Kafka latency, timer lateness, backlog.
 
-    Starts its own stack, trains a model pair, and stops everything at the end.
+    Starts its own stack, trains a model pair, repeats the phases (`--repeats`;
+    medians, spread and load average reported) and stops everything at the end.
     """
-    from segscore.bench.activation import ActivationConfig, run_activation_bench
+    from segscore.bench.activation import make_config, run_activation_bench
     from segscore.bench.activation_report import print_result
 
-    config = ActivationConfig(
+    config = make_config(
+        quick,
         rate=rate,
         duration=duration,
         events=events,
@@ -325,6 +337,7 @@ def bench_activation(
         batch_max_events=batch_max_events,
         batch_max_seconds=batch_max_seconds,
         workers=workers,
+        repeats=repeats,
         profile=profile,
         keep_home=keep_home,
     )

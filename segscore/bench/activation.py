@@ -31,6 +31,21 @@ Peer backlog (``peer``)
     other workers with live segments and triggers off:
     ``events_per_s_without_activation``.
 
+Repeats
+    The stack is started and the pair trained once; the three phases then run
+    ``repeats`` times (default 3), each repeat with backlog, crafted and peer
+    users of its own and workers started for it. Every number is reported as
+    the median of its repeats with each repeat's value, the spread and the
+    1-minute load average of each repeat
+    (:func:`segscore.bench.harness.summarize_numbers`); the verdicts read the
+    medians. Counts of what went wrong (``missing_activations``,
+    ``duplicate_records``) and of what was expected are totals over the
+    repeats: a median would hide the one repeat that missed something. Each
+    repeat's reader reads the output topics from the beginning, earlier
+    repeats' records included (``records_before_live``); only records caused by
+    its own live events are timed. ``--quick`` is one repeat of a 20,000-event
+    backlog and a 10 s live phase, for CI.
+
 Everything started is stopped at the end, also on errors and Ctrl-C. The
 traffic is in :mod:`segscore.bench.activation_traffic`, the backlog phases in
 :mod:`segscore.bench.activation_backlog`, the report in
@@ -80,15 +95,23 @@ from segscore.bench.harness import (
     sigterm_as_interrupt,
     start_profiler,
     stop_profiler,
+    summarize_numbers,
     wait_for_reply,
 )
-from segscore.bench.stream_events import bench_user
+from segscore.bench.repeats import DEFAULT_REPEATS, load_average
 from segscore.bench.stream_progress import BacklogTracker
 
 PEER_TOPIC = "events-bench-peer"
 PEER_GROUP = "segscore-bench-peer"
 READER_FETCH_WAIT_MS = 10
 IDLE_SECONDS = 2.0
+# Counts of what went wrong, summed over the repeats rather than their median.
+TOTALS = (
+    "expected_activations",
+    "expected_activations_seen",
+    "missing_activations",
+    "duplicate_records",
+)
 # Variables of the caller's shell that would change what the worker runs.
 CLEARED = (
     "BENTOML_HOME",
@@ -123,8 +146,25 @@ class ActivationConfig:
     batch_max_events: int | None = None
     batch_max_seconds: float | None = None
     workers: int = 1  # in one consumer group; the verdict on events_per_s is per worker
+    repeats: int = DEFAULT_REPEATS
     profile: Path | None = None  # py-spy the worker over the live phase
     keep_home: bool = False
+
+
+# What ``--quick`` changes: one repeat, a small backlog, a short live phase.
+QUICK: dict[str, Any] = {"repeats": 1, "events": 20_000, "duration": 10.0}
+
+
+def make_config(quick: bool = False, **given: Any) -> ActivationConfig:
+    """A config from the options given (``None`` = not given) and ``--quick``.
+
+    Given options win; ``quick`` then fills in :data:`QUICK`; the rest are the
+    defaults.
+    """
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if quick:
+        chosen = {**QUICK, **chosen}
+    return ActivationConfig(**chosen)
 
 
 def run_activation_bench(config: ActivationConfig, console: Console) -> dict[str, Any]:
@@ -183,10 +223,6 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         **machine_facts(),
     }
     console.print(f"bench home {home}")
-    worker_env = {"SEGSCORE_RULES_PATH": str(rules)}
-    workers: BenchWorkers | None = None
-    reader: Any = None
-    profiler: subprocess.Popen | None = None
     try:
         stack = local_stack.up(settings)
         ensure_topics(stack.kafka_broker, settings)
@@ -194,16 +230,87 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         ensure_topics(stack.kafka_broker, peer_settings)
         store = feature_store(settings, stack.redis_url)
         apply_repo(store)
-        layout = StateLayout.of(store)
-        client = redis.Redis.from_url(stack.redis_url, socket_timeout=5.0)
-        stack_pids = {s.name: s.pid for s in stack.started}
         result.update(_train(config, settings, console))
+        rig = _Rig(
+            config=config,
+            console=console,
+            home=home,
+            settings=settings,
+            stack=stack,
+            client=redis.Redis.from_url(stack.redis_url, socket_timeout=5.0),
+            layout=StateLayout.of(store),
+            users=users,
+            stack_pids={s.name: s.pid for s in stack.started},
+            worker_env={"SEGSCORE_RULES_PATH": str(rules)},
+        )
+        runs = []
+        for repeat in range(config.repeats):
+            if config.repeats > 1:
+                console.print(f"repeat {repeat + 1} of {config.repeats}")
+            runs.append(flat(_repeat(rig, repeat)))
+        result.update(summarize_numbers(runs, totals=TOTALS))
+        result["missing_examples"] = "; ".join(
+            run["missing_examples"] for run in runs if run["missing_examples"]
+        )
+        result.update(verdicts(result))
+        return flat(result)
+    except BenchError:
+        for path in sorted((home / "logs").glob("bench-*worker*.log")):
+            console.print(f"{path.stem} log tail:\n{log_tail(path, 15)}")
+        console.print(f"logs kept in {home / 'logs'}")
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            local_stack.down(settings)
 
+
+@dataclass
+class _Rig:
+    """What every repeat runs against: the stack, its settings and its clients."""
+
+    config: ActivationConfig
+    console: Console
+    home: Path
+    settings: Any
+    stack: Any
+    client: redis.Redis
+    layout: StateLayout
+    users: int
+    stack_pids: dict[str, int]
+    worker_env: dict[str, str]
+
+
+def _repeat(rig: _Rig, repeat: int) -> dict[str, Any]:
+    """One repeat of the three phases, with users and workers of its own.
+
+    Its backlog's users, its crafted live users and its peer's users are fresh
+    (tagged with the repeat), so nothing of an earlier repeat looks done already;
+    its workers start before its backlog is read and stop at its end.
+    """
+    config, console, settings = rig.config, rig.console, rig.settings
+    stack, client, layout, stack_pids = (
+        rig.stack,
+        rig.client,
+        rig.layout,
+        rig.stack_pids,
+    )
+    tag = "" if repeat == 0 else f"r{repeat}"
+    suffix = "" if repeat == 0 else f"-r{repeat + 1}"
+    result: dict[str, Any] = {}
+    workers: BenchWorkers | None = None
+    reader: Any = None
+    profiler: subprocess.Popen | None = None
+    try:
         # -- backlog, activations on ----------------------------------------
         end = time.time() - 60
-        events = make_backlog(config.events, users, end, config.seed, "b")
+        prefix = f"b{tag}"
+        events = make_backlog(
+            config.events, rig.users, end, config.seed + repeat, prefix
+        )
         partitions = produce(console, stack.kafka_broker, settings.events_topic, events)
-        workers = BenchWorkers(settings, "bench-worker", config.workers, worker_env)
+        workers = BenchWorkers(
+            settings, f"bench-worker{suffix}", config.workers, rig.worker_env
+        )
         meter = CpuMeter({**workers.pids(), **stack_pids})
         timed = apply_backlog(
             console, workers, BacklogTracker(client, layout, events, partitions),
@@ -237,9 +344,10 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         plan = plan_live(
             config.rate,
             config.duration,
-            [bench_user(i) for i in range(users)],
+            [f"{prefix}{i:07d}" for i in range(rig.users)],
             config.cart_after,
-            config.seed + 100,
+            config.seed + 100 + repeat,
+            tag,
         )
         matcher = Matcher(plan.expected, settings.segment_changes_topic)
         with console.status("the reader catching up with the backlog's records"):
@@ -252,9 +360,9 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         meter.begin()
         time.sleep(IDLE_SECONDS)
         result["idle_cpu"] = meter.end()
-        if config.profile is not None:
+        if config.profile is not None and repeat == 0:
             profiler = start_profiler(
-                workers.procs[0].pid, config.profile, home / "logs" / "py-spy.log"
+                workers.procs[0].pid, config.profile, rig.home / "logs" / "py-spy.log"
             )
         # The producer is this process: it shares the two cores with the rest.
         meter = CpuMeter(
@@ -297,11 +405,13 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
         # -- peer: the same backlog, activations off -------------------------
         if config.peer:
             start = time.time() - 60
-            events = make_backlog(config.events, users, start, config.seed, "p")
+            events = make_backlog(
+                config.events, rig.users, start, config.seed + repeat, f"p{tag}"
+            )
             partitions = produce(console, stack.kafka_broker, PEER_TOPIC, events)
             workers = BenchWorkers(
                 settings,
-                "bench-peer-worker",
+                f"bench-peer-worker{suffix}",
                 config.workers,
                 {
                     "SEGSCORE_EVENTS_TOPIC": PEER_TOPIC,
@@ -322,13 +432,8 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
                 timed["events_per_s"] / peer["events_per_s"], 3
             )
             check_states(client, layout, events)
-        result.update(verdicts(result))
-        return flat(result)
-    except BenchError:
-        for path in sorted((home / "logs").glob("bench-*worker*.log")):
-            console.print(f"{path.stem} log tail:\n{log_tail(path, 15)}")
-        console.print(f"logs kept in {home / 'logs'}")
-        raise
+        result["load_avg_1m"] = load_average()
+        return result
     finally:
         if profiler is not None:
             stop_profiler(profiler)
@@ -337,8 +442,6 @@ def _run(config: ActivationConfig, console: Console, home: Path) -> dict[str, An
             reader.join(timeout=5)
         if workers is not None:
             workers.stop()
-        with contextlib.suppress(Exception):
-            local_stack.down(settings)
 
 
 def _train(config: ActivationConfig, settings: Any, console: Console) -> dict[str, Any]:

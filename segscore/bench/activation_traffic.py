@@ -137,12 +137,15 @@ def plan_live(
     known_users: Sequence[str],
     cart_after: float,
     seed: int,
+    tag: str = "",
 ) -> LivePlan:
     """Background events of ``known_users`` with crafted scenarios laid in.
 
     Each second gets ``rate`` * the scenario's share of each scenario (at least
     one), in free slots; a cart only while its timer falls due before the
-    traffic ends (:data:`CART_MARGIN_SECONDS`).
+    traffic ends (:data:`CART_MARGIN_SECONDS`). The crafted users are
+    ``<tag>new...``, ``<tag>cart...`` and ``<tag>rep...``: a plan with another
+    tag has users nobody has seen yet, as a repeat of the live phase needs.
     """
     total = max(1, int(rate * duration))
     rng = np.random.default_rng(seed)
@@ -179,7 +182,7 @@ def plan_live(
         for _ in range(max(1, round(rate * NEW_SHARE))):
             slot = free_slot(lo, hi)
             if slot is not None:
-                user = f"new{counts['new']:06d}"
+                user = f"{tag}new{counts['new']:06d}"
                 cause = put(slot, user, EventType.PAGE_VIEW, None)
                 expected.append(Expected("first_placement", user, frozenset([cause])))
                 counts["new"] += 1
@@ -187,7 +190,7 @@ def plan_live(
             for _ in range(max(1, round(rate * CART_SHARE))):
                 slot = free_slot(lo, hi)
                 if slot is not None:
-                    user = f"cart{counts['cart']:06d}"
+                    user = f"{tag}cart{counts['cart']:06d}"
                     cause = put(slot, user, EventType.ADD_TO_CART, 7)
                     one = frozenset([cause])
                     expected.append(Expected("cart_abandoned", user, one))
@@ -196,7 +199,7 @@ def plan_live(
         for _ in range(max(1, round(rate * REPEAT_SHARE))):
             slot = free_slot(lo, hi, gap)
             if slot is not None:
-                user = f"rep{counts['repeat']:06d}"
+                user = f"{tag}rep{counts['repeat']:06d}"
                 product = int(rng.integers(0, 5000))
                 views = [
                     put(slot + k * gap, user, EventType.PRODUCT_VIEW, product)
