@@ -140,3 +140,14 @@ def observe_many(histogram: Any, values: list[float]) -> None:
     for index, count in enumerate(counts.tolist()):
         if count:
             buckets[index].inc(count)
+
+
+_metrics: Metrics | None = None
+
+
+def worker_metrics() -> Metrics:
+    """This worker process's series (created on first use, once per process)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics

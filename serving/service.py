@@ -1,9 +1,10 @@
 """The BentoML scoring service: ``bentoml serve serving.service:ScoringService``.
 
-Thin on purpose: start-up loads settings, resolves the models' features in the Feast
-registry and loads (and validates) both models; each request is one pipelined
-Redis read of Feast's own hashes (:mod:`core.store.online_reader`), the pure
-functions of :mod:`core.scoring`, and one JSON serialisation.
+The BentoML shell only: routes, middleware, metrics and the service's settings.
+Each worker's work (models, the online read, scoring) is
+:class:`serving.engine.ScoringEngine`, imported by the worker when it starts, so
+the ``bentoml serve`` parent, which imports this module only to read the
+service's configuration, stays small.
 
 Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
 ``GET /users/{user_id}`` (a user's profile, :mod:`serving.profile`),
@@ -21,34 +22,23 @@ and :mod:`serving.limits`.
 from __future__ import annotations
 
 import logging
-import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
-import orjson
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from pydantic.warnings import PydanticDeprecatedSince211
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core import scoring
-from core.model_manager import ModelManager
-from core.store.feast_config import feature_store
-from core.store.online_reader import OnlineReader, resolve_views
-from core.store.recent_events import recent_command
-from core.store.state_store import DEDUPE_FIELD, MEMBERS_FIELD, StateLayout
-from infra.local_stack import current_broker, current_redis_url
 from infra.settings import get_settings
-from serving import collector, connections, profile
+from serving import collector, connections
 from serving.auth import ApiKeyMiddleware
 from serving.limits import LimitsMiddleware
-from serving.metrics import LATENCY_BUCKETS, Metrics
+from serving.metrics import LATENCY_BUCKETS, worker_metrics
 from serving.schemas import (
     ErrorResponse,
     ProfileQuery,
@@ -58,6 +48,9 @@ from serving.schemas import (
     UserProfile,
     ValidationErrorResponse,
 )
+
+if TYPE_CHECKING:
+    from serving.engine import ScoringEngine
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +64,6 @@ _TRACING: dict[str, Any] = (
     {}
     if SETTINGS.trace_requests
     else {"excluded_urls": ["/score", "/segments", "/users"]}
-)
-_UNAVAILABLE = orjson.dumps(
-    {"error": "online feature store unavailable", "detail": "retry shortly"}
 )
 
 
@@ -96,18 +86,18 @@ class _QuietValidationErrors(logging.Filter):
 
 
 async def _segments(request: Request) -> Response:
-    service: ScoringService = request.app.state.service
-    return Response(service.segments_body(), media_type=JSON)
+    engine: ScoringEngine = request.app.state.engine
+    return Response(engine.segments_body(), media_type=JSON)
 
 
 async def _events(request: Request) -> Response:
-    service: ScoringService = request.app.state.service
-    return await service.collect(await request.body())
+    engine: ScoringEngine = request.app.state.engine
+    return await engine.collect(await request.body())
 
 
 async def _user(request: Request) -> Response:
-    service: ScoringService = request.app.state.service
-    return await service.user_profile(
+    engine: ScoringEngine = request.app.state.engine
+    return await engine.user_profile(
         request.path_params["user_id"], request.query_params.multi_items()
     )
 
@@ -180,23 +170,13 @@ read_routes.router.routes.extend(
     ]
 )
 
-_metrics: Metrics | None = None
-
-
-def metrics() -> Metrics:
-    """This worker process's metric series (created on first use)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = Metrics()
-    return _metrics
-
 
 def _count_outcome(outcome: str) -> None:
-    metrics().count(outcome)
+    worker_metrics().count(outcome)
 
 
 def _count_closed_connection(reason: str) -> None:
-    metrics().connections_closed.labels(reason=reason).inc()
+    worker_metrics().connections_closed.labels(reason=reason).inc()
 
 
 # Before BentoML builds this worker's uvicorn server (it imports this module first).
@@ -234,112 +214,24 @@ class ScoringService:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(
             _QuietValidationErrors()
         )
-        settings = get_settings()
-        redis_url = current_redis_url(settings)
-        store = feature_store(settings, redis_url)
-        # Short timeouts and no retries: with Redis down or stalled a caller gets
-        # a 503 at once rather than waiting; the next request reconnects.
-        self._redis = aioredis.Redis.from_url(
-            redis_url,
-            socket_timeout=settings.online_read_timeout_seconds,
-            socket_connect_timeout=settings.online_connect_timeout_seconds,
-            retry=None,
-        )
-        self.models = ModelManager(
-            settings,
-            allowed=scoring.ONLINE_FEATURES,
-            on_reload=self._on_reload,
-        )
-        # The read plan covers everything any valid model may need (the state
-        # blob stands for every stream feature), so a promotion never changes
-        # what is read; the registry must know it all.
-        # The worker's rule memberships lie in the same hash: read by the same
-        # HMGET, so /score's rules cost no round trip.
-        self.reader = OnlineReader(
-            self._redis,
-            StateLayout.of(store),
-            resolve_views(store, scoring.online_columns(scoring.ONLINE_FEATURES)),
-            extra_fields=(MEMBERS_FIELD,),
-        )
-        self.recent_events = settings.profile_recent_events
-        self._segments_for: tuple[str, bytes] | None = None
-        # The broker is looked up and connected on the first POST /events only:
-        # scoring neither waits for it nor fails without it.
-        self.events = collector.EventSink(
-            lambda: current_broker(settings),
-            settings.events_topic,
-            settings.collector_produce_timeout_seconds,
-        )
-        # Run the model path once so the first request does not pay for lazy
-        # initialisation inside LightGBM and numpy.
-        scoring.score(["warm-up"], {}, time.time(), self.models.current)
-        read_routes.state.service = self
-        metrics()
-        logger.info(
-            "scoring service ready: models %s, online store %s",
-            self.models.current.versions,
-            redis_url,
-        )
+        # Imported here, in the worker: `bentoml serve` imports this module in its
+        # parent process too, only to read the service's configuration, and the
+        # engine's libraries (models, numpy, the feature store's client) would
+        # make that idle parent ~230 MB larger.
+        from serving.engine import ScoringEngine
 
-    def _on_reload(self, outcome: str, detail: str) -> None:
-        metrics().reloads.labels(outcome=outcome).inc()
-
-    def segments_body(self) -> bytes:
-        """The ``GET /segments`` body of the serving segmenter (cached per model)."""
-        segmenter = self.models.current.segmenter
-        cached = self._segments_for
-        if cached is None or cached[0] != segmenter.tag:
-            cached = (
-                segmenter.tag,
-                orjson.dumps(scoring.segment_catalogue(segmenter)),
-            )
-            self._segments_for = cached
-        return cached[1]
+        self.engine = ScoringEngine(get_settings())
+        read_routes.state.engine = self.engine
 
     @bentoml.on_startup
     async def start_model_polling(self) -> None:
         """Follow promotions while serving (a background task per worker)."""
-        self.models.start()
+        self.engine.start()
 
     @bentoml.on_shutdown
     async def stop_model_polling(self) -> None:
         """Stop the promotion poller, the event producer and the Redis pool."""
-        await self.models.stop()
-        await self.events.close()
-        await self._redis.aclose()
-
-    async def collect(self, body: bytes) -> Response:
-        """``POST /events``: validate, produce with acks=all, then answer 202.
-
-        422 names every bad event's field (nothing is produced); 503 with
-        ``Retry-After`` when the broker does not acknowledge in time.
-        """
-        found = collector.validate_body(body, SETTINGS)
-        if isinstance(found, collector.BadRequest):
-            metrics().collected.labels(outcome="invalid").inc()
-            return _json(
-                found.status, {"error": "invalid request", "detail": found.detail}
-            )
-        events, errors = found
-        if errors:
-            metrics().collected.labels(outcome="invalid").inc(len(errors))
-            return _json(422, collector.error_body(errors))
-        try:
-            await self.events.deliver(events)
-        except collector.BrokerUnavailable as exc:
-            logger.warning("event broker unavailable: %s", exc)
-            metrics().collected.labels(outcome="unavailable").inc(len(events))
-            return _json(
-                503,
-                {
-                    "error": "event broker unavailable",
-                    "detail": "retry shortly with the same event ids (replays "
-                    "are dropped by event_id)",
-                },
-                {"Retry-After": "1"},
-            )
-        metrics().collected.labels(outcome="accepted").inc(len(events))
-        return _json(202, {"accepted": len(events)})
+        await self.engine.stop()
 
     @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=ScoreResponse)
     async def score(
@@ -351,95 +243,7 @@ class ScoringService:
         Unknown users are scored from population defaults (``cold_start`` true).
         Answers 503 when the online store cannot be read.
         """
-        started = time.perf_counter()
-        # One pair for the whole request, even if a promotion swaps it meanwhile.
-        models = self.models.current
-        try:
-            replies = await self.reader.fetch(user_ids)
-        except (RedisError, OSError) as exc:
-            logger.warning("online store read failed: %s", exc)
-            return _store_unavailable()
-        # The read time, taken after the read so no stored timestamp is in its
-        # future; ages and windows are "as of" this instant.
-        as_of = time.time()
-        stored = self.reader.columns(replies)
-        payload = scoring.score(
-            user_ids,
-            stored,
-            as_of,
-            models,
-            explain=explain,
-            top_k=top_k,
-            stale_after=SETTINGS.stale_after_seconds,
-        )
-        profile.add_rules(
-            payload["scores"], self.reader.extra(replies, MEMBERS_FIELD), as_of
-        )
-        body = orjson.dumps(payload)
-        scores = payload["scores"]
-        metrics().observe_scores(
-            time.perf_counter() - started,
-            explain,
-            len(scores),
-            sum(1 for s in scores if s["cold_start"]),
-            [s["feature_age_seconds"] for s in scores],
-        )
-        return Response(body, media_type=JSON)
-
-    async def user_profile(
-        self, user_id: str, params: list[tuple[str, str]]
-    ) -> Response:
-        """``GET /users/{user_id}``: the user's profile (:class:`UserProfile`).
-
-        One round trip: the scoring fields, memberships and the worker's data
-        (one ``HMGET``) and the last events (``LRANGE``). An unknown user is a
-        cold start with no rules or events, as /score answers it; 422 names a
-        bad id or parameter; 503 when Redis cannot be read, as /score.
-        """
-        query = profile.parse_query(user_id, params, self.recent_events)
-        if not isinstance(query, ProfileQuery):
-            return _json(422, {"error": "invalid request", "detail": query})
-        models = self.models.current
-        n_events = self.recent_events if query.events is None else query.events
-        key = self.reader.key(query.user_id)
-        commands: list[tuple[bytes | int, ...]] = [(b"HGET", key, DEDUPE_FIELD)]
-        if n_events:
-            commands.append(recent_command(query.user_id, n_events))
-        try:
-            replies, (dedupe, *recent) = await self.reader.fetch_with(
-                [query.user_id], commands
-            )
-        except (RedisError, OSError) as exc:
-            logger.warning("online store read failed: %s", exc)
-            return _store_unavailable()
-        as_of = time.time()
-        stored = self.reader.columns(replies)
-        payload = scoring.score(
-            [query.user_id],
-            stored,
-            as_of,
-            models,
-            explain=True,
-            top_k=query.top_k,
-            stale_after=SETTINGS.stale_after_seconds,
-        )
-        (score,) = payload["scores"]
-        body = profile.profile_payload(
-            query.user_id,
-            score,
-            payload["model_versions"],
-            as_of,
-            rules=profile.active_rules(
-                self.reader.extra(replies, MEMBERS_FIELD)[0], as_of
-            ),
-            live=profile.live_segment(
-                None if isinstance(dedupe, Exception) else dedupe,
-                models.segment_names,
-            ),
-            events=profile.recent_events(recent[0]) if recent else [],
-            ages=profile.feature_ages_by_name(stored, self.reader.feature_names, as_of),
-        )
-        return Response(orjson.dumps(body), media_type=JSON)
+        return await self.engine.score(user_ids, explain, top_k)
 
     async def __is_ready__(self) -> bool:
         """Ready when the online store answers PING.
@@ -447,24 +251,7 @@ class ScoringService:
         The models need no check: ``__init__`` loads them or the worker never
         starts, and a failed reload keeps the last good pair.
         """
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
-
-
-def _store_unavailable() -> Response:
-    return Response(
-        _UNAVAILABLE, status_code=503, media_type=JSON, headers={"Retry-After": "1"}
-    )
-
-
-def _json(
-    status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers
-    )
+        return await self.engine.ready()
 
 
 # Outermost first: limits (and outcome counting) see every /score answer,

@@ -23,20 +23,22 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
-from feast import FeatureStore
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ResponseError
 
+from core.store.feast_wire import field_hash, parse_value, read_bytes_value
 from core.store.state_store import StateLayout
 
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
 # A Feast ``Value`` holding a double is field 5, wire type 1 (64-bit): tag byte
-# 0x29 then 8 little-endian bytes. Most fields read are such doubles; decoding them
-# with struct skips a proto object per value. Anything else goes through the proto.
+# 0x29 then 8 little-endian bytes. Most fields read are such doubles, or the state
+# blob (bytes); decoding those directly skips a proto object per value (and
+# importing Feast at all). Anything else goes through the proto.
 _DOUBLE_TAG = 0x29
 _DOUBLE = struct.Struct("<d")
 
@@ -85,7 +87,7 @@ def resolve_views(store: FeatureStore, names: Sequence[str]) -> list[ViewFields]
         ViewFields(
             view=view,
             features=tuple(features),
-            fields=tuple(_mmh3(f"{view}:{name}") for name in features),
+            fields=tuple(field_hash(f"{view}:{name}") for name in features),
             ts_field=f"_ts:{view}".encode(),
         )
         for view, features in by_view.items()
@@ -98,8 +100,10 @@ def decode_value(raw: bytes | None) -> Any:
         return None
     if raw[0] == _DOUBLE_TAG and len(raw) == 9:
         return _DOUBLE.unpack_from(raw, 1)[0]
-    value = Value()
-    value.ParseFromString(raw)
+    blob = read_bytes_value(raw)
+    if blob is not None:
+        return blob
+    value = parse_value(raw)
     kind = value.WhichOneof("val")
     if kind is None or kind == "null_val":
         return None

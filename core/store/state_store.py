@@ -21,23 +21,29 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
-from feast import FeatureStore
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.feature_catalog import STATE_FEATURE
 from core.names import JOIN_KEY, STREAM_VIEW
 from core.rules.state import Membership
+from core.store.feast_wire import (
+    bytes_value,
+    field_hash,
+    parse_value,
+    read_bytes_value,
+    varint,
+)
 from core.store.guarded_write import WriteGuard, write_guarded
 from core.user_state import UserState
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 DEDUPE_FIELD = b"segscore:dedupe"
 # The user's rule memberships (JSON rule -> [since, until]), beside the state in
@@ -58,21 +64,25 @@ class StateLayout:
     serialization_version: int = 3
     key_ttl_seconds: int | None = None
     view: str = STREAM_VIEW
+    # Whether the direct key build agrees with Feast's (see _key), when already
+    # checked where Feast was loaded; None: checked on first use.
+    direct_key: bool | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, store: FeatureStore) -> StateLayout:
-        """The layout the Feast store ``store`` reads."""
+        """The layout the Feast store ``store`` reads (the key build checked)."""
         config = store.config
-        return cls(
+        layout = cls(
             project=config.project,
             serialization_version=config.entity_key_serialization_version,
             key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
         )
+        return replace(layout, direct_key=layout._direct_key_agrees())
 
     @cached_property
     def state_field(self) -> bytes:
         """The hash field of the ``state`` feature."""
-        return _mmh3(f"{self.view}:{STATE_FEATURE}")
+        return field_hash(f"{self.view}:{STATE_FEATURE}")
 
     @cached_property
     def ts_field(self) -> bytes:
@@ -85,6 +95,10 @@ class StateLayout:
 
     def feast_key(self, user_id: str) -> bytes:
         """The key as Feast's own function builds it (an ``EntityKey`` proto)."""
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
         entity = EntityKey(
             join_keys=[JOIN_KEY], entity_values=[Value(string_val=user_id)]
         )
@@ -100,8 +114,20 @@ class StateLayout:
         and used only if it agrees; the proto path cost the worker and every
         scoring request a few microseconds per user.
         """
-        if self.serialization_version != 3:
-            return self.feast_key
+        agrees = self.direct_key
+        if agrees is None:
+            agrees = self._direct_key_agrees()
+        return self._direct_key if agrees else self.feast_key
+
+    def _direct_key_agrees(self) -> bool:
+        probes = ("u1", "", "ünïcødé-✓", "x" * 128)
+        return self.serialization_version == 3 and all(
+            self._direct_key(p) == self.feast_key(p) for p in probes
+        )
+
+    @cached_property
+    def _direct_key(self) -> Callable[[str], bytes]:
+        """Feast's v3 key of one string join key, built without a proto."""
         string_type = 2  # feast.protos ValueType.STRING
         join_key = JOIN_KEY.encode()
         prefix = struct.pack("<III", 1, string_type, len(join_key)) + join_key
@@ -112,10 +138,7 @@ class StateLayout:
             raw = user_id.encode()
             return b"".join((prefix, head.pack(string_type, len(raw)), raw, project))
 
-        probes = ("u1", "", "ünïcødé-✓", "x" * 128)
-        if all(key(p) == self.feast_key(p) for p in probes):
-            return key
-        return self.feast_key
+        return key
 
 
 def encode_fields(layout: StateLayout, state: UserState) -> dict[bytes, bytes]:
@@ -144,7 +167,7 @@ def _field_values(state: UserState) -> tuple[bytes, bytes, bytes]:
     if micros == 1_000_000:
         seconds, micros = seconds + 1, 0
     return (
-        _bytes_value(state.to_bytes(with_dedupe=False)),
+        bytes_value(state.to_bytes(with_dedupe=False)),
         _timestamp(seconds, micros * 1000),
         state.dedupe_bytes(),
     )
@@ -153,25 +176,10 @@ def _field_values(state: UserState) -> tuple[bytes, bytes, bytes]:
 # The two protobuf messages of a write, encoded by hand (tests/unit/core/
 # test_state_store_encoding.py proves the bytes equal the library's): building a
 # message per field cost twice as much, and this runs once per user written.
-def _varint(n: int) -> bytes:
-    """A non-negative int as a protobuf base-128 varint."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _bytes_value(blob: bytes) -> bytes:
-    """``Value(bytes_val=blob).SerializeToString()``: field 1, length-delimited."""
-    return b"\x0a" + _varint(len(blob)) + blob
-
-
 @lru_cache(maxsize=4096)
 def _seconds_field(seconds: int) -> bytes:
     """A ``Timestamp``'s field 1 (int64 varint); consecutive writes share it."""
-    return b"\x08" + _varint(seconds)
+    return b"\x08" + varint(seconds)
 
 
 def _timestamp(seconds: int, nanos: int) -> bytes:
@@ -184,7 +192,7 @@ def _timestamp(seconds: int, nanos: int) -> bytes:
         return Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
     if not nanos:
         return _seconds_field(seconds)
-    return _seconds_field(seconds) + b"\x10" + _varint(nanos)
+    return _seconds_field(seconds) + b"\x10" + varint(nanos)
 
 
 def outbox_value(state: UserState) -> bytes | None:
@@ -210,12 +218,13 @@ def decode_fields(
     """
     blob = None
     if state_value:
-        value = Value()
-        value.ParseFromString(state_value)
-        if value.WhichOneof("val") != "bytes_val":
-            # Silently starting afresh would overwrite what is stored.
-            raise ValueError("the stored state is not a bytes value")
-        blob = value.bytes_val
+        blob = read_bytes_value(state_value)
+        if blob is None:
+            value = parse_value(state_value)
+            if value.WhichOneof("val") != "bytes_val":
+                # Silently starting afresh would overwrite what is stored.
+                raise ValueError("the stored state is not a bytes value")
+            blob = value.bytes_val
     state = UserState.from_bytes(blob, dedupe)
     if outbox:
         changes, fired = orjson.loads(outbox)

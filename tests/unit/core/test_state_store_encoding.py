@@ -10,10 +10,10 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.store.feast_wire import bytes_value
 from core.store.state_store import (
     DEDUPE_FIELD,
     StateLayout,
-    _bytes_value,
     _timestamp,
     decode_fields,
     encode_fields,
@@ -97,7 +97,7 @@ def test_saved_hashes_hold_exactly_the_encoded_fields_and_expire(
 )
 def test_hand_encoded_bytes_value_equals_the_protobuf_encoding(size: int) -> None:
     blob = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    assert _bytes_value(blob) == Value(bytes_val=blob).SerializeToString()
+    assert bytes_value(blob) == Value(bytes_val=blob).SerializeToString()
 
 
 @pytest.mark.parametrize(
