@@ -22,10 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from core.feature_catalog import (
     HISTORY_FEATURES,
@@ -38,6 +34,8 @@ from core.feature_catalog import (
 )
 from core.feature_math import history_values, request_features, stream_values
 from core.registry import PropensityBundle, SegmenterBundle
+from core.segment_assign import segment_assigner
+from core.tree_shap import TreeShapTables, checked_tables
 from core.user_state import UserState
 
 TIMESTAMP_SUFFIX = "__ts"
@@ -45,8 +43,9 @@ TIMESTAMP_SUFFIX = "__ts"
 # LightGBM and scikit-learn ship separate OpenMP runtimes. Alternating between them
 # leaves one runtime's idle threads spinning while the other works: a single-row
 # request measured ~8 ms instead of ~0.4 ms. Small requests predict on the calling
-# thread; an explained batch of many rows (TreeSHAP: ~0.4 ms per row with the
-# simulator's 110 trees) is split over the cores, which halves it on two.
+# thread. Explanations come from core.tree_shap's tables; where a model has none,
+# LightGBM's TreeSHAP (~0.1 ms per row with the simulator's ~120 trees) splits a
+# batch of many rows over the cores, which halves it on two.
 LGBM_PREDICT_PARAMS: dict[str, Any] = {"num_threads": 1}
 PARALLEL_SHAP_ROWS = 32
 _SHAP_THREADS = max(1, min(os.cpu_count() or 1, 4))
@@ -112,56 +111,6 @@ def with_read_time_features(
     return {**stored, **{name: list(column) for name, column in derived}}
 
 
-def _step_transform(step: Any) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A numpy equivalent of a fitted preprocessing step, if it is a known one."""
-    if isinstance(step, FunctionTransformer):
-        if step.func is np.log1p and step.inverse_func is None and not step.kw_args:
-            return np.log1p
-        return None
-    if isinstance(step, StandardScaler):
-        mean = step.mean_ if step.with_mean else None
-        scale = step.scale_ if step.with_std else None
-
-        def standardise(x: np.ndarray) -> np.ndarray:
-            if mean is not None:
-                x = x - mean
-            return x / scale if scale is not None else x
-
-        return standardise
-    if isinstance(step, PCA) and not step.whiten:
-        mean, components = step.mean_, step.components_
-        return lambda x: (x - mean) @ components.T
-    return None
-
-
-def segment_assigner(pipeline: Pipeline) -> Callable[[np.ndarray], np.ndarray]:
-    """``pipeline.predict`` for ``[transforms..., KMeans]``, in plain numpy.
-
-    scikit-learn spends ~0.25 ms per ``predict`` call on input validation and
-    thread-pool set-up, most of a one-user request; the arithmetic itself is
-    microseconds. Known steps (log1p, StandardScaler, PCA without whitening,
-    KMeans) are replayed with their fitted parameters; any other pipeline falls
-    back to ``pipeline.predict``. :meth:`ScoringModels.from_bundles` checks the
-    two agree before a model is used.
-    """
-    *prep, (_, last) = pipeline.steps
-    transforms = [_step_transform(step) for _, step in prep]
-    if not isinstance(last, KMeans) or any(t is None for t in transforms):
-        return lambda x: pipeline.predict(x).astype(int)
-    centers = last.cluster_centers_
-    center_norms = (centers**2).sum(axis=1)
-    steps = [t for t in transforms if t is not None]
-
-    def assign(matrix: np.ndarray) -> np.ndarray:
-        x = matrix
-        for step in steps:
-            x = step(x)
-        # argmin |x - c|^2 = argmin (|c|^2 - 2 x.c): the row norm is common.
-        return np.argmin(center_norms - 2.0 * (x @ centers.T), axis=1)
-
-    return assign
-
-
 @dataclass(frozen=True)
 class _InputPlan:
     """Where each model input comes from in ``[stored..., ages...]`` columns."""
@@ -201,6 +150,9 @@ class ScoringModels:
     # the profiles' spread per feature, for change_reasons: built once.
     segment_profiles: dict[int, np.ndarray]
     profile_spread: np.ndarray
+    # The propensity model's TreeSHAP as look-up tables (core.tree_shap), None
+    # where they do not reproduce LightGBM's values: then LightGBM computes them.
+    shap_tables: TreeShapTables | None = None
 
     @classmethod
     def from_bundles(
@@ -279,6 +231,7 @@ class ScoringModels:
                 s.id: row for s, row in zip(segmenter.segments, profiles, strict=True)
             },
             profile_spread=spread,
+            shap_tables=checked_tables(propensity.booster),
         )
 
     @property
@@ -459,10 +412,7 @@ def score(
         # pred_contrib gives per-feature log-odds contributions plus the base value
         # in the last column; their sum is the raw margin, so the booster does not
         # need a second pass for the prediction itself.
-        threads = _SHAP_THREADS if n >= PARALLEL_SHAP_ROWS else 1
-        contrib = models.propensity.booster.predict(
-            inputs.propensity, pred_contrib=True, num_threads=threads
-        )
+        contrib = _contributions(models, inputs.propensity)
         margin = contrib.sum(axis=1)
         explanations = top_contributions(
             contrib[:, :-1], inputs.propensity, models.propensity.features, top_k
@@ -502,6 +452,17 @@ def score(
             for i in range(n)
         ],
     }
+
+
+def _contributions(models: ScoringModels, inputs: np.ndarray) -> np.ndarray:
+    """SHAP values plus the expected value, laid out as LightGBM's ``pred_contrib``."""
+    tables = models.shap_tables
+    if tables is not None and not np.isnan(inputs).any():
+        return tables.contributions(inputs)
+    threads = _SHAP_THREADS if len(inputs) >= PARALLEL_SHAP_ROWS else 1
+    return models.propensity.booster.predict(
+        inputs, pred_contrib=True, num_threads=threads
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from core.registry import (
     save_propensity,
     save_segmenter,
 )
-from core.scoring import ONLINE_FEATURES, ScoringModels, segment_assigner
+from core.scoring import ONLINE_FEATURES, ScoringModels
+from core.segment_assign import segment_assigner
 from infra.settings import Settings
 from serving.metrics import observe_many
 from tests.support.model_bundles import tiny_bundles

@@ -315,17 +315,29 @@ def test_shap_contributions_and_base_value_sum_to_the_margin(models: ScoringMode
 
 
 @pytest.mark.filterwarnings("ignore:LightGBM binary classifier:UserWarning")
-def test_shap_matches_shap_tree_explainer(models: ScoringModels):
+def test_served_shap_values_match_shap_tree_explainer(models: ScoringModels):
     shap = pytest.importorskip("shap")
+    # The served values come from the look-up tables (core.tree_shap).
+    assert models.shap_tables is not None
     stored = _columns(_known_user(), _known_user(events_1h=0.0, cart_adds_24h=5.0))
     inputs = build_inputs(stored, 2, AS_OF, models)
-    ours = models.propensity.booster.predict(inputs.propensity, pred_contrib=True)
+    features = models.propensity.features
+    payload = score(["a", "b"], stored, AS_OF, models, top_k=len(features))
+    ours = np.array(
+        [
+            [
+                {c["feature"]: c["contribution"] for c in s["explanation"]}[name]
+                for name in features
+            ]
+            for s in payload["scores"]
+        ]
+    )
 
     explainer = shap.TreeExplainer(models.propensity.booster)
     theirs = explainer.shap_values(inputs.propensity)
     theirs = theirs[1] if isinstance(theirs, list) else theirs
 
-    np.testing.assert_allclose(ours[:, :-1], theirs, atol=1e-6)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
     assert models.base_value == pytest.approx(
         float(np.ravel(explainer.expected_value)[-1]), abs=1e-6
     )
