@@ -2,34 +2,41 @@
 
 Generates an event log in the public "eCommerce behavior data" layout (CSV) --
 ``events`` rows over ``users`` users and ``days`` days, uniform arrivals, the
-Kaggle data's mix of view / cart / remove_from_cart / purchase -- then runs, in ONE
-fresh child process so its peak memory is the pipeline's own:
+Kaggle data's mix of view / cart / remove_from_cart / purchase -- then, ``repeats``
+times, runs in a fresh child process (:mod:`segscore.bench.training_child`) so
+that its peak memory is the pipeline's own and every repeat measures the same:
 
 1. ``segscore import`` (:func:`training.event_import.import_events`),
 2. the backfill with the stream worker's feature functions, snapshots as the
    training run takes them (:func:`training.backfill.snapshot_plan`),
 3. the offline-store write (Parquet files Feast reads),
 4. both training sets through Feast ``get_historical_features`` (segmentation:
-   every user at the last snapshot; propensity: every labelled snapshot row).
+   every user at the last snapshot; propensity: every labelled snapshot row),
 
-``seconds`` is the wall time of 1-4 (generating the input is not counted).
-``peak_rss_mb`` is the most memory the pipeline held at once: the larger of the
-child's own peak resident set and the total resident set of the child *and its
-backfill worker processes*, sampled every 50 ms (a parallel backfill's workers
-count, not just the process that waits for them). Feast registry setup is timed
-separately (``setup_s``) since it does not grow with the data.
+and then fits both models on those sets as ``segscore train`` does.
+
+``seconds`` is the wall time of 1-4 (generating the input and the fit are not
+counted; the fit is ``fit_seconds``). ``peak_rss_mb`` is the most memory 1-4 held
+at once: the larger of the child's own peak resident set and the total resident
+set of the child *and its backfill worker processes*, sampled every 50 ms (a
+parallel backfill's workers count, not just the process that waits for them);
+the fit's peak is ``fit_peak_rss_mb``. ``cpu_s`` is the CPU time 1-4 took in all
+processes, which the machine's other load changes less than the wall time. Each
+number is the median of the repeats, with each repeat's value, the spread and the
+load average after each repeat (:mod:`segscore.bench.repeats`); the targets are
+checked on the medians. Feast registry setup is timed separately (``setup_s``)
+since it does not grow with the data.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +44,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from core.names import PROPENSITY_SERVICE, SEGMENTATION_SERVICE
-from segscore.bench.harness import run_in_child
+from segscore.bench.harness import TreeMemory, wait_for_reply
+from segscore.bench.repeats import DEFAULT_REPEATS, load_average, summarize_runs
+from segscore.bench.training_child import TIMED_STAGES, pipeline
 
-TARGET_SECONDS = 60.0
-TARGET_RSS_MB = 4096.0
+TARGET_SECONDS = 20.0
+TARGET_RSS_MB = 2048.0
 # Roughly the event mix of the public dataset (views dominate).
 ECOMMERCE_MIX = {
     "view": 0.90,
@@ -63,13 +71,54 @@ CATEGORIES = (
 
 @dataclass(frozen=True)
 class TrainingBenchConfig:
-    """What to generate."""
+    """What to generate, how often to measure it, and whether to fit the models."""
 
     events: int = 1_000_000
     users: int = 100_000
     days: int = 30
     seed: int = 7
+    repeats: int = DEFAULT_REPEATS
+    fit: bool = True
     keep_home: bool = False
+
+
+# What ``--quick`` changes: one repeat on a small log (CI); the fit stays, so the
+# whole path is exercised.
+QUICK: dict[str, Any] = {"repeats": 1, "events": 5_000, "users": 500, "days": 12}
+
+# The numbers each repeat measures, summarised as medians with their spread.
+REPEATED = (
+    "seconds",
+    "peak_rss_mb",
+    "peak_rss_tree_sampled_mb",
+    "peak_rss_process_mb",
+    "cpu_s",
+    *TIMED_STAGES,
+    *(f"{stage.removesuffix('_s')}_peak_rss_mb" for stage in TIMED_STAGES),
+    "setup_s",
+)
+FIT_REPEATED = (
+    "fit_seconds",
+    "segmenter_fit_s",
+    "propensity_fit_s",
+    "fit_peak_rss_mb",
+)
+
+
+def make_config(quick: bool = False, **given: Any) -> TrainingBenchConfig:
+    """A config from the options given (``None`` = not given) and ``--quick``.
+
+    Given options win; ``quick`` then fills in :data:`QUICK`; the rest are the
+    defaults.
+    """
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if quick:
+        chosen = {**QUICK, **chosen}
+    known = {f.name for f in fields(TrainingBenchConfig)}
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise ValueError(f"unknown training bench options {unknown}")
+    return TrainingBenchConfig(**chosen)
 
 
 def write_ecommerce_csv(path: Path, config: TrainingBenchConfig) -> None:
@@ -107,141 +156,101 @@ def write_ecommerce_csv(path: Path, config: TrainingBenchConfig) -> None:
     pacsv.write_csv(table, path)
 
 
-def _stage_peak_mb() -> float | None:
-    """Peak RSS since the last call (Linux: read VmHWM, then reset it)."""
+def run_once(root: Path, csv: Path, fit: bool, keep: bool = False) -> dict[str, Any]:
+    """One repeat in a fresh child process and a fresh home under ``root``.
+
+    The home is removed afterwards unless ``keep``.
+
+    Returns:
+        The repeat's flat result: the child's stages and counts, ``seconds``,
+        ``peak_rss_mb`` (import -> sets), with ``fit`` the fit's numbers, and
+        ``load_avg_1m`` right after the repeat.
+    """
+    home = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    died = "benchmark child exited with {exitcode} (see above)"
+    context = mp.get_context("spawn")
+    box = context.Queue()
+    child = context.Process(target=pipeline, args=(str(home), str(csv), fit, box))
+    child.start()
+    assert child.pid is not None
     try:
-        status = Path("/proc/self/status").read_text()
-        kb = next(
-            int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM")
-        )
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
-    except (OSError, StopIteration, ValueError):
-        return None
-    return round(kb / 1024, 1)
+        with TreeMemory(child.pid) as tree:
+            result = wait_for_reply(box, child, None, died=died)
+        sets_peak = tree.peak_mb
+        fitted: dict[str, Any] = {}
+        if fit:
+            # A new sampler: the fit's peak is reported apart from the target's.
+            with TreeMemory(child.pid) as fit_tree:
+                fitted = wait_for_reply(box, child, None, died=died)
+            process = fitted.get("fit_peak_rss_process_mb") or 0.0
+            fitted["fit_peak_rss_mb"] = round(max(process, fit_tree.peak_mb), 1)
+        child.join()
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join()
+        if not keep:
+            shutil.rmtree(home, ignore_errors=True)
+    result["peak_rss_process_mb"] = result.pop("peak_rss_mb")
+    return {
+        **result,
+        **fitted,
+        "seconds": round(sum(result[k] for k in TIMED_STAGES), 2),
+        "peak_rss_mb": round(max(result["peak_rss_process_mb"], sets_peak), 1),
+        "peak_rss_tree_sampled_mb": round(sets_peak, 1),
+        "load_avg_1m": load_average(),
+    }
 
 
-def _pipeline(home: str, csv: str, config: dict[str, Any], box: Any) -> None:
-    """Child process: import, backfill, write offline, build both training sets."""
-    os.environ["SEGSCORE_HOME"] = home
-    # Library chatter (Feast's experimental-feature notice, ibis deprecations)
-    # would bury the numbers.
-    warnings.filterwarnings("ignore")
-    from core.event_files import read_events
-    from core.store.feast_config import feature_store
-    from feature_repo.apply import apply_repo
-    from infra.settings import get_settings
-    from training.backfill import backfill, snapshot_plan, write_offline
-    from training.event_import import import_events
-    from training.labels import snapshot_labels
-    from training.training_set import latest_population, training_frame
+def summarize(
+    runs: list[dict[str, Any]], config: TrainingBenchConfig
+) -> dict[str, Any]:
+    """The repeats as one flat report: medians with spreads, targets on the medians.
 
-    settings = get_settings()
-    stages: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        stages[name] = round(now - clock, 2)
-        peak = _stage_peak_mb()
-        if peak is not None:
-            stages[name.removesuffix("_s") + "_peak_rss_mb"] = peak
-        clock = now
-
-    store = feature_store(settings, "redis://127.0.0.1:1/0")  # never contacted
-    apply_repo(store)
-    lap("setup_s")
-    events_path = settings.data_dir / "events.parquet"
-    imported = import_events(Path(csv), events_path)
-    events = read_events(events_path)
-    lap("import_s")
-    ts = events["ts"].to_numpy()
-    grid, activity_until = snapshot_plan(events, settings)
-    result = backfill(
-        events,
-        grid,
-        settings.allowed_lateness_seconds,
-        workers=settings.backfill_workers,
-        activity_until=activity_until,
-    )
-    lap("backfill_s")
-    write_offline(result, settings)
-    lap("write_offline_s")
-    population = latest_population(result.stream)
-    snapshot_rows = len(result.stream)
-    snapshot_instants = result.stream["event_timestamp"].nunique()
-    rows = result.stream[["user_id", "event_timestamp"]]
-    # From here on the offline files are the features; holding the tables too
-    # would only add to the peak.
-    del result
-    segmentation = training_frame(store, population, SEGMENTATION_SERVICE)
-    lap("segmentation_set_s")
-    entities = snapshot_labels(
-        events, rows, settings.label_horizon_days, data_end=float(ts.max())
-    )
-    del rows
-    del events
-    propensity = training_frame(store, entities, PROPENSITY_SERVICE)
-    lap("propensity_set_s")
-    box.put(
-        {
-            **stages,
-            "imported_events": imported.summary.accepted,
-            "rejected_rows": imported.summary.rejected,
-            "snapshots": snapshot_instants,
-            "grid_instants": len(grid),
-            "snapshot_rows": snapshot_rows,
-            "segmentation_rows": len(segmentation),
-            "propensity_rows": len(propensity),
-            # The largest stage peak (resetting VmHWM resets ru_maxrss too);
-            # children: the backfill's worker processes (the largest of them).
-            "peak_rss_mb": max(
-                [
-                    round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                    *(v for k, v in stages.items() if k.endswith("_peak_rss_mb")),
-                ]
-            ),
-            "peak_rss_children_mb": round(
-                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
-            ),
-        }
-    )
+    Counts (rows, events) are the same in every repeat of one input; the last
+    repeat's are reported.
+    """
+    keys = [*REPEATED, *(k for k in FIT_REPEATED if k in runs[0])]
+    summary = summarize_runs(runs, keys)
+    seconds, peak = summary["seconds"], summary["peak_rss_mb"]
+    last = runs[-1]
+    counts = {
+        k: v
+        for k, v in last.items()
+        if k not in keys and k not in ("load_avg_1m", "fit_peak_rss_process_mb")
+    }
+    medians = {k: summary.pop(k) for k in keys}
+    return {
+        "events": config.events,
+        "users": config.users,
+        "days": config.days,
+        "seconds": seconds,
+        "peak_rss_mb": peak,
+        "target_seconds": TARGET_SECONDS,
+        "target_rss_mb": TARGET_RSS_MB,
+        "meets_targets": seconds <= TARGET_SECONDS and peak <= TARGET_RSS_MB,
+        **{k: v for k, v in medians.items() if k not in ("seconds", "peak_rss_mb")},
+        **counts,
+        **summary,
+    }
 
 
 def run_training_bench(config: TrainingBenchConfig) -> dict[str, Any]:
-    """Generate the input, run the pipeline in a child process, return one flat dict."""
+    """Generate the input once, run ``config.repeats`` repeats, return one flat dict."""
+    if config.repeats < 1:
+        raise ValueError("repeats must be >= 1")
     home = Path(tempfile.mkdtemp(prefix="segscore-bench-training-"))
     try:
         csv = home / "ecommerce.csv"
         started = time.perf_counter()
         write_ecommerce_csv(csv, config)
         generate_s = time.perf_counter() - started
-        result, tree_peak = run_in_child(
-            _pipeline,
-            (str(home), str(csv), asdict(config)),
-            died="benchmark child exited with {exitcode} (see above)",
-        )
-        peak = round(max(result["peak_rss_mb"], tree_peak), 1)
-        timed = (
-            "import_s",
-            "backfill_s",
-            "write_offline_s",
-            "segmentation_set_s",
-            "propensity_set_s",
-        )
-        seconds = round(sum(result[k] for k in timed), 2)
-        result["peak_rss_process_mb"] = result.pop("peak_rss_mb")
+        runs = [
+            run_once(home, csv, config.fit, config.keep_home)
+            for _ in range(config.repeats)
+        ]
         return {
-            "events": config.events,
-            "users": config.users,
-            "days": config.days,
-            "seconds": seconds,
-            "peak_rss_mb": peak,
-            "peak_rss_tree_sampled_mb": round(tree_peak, 1),
-            "target_seconds": TARGET_SECONDS,
-            "target_rss_mb": TARGET_RSS_MB,
-            "meets_targets": seconds <= TARGET_SECONDS and peak <= TARGET_RSS_MB,
-            **result,
+            **summarize(runs, config),
             "generate_input_s": round(generate_s, 2),
             "input_mb": round(csv.stat().st_size / 2**20, 1),
             "cpu_count": os.cpu_count(),
