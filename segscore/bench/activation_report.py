@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from segscore.bench.activation_traffic import Matcher, Sent
-from segscore.bench.harness import percentiles_ms, report_rows
+from segscore.bench.harness import percentiles_ms, report_rows, report_table
 
 # The issue's targets: at 5,000 events/s, one worker, segments and rules on.
 TARGETS = {"trigger_p99_ms": 250.0, "timer_lateness_p99_ms": 1000.0}
@@ -116,19 +115,17 @@ def print_result(console: Console, result: dict[str, Any]) -> None:
     A number measured in every repeat shows its median, the spread and each
     repeat's value.
     """
-    table = Table(title="segscore bench activation")
-    table.add_column("metric")
-    table.add_column("value (median of repeats)", overflow="fold")
     head = (
         "trigger_p50_ms", "trigger_p99_ms", "segment_change_p50_ms",
         "segment_change_p99_ms", "timer_lateness_p50_ms", "timer_lateness_p99_ms",
         "latency_trend_ms_per_s", "events_per_s", "events_per_s_without_activation",
         "missing_activations",
     )  # fmt: skip
-    rows = dict(report_rows(result))
-    for key in (*head, *(k for k in rows if k not in head)):
-        if key in rows:
-            table.add_row(key, rows[key])
+    rows = {row[0]: row for row in report_rows(result)}
+    order = (*head, *(k for k in rows if k not in head))
+    table = report_table(
+        "segscore bench activation", (rows[k] for k in order if k in rows)
+    )
     console.print(table)
 
 

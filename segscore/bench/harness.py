@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -455,14 +455,14 @@ def summarize_numbers(
     return out
 
 
-def report_rows(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """``(key, cell)`` rows of a flat report for a table, repeats folded in.
+def report_rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """``(key, value, spread)`` rows of a flat report for a table, repeats folded in.
 
     A number summarised over repeats (:func:`segscore.bench.repeats.summarize_runs`)
-    is one row: its median, then the spread and each repeat's value, e.g.
-    ``31.2  (spread 8.1 %: 30.4 / 31.2 / 32.9)``; its ``_runs`` and
+    is one row: its median as the value, and as the spread its spread and each
+    repeat's value, e.g. ``8 % (30.4 / 31.2 / 32.9)``; its ``_runs`` and
     ``_spread_pct`` keys get no rows of their own. Other lists are joined with
-    `` / ``.
+    `` / ``; other keys have no spread.
     """
     for key, value in result.items():
         base = key.removesuffix("_runs").removesuffix("_spread_pct")
@@ -475,12 +475,29 @@ def report_rows(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
         runs = result.get(f"{key}_runs")
         if isinstance(runs, list) and len(runs) > 1:
             spread = result.get(f"{key}_spread_pct")
-            each = " / ".join(f"{v:g}" for v in runs)
-            yield key, f"{value:g}  (spread {spread:g} %: {each})"
+            # Four digits tell repeats apart; the JSON keeps them whole.
+            each = " / ".join(f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}" for v in runs)
+            yield key, f"{value:g}", f"{spread:.0f} % ({each})"
         elif isinstance(value, list):
-            yield key, " / ".join(str(v) for v in value)
+            yield key, " / ".join(str(v) for v in value), ""
         else:
-            yield key, str(value)
+            yield key, str(value), ""
+
+
+def report_table(title: str, rows: Iterable[tuple[str, ...]], extra: str = "") -> Table:
+    """A table of :func:`report_rows`'s rows (plus an ``extra`` column if named).
+
+    The metric names are never cut: they are what a reader greps for.
+    """
+    table = Table(title=title)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("median", overflow="fold")
+    table.add_column("spread (each repeat)", overflow="fold")
+    if extra:
+        table.add_column(extra, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def write_json_report(path: Path, report: dict[str, Any]) -> None:

@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from segscore.bench.harness import (
     BenchError,
@@ -64,6 +63,7 @@ from segscore.bench.harness import (
     percentiles_ms,
     profile_report,
     report_rows,
+    report_table,
     sigterm_as_interrupt,
     start_profiler,
     stop_profiler,
@@ -343,11 +343,8 @@ def _meets(value: float, op: str, bound: float) -> bool:
 
 def print_result(console: Console, result: dict[str, Any]) -> None:
     """The result as a table: medians with spread and repeats, and each target."""
-    table = Table(title="segscore bench serve")
-    table.add_column("metric")
-    table.add_column("value (median of repeats)", overflow="fold")
-    table.add_column("target")
-    for key, cell in report_rows(result):
+    rows = []
+    for key, value, spread in report_rows(result):
         if key == "profile_top_self":
             continue
         target = ""
@@ -356,5 +353,5 @@ def print_result(console: Console, result: dict[str, Any]) -> None:
             met = _meets(result[key], op, bound)
             mark = "[green]ok[/]" if met else "[red]missed[/]"
             target = f"{op} {bound:g} {mark}"
-        table.add_row(key, cell, target)
-    console.print(table)
+        rows.append((key, value, spread, target))
+    console.print(report_table("segscore bench serve", rows, extra="target"))

@@ -83,7 +83,6 @@ from typing import Any
 import numpy as np
 import redis
 from rich.console import Console
-from rich.table import Table
 
 from core.store.state_store import StateLayout
 from segscore.bench.harness import (
@@ -95,6 +94,7 @@ from segscore.bench.harness import (
     percentiles_ms,
     profile_report,
     report_rows,
+    report_table,
     sigterm_as_interrupt,
     start_profiler,
     stop_profiler,
@@ -488,15 +488,9 @@ def _steady_rate(timeline: list[tuple[float, int]], total: int) -> float | None:
 
 
 def print_result(console: Console, result: dict[str, Any]) -> None:
-    """The result as a two-column table: medians with spread and repeats."""
-    table = Table(title="segscore bench stream")
-    table.add_column("metric")
-    table.add_column("value (median of repeats)", overflow="fold")
-    for key, cell in report_rows(flat(result)):
-        if key in ("profile_top_self",):
-            continue
-        table.add_row(key, cell)
-    console.print(table)
+    """The result as a table: medians with spread and repeats."""
+    rows = [row for row in report_rows(flat(result)) if row[0] != "profile_top_self"]
+    console.print(report_table("segscore bench stream", rows))
 
 
 def flat(result: dict[str, Any]) -> dict[str, Any]:

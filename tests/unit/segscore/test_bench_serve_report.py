@@ -89,12 +89,21 @@ def test_report_rows_fold_each_repeated_number_into_one_row() -> None:
         {"p99_ms": 20.0, "load_avg_1m": 0.5},
     ]
     result = {"users": 5, **summarize_runs(runs, ["p99_ms"])}
-    rows = dict(report_rows(result))
+    rows = {key: (value, spread) for key, value, spread in report_rows(result)}
     assert set(rows) == {"users", "repeats", "p99_ms", "load_avg_1m_runs"}
-    assert rows["p99_ms"] == "20  (spread 100 %: 30 / 10 / 20)"
-    assert rows["load_avg_1m_runs"] == "1.0 / 1.5 / 0.5"
-    one = dict(report_rows(summarize_runs(runs[:1], ["p99_ms"])))
-    assert one["p99_ms"] == "30.0"
+    assert rows["p99_ms"] == ("20", "100 % (30 / 10 / 20)")
+    long = summarize_runs([{"x": 161.694}, {"x": 423.392}, {"x": 142.969}], ["x"])
+    assert dict((k, s) for k, _, s in report_rows(long))["x"] == (
+        "173 % (161.7 / 423.4 / 143)"
+    )
+    big = summarize_runs([{"x": 13428.0}, {"x": 11906.0}, {"x": 16655.4}], ["x"])
+    assert dict((k, s) for k, _, s in report_rows(big))["x"].endswith(
+        "(13428 / 11906 / 16655)"
+    )
+    assert rows["load_avg_1m_runs"] == ("1.0 / 1.5 / 0.5", "")
+    assert rows["users"] == ("5", "")
+    one = {k: (v, s) for k, v, s in report_rows(summarize_runs(runs[:1], ["p99_ms"]))}
+    assert one["p99_ms"] == ("30.0", "")
 
 
 def test_tree_memory_sums_a_process_and_its_children() -> None:
