@@ -37,7 +37,9 @@ stack, nothing retrained or restarted) run ``repeats`` times (default 3). Every
 number is reported as the median of its repeats, with each repeat's value, the
 spread and the 1-minute load average of each repeat
 (:func:`segscore.bench.repeats.summarize_runs`); targets are checked on the
-medians. ``--quick`` is one repeat of short phases, for CI.
+medians. ``ratio_p99_vs_feast`` is the median of each repeat's ratio, whose two
+p99s come from the same interleaved moments. ``--quick`` is one repeat of short
+phases, for CI.
 
 Any non-200 answer fails the run. ``--profile`` records the service's worker
 processes with py-spy across the phases and prints where their time goes. This
