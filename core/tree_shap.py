@@ -154,11 +154,11 @@ def _leaf_table(leaf: _Leaf) -> np.ndarray:
         ]
     )
     # A(m) = sum_s w(s) * e_{|m|-s}(m), for |m| < u (a set without some feature).
-    coalition = np.zeros(1 << u)
-    for m in range(1 << u):
-        h = int(size[m])
-        if h < u:
-            coalition[m] = sum(weights[s] * sym[m, h - s] for s in range(h + 1))
+    # As a sum over i = |m| - s: e_i(m) weighted by w(|m| - i); the full set
+    # (|m| = u) is never needed and weighs nothing.
+    shift = size[:, None] - np.arange(u + 1)[None, :]
+    usable = (shift >= 0) & (size[:, None] < u)
+    coalition = (sym * np.where(usable, weights[np.clip(shift, 0, u - 1)], 0.0)).sum(1)
     cold_product = np.prod(np.where(bits == 1, 1.0, z), axis=1)  # P(C) per mask
     table = np.empty((1 << u, u))
     for k in range(u):
@@ -184,12 +184,11 @@ class TreeShapTables:
     feature: np.ndarray
     low: np.ndarray
     high: np.ndarray
-    bit: np.ndarray
-    leaf_starts: np.ndarray  # first entry of each leaf
+    pad: np.ndarray  # (leaves, widest path): each leaf's entries, then -> a pad row
+    pad_bits: np.ndarray  # 1, 2, 4, ... per position in a path
+    leaf_width: np.ndarray  # u of each leaf
     entry_leaf: np.ndarray
-    entry_base: np.ndarray  # table offset of the entry's leaf
-    entry_width: np.ndarray  # u of the entry's leaf
-    entry_column: np.ndarray
+    entry_offset: np.ndarray  # the leaf's table offset plus the entry's column
     table: np.ndarray
     # Entries reordered by feature, and where each used feature's run starts.
     by_feature: np.ndarray
@@ -227,25 +226,29 @@ class TreeShapTables:
         columns = (
             np.concatenate([np.arange(w) for w in widths]) if leaves else np.zeros(0)
         )
+        starts = np.cumsum([0, *widths])[:-1]
+        # Row len(feature) of the padded hot block is the never-hot pad row.
+        pad = np.full((len(leaves), max(widths, default=0)), len(feature), np.intp)
+        for leaf, (start, width) in enumerate(zip(starts, widths, strict=True)):
+            pad[leaf, :width] = np.arange(start, start + width)
         by_feature = np.argsort(feature, kind="stable")
-        used, starts = np.unique(feature[by_feature], return_index=True)
+        used, feature_starts = np.unique(feature[by_feature], return_index=True)
         return cls(
             n_features=len(dump["feature_names"]),
             expected_value=expected,
             feature=feature,
             low=np.array([x for leaf in leaves for x in leaf.low]),
             high=np.array([x for leaf in leaves for x in leaf.high]),
-            bit=(1 << columns.astype(np.int64)),
-            leaf_starts=np.cumsum([0, *widths])[:-1].astype(np.intp),
+            pad=pad,
+            pad_bits=(1 << np.arange(pad.shape[1])).astype(np.int32),
+            leaf_width=np.asarray(widths, dtype=np.int32),
             entry_leaf=entry_leaf,
-            entry_base=np.asarray(bases, dtype=np.int64)[entry_leaf],
-            entry_width=np.asarray(widths, dtype=np.int64)[entry_leaf],
-            entry_column=columns.astype(np.int64),
+            entry_offset=(np.asarray(bases)[entry_leaf] + columns).astype(np.int32),
             table=np.concatenate([t.ravel() for t in tables])
             if tables
             else np.zeros(0),
             by_feature=by_feature,
-            feature_starts=starts.astype(np.intp),
+            feature_starts=feature_starts.astype(np.intp),
             used_features=used.astype(np.intp),
         )
 
@@ -263,17 +266,23 @@ class TreeShapTables:
         # -inf goes left at every split, as LightGBM sends it; raised to the
         # lowest finite double (below every threshold), it also passes the
         # open "> -inf" bound of a path with no left turn on its feature.
-        values = np.maximum(inputs, _LOWEST)[:, self.feature]
-        hot = (values > self.low) & (values <= self.high)
-        index = np.add.reduceat(hot * self.bit, self.leaf_starts, axis=1)
-        picked = self.table[
-            self.entry_base
-            + index[:, self.entry_leaf] * self.entry_width
-            + self.entry_column
-        ]
+        # Entries as rows, users as columns: every reduction below then adds
+        # whole contiguous rows, vectorised over the users.
+        values = np.maximum(inputs, _LOWEST).T[self.feature]
+        hot = (values > self.low[:, None]) & (values <= self.high[:, None])
+        # Each leaf's hot-set index: its entries' bits, gathered into a
+        # (leaves, widest path, users) block (short paths padded with a row
+        # that is never hot) and weighted by their bits; then scaled by the
+        # leaf's width so that adding an entry's offset addresses its value.
+        padded = np.concatenate([hot, np.zeros((1, rows), dtype=bool)])[self.pad]
+        index = np.einsum("lwn,w->ln", padded.astype(np.int32), self.pad_bits)
+        index *= self.leaf_width[:, None]
+        flat = index[self.entry_leaf]
+        flat += self.entry_offset[:, None]
+        picked = self.table[flat]
         out[:, self.used_features] = np.add.reduceat(
-            picked[:, self.by_feature], self.feature_starts, axis=1
-        )
+            picked[self.by_feature], self.feature_starts, axis=0
+        ).T
         return out
 
 

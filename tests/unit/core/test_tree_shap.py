@@ -103,3 +103,15 @@ def test_checked_tables_are_used_for_a_plain_model() -> None:
     tables = checked_tables(booster)
     assert tables is not None
     _assert_same(booster, tables, x)
+
+
+def test_paths_or_tables_over_the_limits_are_left_to_lightgbm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    booster, _ = _booster(17, features=5, leaves=30)
+    monkeypatch.setattr("core.tree_shap.MAX_PATH_FEATURES", 2)
+    with pytest.raises(Unsupported, match="distinct features"):
+        TreeShapTables.from_dump(booster.dump_model())
+    monkeypatch.setattr("core.tree_shap.MAX_PATH_FEATURES", 12)
+    monkeypatch.setattr("core.tree_shap.MAX_TABLE_BYTES", 1024)
+    assert checked_tables(booster) is None
