@@ -143,9 +143,7 @@ def bench_training(
     (`--repeats`) with spread and load average. The fit of both models on the
     sets is timed apart (`fit_seconds`), outside the targets.
     """
-    from rich.table import Table
-
-    from segscore.bench.harness import report_rows, write_json_report
+    from segscore.bench.harness import report_rows, report_table, write_json_report
     from segscore.bench.training import make_config, run_training_bench
 
     config = make_config(
@@ -163,19 +161,25 @@ def bench_training(
         f"on {config.events:,} events, {config.repeats} repeat(s)"
     ):
         result = run_training_bench(config)
-    table = Table(
-        "metric", "value (median of repeats)", title="segscore bench training"
-    )
-    for key, cell in report_rows(result):
-        table.add_row(key, cell)
-    console.print(table)
+    if json_out is not None:
+        # First: a long measurement is not lost to a problem in printing it.
+        write_json_report(json_out, result)
+    targets = {"seconds": "target_seconds", "peak_rss_mb": "target_rss_mb"}
+    rows = []
+    for key, value, spread in report_rows(result):
+        target = ""
+        if key in targets:
+            bound = result[targets[key]]
+            mark = "[green]ok[/]" if result[key] <= bound else "[red]missed[/]"
+            target = f"<= {bound:g} {mark}"
+        rows.append((key, value, spread, target))
+    console.print(report_table("segscore bench training", rows, extra="target"))
     if not result["meets_targets"]:
         console.print(
             f"[yellow]targets (medians): <= {result['target_seconds']:.0f} s and <= "
             f"{result['target_rss_mb']:.0f} MB; see the stage timings above[/]"
         )
     if json_out is not None:
-        write_json_report(json_out, result)
         console.print(f"wrote {json_out}")
 
 
