@@ -9,6 +9,7 @@ feature, the schema the Feast file sources read.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,27 @@ def _schema(columns: tuple[str, ...]) -> pa.Schema:
     )
 
 
+def _slice_table(
+    frame: pd.DataFrame, columns: tuple[str, ...], schema: pa.Schema, rows: slice
+) -> pa.Table:
+    """Rows ``rows`` of a snapshot table as Arrow, one column at a time.
+
+    What ``pa.Table.from_pandas`` gives (NaN as null, nanoseconds to whole
+    microseconds, checked), without first taking the slice as a pandas frame:
+    the backfill's features are one row-major block, and reordering it into a
+    frame was a 65 MB copy per slice besides the Arrow one.
+    """
+    arrays = [
+        pa.array(frame["user_id"].to_numpy(dtype=object)[rows], type=pa.string()),
+        pa.array(frame["event_timestamp"].iloc[rows]).cast(schema[1].type),
+        *(
+            pa.array(frame[name].to_numpy(dtype=np.float64)[rows], from_pandas=True)
+            for name in columns
+        ),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def write_snapshot_file(
     frame: pd.DataFrame, columns: tuple[str, ...], path: Path
 ) -> None:
@@ -71,16 +93,13 @@ def write_snapshot_file(
         path: The Parquet file; its directory is made if missing.
     """
     schema = _schema(columns)
-    names = ["user_id", "event_timestamp", *columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     # Readers (Feast, a running worker) never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     # Slice by slice (one row group each): converting the whole table at once
     # held two more copies of it (~1.3 GB at 2.7M rows).
     with pq.ParquetWriter(tmp, schema) as writer:
         for start in range(0, max(len(frame), 1), WRITE_SLICE_ROWS):
-            piece = frame.iloc[start : start + WRITE_SLICE_ROWS][names]
-            writer.write_table(
-                pa.Table.from_pandas(piece, schema=schema, preserve_index=False)
-            )
+            rows = slice(start, start + WRITE_SLICE_ROWS)
+            writer.write_table(_slice_table(frame, columns, schema, rows))
     os.replace(tmp, path)
