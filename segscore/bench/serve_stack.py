@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import psutil
 from rich.console import Console
 
 from core.names import LIVE_VIEW
@@ -122,6 +123,37 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 def service_workers(pid: int) -> list[int]:
     """Pids of the BentoML worker processes under the ``bentoml serve`` arbiter."""
     return child_pids(pid, "_bentoml_impl.worker.service")
+
+
+def wait_workers_started(
+    server: subprocess.Popen, workers: int, log: Path, timeout: float
+) -> None:
+    """Until the ``bentoml serve`` tree is ``workers`` workers and nothing else.
+
+    /readyz answers as soon as one worker listens; the others may still be
+    starting, importing and resolving their read plan in a child process. A
+    measurement begun then would share the cores with their start-up, see
+    connections accepted by the one worker up, and count the start-up's children
+    in the service's memory. Settled: the tree held exactly ``workers`` workers
+    and no other process in two polls 0.5 s apart.
+    """
+    deadline = time.monotonic() + timeout
+    settled = 0
+    while settled < 2:
+        if server.poll() is not None:
+            raise BenchError(f"the scoring service exited:\n{log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"the scoring service's {workers} workers were not all up "
+                f"after {timeout:.0f}s:\n{log_tail(log)}"
+            )
+        try:
+            tree = psutil.Process(server.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        up = service_workers(server.pid)
+        settled = settled + 1 if len(up) == workers == len(tree) else 0
+        time.sleep(0.5)
 
 
 def check_same_features(
@@ -256,6 +288,12 @@ def scoring_stack(
             wait_http(
                 f"http://{LOOPBACK}:{port}/readyz",
                 server,
+                home / "logs" / f"server-{port}.log",
+                SERVER_START_TIMEOUT,
+            )
+            wait_workers_started(
+                server,
+                serve_workers,
                 home / "logs" / f"server-{port}.log",
                 SERVER_START_TIMEOUT,
             )
