@@ -98,7 +98,7 @@ from segscore.bench.harness import (
     summarize_numbers,
     wait_for_reply,
 )
-from segscore.bench.repeats import DEFAULT_REPEATS, load_average
+from segscore.bench.repeats import DEFAULT_REPEATS, chosen_options, load_average
 from segscore.bench.stream_progress import BacklogTracker
 
 PEER_TOPIC = "events-bench-peer"
@@ -158,12 +158,10 @@ QUICK: dict[str, Any] = {"repeats": 1, "events": 20_000, "duration": 10.0}
 def make_config(quick: bool = False, **given: Any) -> ActivationConfig:
     """A config from the options given (``None`` = not given) and ``--quick``.
 
-    Given options win; ``quick`` then fills in :data:`QUICK`; the rest are the
-    defaults.
+    See :func:`segscore.bench.repeats.chosen_options` (``quick`` fills in
+    :data:`QUICK`).
     """
-    chosen = {k: v for k, v in given.items() if v is not None}
-    if quick:
-        chosen = {**QUICK, **chosen}
+    chosen = chosen_options(given, quick, QUICK)
     return ActivationConfig(**chosen)
 
 

@@ -62,3 +62,15 @@ def summarize_runs(
     if loads:
         out["load_avg_1m_runs"] = loads
     return out
+
+
+def chosen_options(
+    given: Mapping[str, Any], quick: bool, quick_values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A benchmark's options: those given (``None`` = not given) over ``--quick``'s.
+
+    Given options win; with ``quick``, ``quick_values`` fill in the rest; anything
+    still missing is the config's default.
+    """
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return {**quick_values, **chosen} if quick else chosen

@@ -71,7 +71,12 @@ from segscore.bench.harness import (
     stop_profiler,
     wait_for_reply,
 )
-from segscore.bench.repeats import DEFAULT_REPEATS, load_average, summarize_runs
+from segscore.bench.repeats import (
+    DEFAULT_REPEATS,
+    chosen_options,
+    load_average,
+    summarize_runs,
+)
 from segscore.bench.serve_load import run_client
 from segscore.bench.serve_stack import (
     LiveStack,
@@ -154,12 +159,10 @@ QUICK: dict[str, Any] = {
 def make_config(quick: bool = False, **given: Any) -> ServeBenchConfig:
     """A config from the options given (``None`` = not given) and ``--quick``.
 
-    Given options win; ``quick`` then fills in :data:`QUICK`; the rest are the
-    defaults. The warm-up is at most the single requests.
+    See :func:`segscore.bench.repeats.chosen_options` (``quick`` fills in
+    :data:`QUICK`). The warm-up is at most the single requests.
     """
-    chosen = {k: v for k, v in given.items() if v is not None}
-    if quick:
-        chosen = {**QUICK, **chosen}
+    chosen = chosen_options(given, quick, QUICK)
     config = ServeBenchConfig(**chosen)
     if "warmup_requests" not in chosen:
         warmup = min(config.warmup_requests, config.single_requests)

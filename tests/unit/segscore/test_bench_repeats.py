@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segscore.bench.repeats import summarize_runs
+from segscore.bench.repeats import chosen_options, summarize_runs
 
 
 def test_median_runs_and_spread_of_each_key() -> None:
@@ -38,3 +38,10 @@ def test_missing_value_or_no_runs_is_an_error() -> None:
         summarize_runs([{"x": 1.0}, {"y": 2.0}], ["x"])
     with pytest.raises(ValueError, match="no runs"):
         summarize_runs([], ["x"])
+
+
+def test_given_options_win_over_quick_ones_and_none_is_not_given() -> None:
+    quick = {"repeats": 1, "events": 100}
+    given = {"events": 500, "duration": None, "seed": 3}
+    assert chosen_options(given, True, quick) == {"repeats": 1, "events": 500, "seed": 3}
+    assert chosen_options(given, False, quick) == {"events": 500, "seed": 3}
