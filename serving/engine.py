@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from core import scoring
+from core.feature_catalog import STATE_FEATURE
 from core.model_manager import ModelManager
 from core.store.online_reader import OnlineReader
 from core.store.read_plan import resolve_read_plan
@@ -163,7 +164,9 @@ class ScoringEngine:
         # The read time, taken after the read so no stored timestamp is in its
         # future; ages and windows are "as of" this instant.
         as_of = time.time()
-        stored = self.reader.columns(replies)
+        # Stored history rows count only for users without a state (the state's
+        # own history wins): theirs alone are decoded.
+        stored = self.reader.columns(replies, only_without=STATE_FEATURE)
         payload = scoring.score(
             user_ids,
             stored,

@@ -153,6 +153,9 @@ class OnlineReader:
             self._extra_index[field] = len(fields)
             fields.append(field)
         self.fields = tuple(fields)
+        self._feature_index = {
+            name: index for columns, _ in self._plan for name, index in columns
+        }
         self.feature_names = tuple(n for v in views for n in v.features)
 
         # Every command is HMGET <key> <the same fields>: the fields' RESP encoding
@@ -231,14 +234,34 @@ class OnlineReader:
         index = self._extra_index[field]
         return [reply[index] for reply in replies]
 
-    def columns(self, replies: Sequence[Sequence[bytes | None]]) -> dict[str, list]:
-        """Decode replies into feature columns plus ``<feature>__ts`` columns."""
+    def columns(
+        self,
+        replies: Sequence[Sequence[bytes | None]],
+        only_without: str | None = None,
+    ) -> dict[str, list]:
+        """Decode replies into feature columns plus ``<feature>__ts`` columns.
+
+        ``only_without``: a feature that, where stored, makes the others' values
+        unneeded (the scoring path derives every feature from the state blob):
+        for a user who has it, the other features' values read ``None``, not
+        decoded. Their ``__ts`` columns are decoded for everyone.
+        """
         out: dict[str, list] = {}
+        present: list[bool] | None = None
+        if only_without is not None:
+            index = self._feature_index[only_without]
+            present = [bool(reply[index]) for reply in replies]
         for columns, ts_index in self._plan:
             # One write time per view and user, shared by the view's features.
             stamps = [decode_timestamp(reply[ts_index]) for reply in replies]
             for name, index in columns:
-                out[name] = [decode_value(reply[index]) for reply in replies]
+                if present is None or name == only_without:
+                    out[name] = [decode_value(reply[index]) for reply in replies]
+                else:
+                    out[name] = [
+                        None if has else decode_value(reply[index])
+                        for reply, has in zip(replies, present, strict=True)
+                    ]
                 out[name + "__ts"] = stamps
         return out
 
