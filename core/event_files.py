@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from core.events import Event
 
@@ -47,6 +48,17 @@ def write_events(events: list[Event], path: Path) -> None:
         events_frame(events).to_parquet(path, index=False)
 
 
+def release_arrow_memory() -> None:
+    """Hand Arrow's freed buffers back to the operating system.
+
+    Arrow's allocator (mimalloc) keeps what a read or an import freed for
+    reuse: after a 1M-event import it held ~340 MB nothing used, after reading
+    the file back ~170 MB, and that stayed in the resident set through the
+    backfill that follows, which needs the memory for other things.
+    """
+    pa.default_memory_pool().release_unused()
+
+
 def read_events(path: Path) -> pd.DataFrame:
     """Read what :func:`write_events` wrote, with ``ts`` in epoch seconds."""
     if not path.exists():
@@ -55,4 +67,7 @@ def read_events(path: Path) -> pd.DataFrame:
         frame = pd.read_json(path, lines=True)
         frame["ts"] = frame["ts"].astype("float64") / 1000.0
         return frame
-    return pd.read_parquet(path)
+    frame = pd.read_parquet(path)
+    # The Arrow table is gone once converted; its buffers need not stay.
+    release_arrow_memory()
+    return frame
