@@ -511,7 +511,7 @@ def _prune_windows(state: UserState, oldest: float) -> float:
 
     Reads at or after ``oldest`` reach back to the bucket holding oldest - W.
     Each clean-up first asks (at C speed) whether anything is old enough to drop.
-    (``floor(x) // n`` is ``int(x // n)``, cheaper.)
+    (``floor(x) // n`` is ``int(x // n)``, ``if x < due`` is ``min``, both cheaper.)
 
     Returns:
         A value of ``oldest`` before which no call would drop anything: each
@@ -522,30 +522,30 @@ def _prune_windows(state: UserState, oldest: float) -> float:
     """
     due = math.inf
     oldest_minute = floor(oldest - MINUTE_WINDOW * MINUTE) // MINUTE
-    if state.minutes:
-        first = _drop_below(state.minutes, oldest_minute)
-        # dropped once oldest - W >= (first + 1) minutes
-        due = min(due, first * MINUTE + MINUTE_WINDOW * MINUTE)
+    if state.minutes:  # dropped once oldest - W >= (first + 1) minutes
+        due = (_drop_below(state.minutes, oldest_minute) + MINUTE_WINDOW) * MINUTE
     oldest_hour = floor(oldest - HOUR_WINDOW * HOUR) // HOUR
     if state.hours:
-        first = _drop_below(state.hours, oldest_hour)
-        due = min(due, first * HOUR + HOUR_WINDOW * HOUR)
-    oldest_day = floor(oldest) // DAY - DAY_WINDOW
+        expiry = (_drop_below(state.hours, oldest_hour) + HOUR_WINDOW) * HOUR
+        if expiry < due:
+            due = expiry
     if state.days:
-        first = _drop_days_below(state, oldest_day)
-        # dropped once floor(oldest) // DAY >= first + W + 1
-        due = min(due, (first + DAY_WINDOW) * DAY)
+        first = _drop_days_below(state, floor(oldest) // DAY - DAY_WINDOW)
+        expiry = (first + DAY_WINDOW) * DAY  # dropped once oldest day >= first + W + 1
+        if expiry < due:
+            due = expiry
     # The floors below lie at or before oldest minus their span, so an item
     # older than the floor is older than oldest minus the span.
-    session_floor = oldest_hour * HOUR
     sessions = state.sessions
     if sessions:
+        session_floor = oldest_hour * HOUR
         last = min(map(_SPAN_END, sessions.values()))
         if last < session_floor:
             for key in [k for k, span in sessions.items() if span[1] < session_floor]:
                 del sessions[key]
             last = min(map(_SPAN_END, sessions.values()), default=math.inf)
-        due = min(due, last + HOUR_WINDOW * HOUR)
+        if last + HOUR_WINDOW * HOUR < due:
+            due = last + HOUR_WINDOW * HOUR
     day_floor = floor(oldest - DAY) // HOUR * HOUR
     categories = state.categories
     if categories:
@@ -554,17 +554,18 @@ def _prune_windows(state: UserState, oldest: float) -> float:
             for key in [k for k, ts in categories.items() if ts < day_floor]:
                 del categories[key]
             last = min(categories.values(), default=math.inf)
-        due = min(due, last + DAY)
+        if last + DAY < due:
+            due = last + DAY
     cart_floor = day_floor - ABANDON_SECONDS
-    for name in ("cart_adds", "purchases"):
-        times = getattr(state, name)
+    for times, name in ((state.cart_adds, "cart_adds"), (state.purchases, "purchases")):
         if times:
             last = min(times)
             if last < cart_floor:
                 times = tuple(t for t in times if t >= cart_floor)
                 setattr(state, name, times)
                 last = min(times, default=math.inf)
-            due = min(due, last + DAY + ABANDON_SECONDS)
+            if last + DAY + ABANDON_SECONDS < due:
+                due = last + DAY + ABANDON_SECONDS
     return due - 1.0
 
 
