@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.event_files import release_arrow_memory
 from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
 from core.names import offline_paths
 from core.user_state import DAY, Outcome, UserState
@@ -354,6 +355,8 @@ def write_offline(result: BackfillResult, settings: Settings) -> tuple[Path, Pat
         ]
         for future in written:
             future.result()
+    # The slices' Arrow buffers are free now; Arrow's allocator would keep them.
+    release_arrow_memory()
     log.info(
         "offline store: %d stream rows -> %s, %d history rows -> %s",
         len(result.stream),

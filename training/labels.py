@@ -18,6 +18,9 @@ from core.user_state import DAY
 
 log = logging.getLogger(__name__)
 
+# The event columns the labels read: a caller done with the rest can drop it.
+LABEL_COLUMNS = ("user_id", "event_type", "ts")
+
 
 def labelled_snapshots(
     snapshot_times: Sequence[float], horizon_days: int, data_end: float

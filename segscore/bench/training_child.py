@@ -79,7 +79,7 @@ def pipeline(home: str, csv: str, fit: bool, box: Any) -> None:
     from infra.settings import get_settings
     from training.backfill import backfill, snapshot_plan, write_offline
     from training.event_import import import_events
-    from training.labels import snapshot_labels
+    from training.labels import LABEL_COLUMNS, snapshot_labels
     from training.training_set import latest_population, training_frame
 
     settings = get_settings()
@@ -106,6 +106,10 @@ def pipeline(home: str, csv: str, fit: bool, box: Any) -> None:
         activity_until=activity_until,
     )
     laps.lap("backfill_s")
+    # Only the labels read the events from here on: the ids, sessions and
+    # categories (two million distinct strings at 1M events) can go before the
+    # offline write, the run's largest moment.
+    events = events[list(LABEL_COLUMNS)]
     write_offline(result, settings)
     laps.lap("write_offline_s")
     population = latest_population(result.stream)
