@@ -13,6 +13,7 @@ workers alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -50,10 +51,12 @@ class ScoringEngine:
         self.settings = settings
         redis_url = current_redis_url(settings)
         # Short timeouts and no retries: with Redis down or stalled a caller gets
-        # a 503 at once rather than waiting; the next request reconnects.
+        # a 503 at once rather than waiting; the next request reconnects. The
+        # read timeout bounds each whole read (see OnlineReader), not each reply.
+        self._read_timeout = settings.online_read_timeout_seconds
         self._redis = aioredis.Redis.from_url(
             redis_url,
-            socket_timeout=settings.online_read_timeout_seconds,
+            socket_timeout=None,
             socket_connect_timeout=settings.online_connect_timeout_seconds,
             retry=None,
         )
@@ -71,7 +74,11 @@ class ScoringEngine:
             settings, redis_url, scoring.online_columns(scoring.ONLINE_FEATURES)
         )
         self.reader = OnlineReader(
-            self._redis, plan.layout, plan.views, extra_fields=(MEMBERS_FIELD,)
+            self._redis,
+            plan.layout,
+            plan.views,
+            extra_fields=(MEMBERS_FIELD,),
+            timeout=self._read_timeout,
         )
         self.recent_events = settings.profile_recent_events
         self._segments_for: tuple[str, bytes] | None = None
@@ -248,7 +255,8 @@ class ScoringEngine:
     async def ready(self) -> bool:
         """Whether the online store answers PING."""
         try:
-            return bool(await self._redis.ping())
+            async with asyncio.timeout(self._read_timeout):
+                return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
 

@@ -10,6 +10,8 @@ subprocess.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -228,6 +230,40 @@ def test_redis_down_is_a_fast_503_and_service_recovers(
     response = _score(client, user_ids=[KNOWN_USER])
     assert response.status_code == 200, response.text
     assert response.json()["scores"][0]["cold_start"] is False
+
+
+def test_a_stalled_redis_is_a_503_within_the_read_timeout_then_it_recovers(
+    client: httpx.Client, live: LiveService
+):
+    # SIGSTOP: connections stay open and nothing answers (a hung store, not a
+    # dead one). The whole read is bounded, not each reply.
+    assert (
+        _score(
+            client, user_ids=[KNOWN_USER, *(f"other-{i}" for i in range(49))]
+        ).status_code
+        == 200
+    )
+    os.kill(live.redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = _score(
+            client, user_ids=[KNOWN_USER, *(f"other-{i}" for i in range(49))]
+        )
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        limit = live.settings.online_read_timeout_seconds
+        assert limit <= elapsed < limit + 2.0
+        assert client.get("/readyz").status_code == 503
+    finally:
+        os.kill(live.redis.pid, signal.SIGCONT)
+    # The timed-out connection was dropped, not pooled with replies pending:
+    # the next answers are this request's own.
+    for _ in range(3):
+        response = _score(client, user_ids=[KNOWN_USER])
+        assert response.status_code == 200, response.text
+        assert response.json()["scores"][0]["user_id"] == KNOWN_USER
+        assert response.json()["scores"][0]["cold_start"] is False
 
 
 def test_redis_restart_between_requests_is_transparent(
