@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from prometheus_client import Counter, Histogram
 
 # Scoring takes ~0.5 ms for one user to tens of ms for a large explained batch.
@@ -130,6 +129,10 @@ def observe_many(histogram: Any, values: list[float]) -> None:
         for value in values:
             histogram.observe(value)
         return
+    # Imported here: the bentoml parent imports this module (for the service's
+    # settings) and would otherwise load numpy for nothing.
+    import numpy as np
+
     array = np.asarray(values, dtype=np.float64)
     # Bucket i counts values in (bound[i-1], bound[i]]: the first bound >= value.
     counts = np.bincount(
