@@ -26,6 +26,20 @@ from training.replay import EVENT_TYPES, Chunk
 # stay small (a few MB).
 CHUNK_WORK = 20_000
 
+# The event columns :func:`sorted_events` reads (the optional ones when present);
+# also all that :func:`training.backfill.snapshot_plan` and the labels read.
+BACKFILL_COLUMNS = (
+    "event_id",
+    "user_id",
+    "event_type",
+    "ts",
+    "session_id",
+    "category",
+    "price",
+    "quantity",
+    "revenue",
+)
+
 
 @dataclass(frozen=True)
 class Users:

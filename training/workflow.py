@@ -34,6 +34,7 @@ from core.user_state import UserState
 from feature_repo.apply import apply_repo
 from infra.local_stack import current_redis_url
 from infra.settings import Settings
+from training.backfill_chunks import BACKFILL_COLUMNS
 from training.pipeline import train
 from training.promotion import baseline_gate
 from training.report import write_report
@@ -77,7 +78,9 @@ def _run_training(
     store = feature_store(settings, redis_url)
     apply_repo(store)
     with console.status(f"reading {events_path}"):
-        events = read_events(events_path)
+        # Only what training reads, text as Arrow strings: training's results
+        # are the same as from the whole file read as objects.
+        events = read_events(events_path, BACKFILL_COLUMNS, arrow_strings=True)
     personas_path = events_path.with_suffix(".personas.json")
     personas = json.loads(personas_path.read_text()) if personas_path.exists() else None
     with Progress(

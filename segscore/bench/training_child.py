@@ -78,6 +78,7 @@ def pipeline(home: str, csv: str, fit: bool, box: Any) -> None:
     from feature_repo.apply import apply_repo
     from infra.settings import get_settings
     from training.backfill import backfill, snapshot_plan, write_offline
+    from training.backfill_chunks import BACKFILL_COLUMNS
     from training.event_import import import_events
     from training.labels import LABEL_COLUMNS, snapshot_labels
     from training.training_set import latest_population, training_frame
@@ -93,7 +94,7 @@ def pipeline(home: str, csv: str, fit: bool, box: Any) -> None:
     # 1M events) would otherwise stay alive, unused, to the end of the run.
     imported = import_events(Path(csv), events_path).summary
     release_arrow_memory()
-    events = read_events(events_path)
+    events = read_events(events_path, BACKFILL_COLUMNS, arrow_strings=True)
     laps.lap("import_s")
     ts = events["ts"].to_numpy()
     window = (float(ts.min()), float(ts.max()))
