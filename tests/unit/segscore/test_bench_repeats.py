@@ -43,5 +43,9 @@ def test_missing_value_or_no_runs_is_an_error() -> None:
 def test_given_options_win_over_quick_ones_and_none_is_not_given() -> None:
     quick = {"repeats": 1, "events": 100}
     given = {"events": 500, "duration": None, "seed": 3}
-    assert chosen_options(given, True, quick) == {"repeats": 1, "events": 500, "seed": 3}
+    assert chosen_options(given, True, quick) == {
+        "repeats": 1,
+        "events": 500,
+        "seed": 3,
+    }
     assert chosen_options(given, False, quick) == {"events": 500, "seed": 3}
