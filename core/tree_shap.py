@@ -69,6 +69,7 @@ def _leaves(node: Mapping[str, Any]) -> list[_Leaf]:
     while stack:
         current, path = stack.pop()
         if "leaf_value" in current:
+            _plain_leaf(current)
             out.append(
                 _Leaf(
                     value=float(current["leaf_value"]),
@@ -109,6 +110,12 @@ def _leaves(node: Mapping[str, Any]) -> list[_Leaf]:
             entry[3] *= share
             stack.append((child, merged))
     return out
+
+
+def _plain_leaf(leaf: Mapping[str, Any]) -> None:
+    """Refuse a leaf whose output is not its value (a linear tree's leaf)."""
+    if any(key in leaf for key in ("leaf_const", "leaf_coeff", "leaf_features")):
+        raise Unsupported("linear trees")
 
 
 def _expected_value(tree: Mapping[str, Any]) -> float:
@@ -208,8 +215,8 @@ class TreeShapTables:
         leaves: list[_Leaf] = []
         expected = 0.0
         for tree in dump["tree_info"]:
-            if "leaf_coeff" in str(tree.get("tree_structure", {}).keys()):
-                raise Unsupported("linear trees")
+            if "leaf_value" in tree["tree_structure"]:
+                _plain_leaf(tree["tree_structure"])
             expected += _expected_value(tree)
             if "leaf_value" not in tree["tree_structure"]:
                 leaves.extend(_leaves(tree["tree_structure"]))

@@ -115,3 +115,10 @@ def test_paths_or_tables_over_the_limits_are_left_to_lightgbm(
     monkeypatch.setattr("core.tree_shap.MAX_PATH_FEATURES", 12)
     monkeypatch.setattr("core.tree_shap.MAX_TABLE_BYTES", 1024)
     assert checked_tables(booster) is None
+
+
+def test_linear_trees_are_left_to_lightgbm() -> None:
+    booster, _ = _booster(19, linear_tree=True)
+    with pytest.raises(Unsupported, match="linear"):
+        TreeShapTables.from_dump(booster.dump_model())
+    assert checked_tables(booster) is None
