@@ -18,6 +18,7 @@ from core.feature_catalog import (
     stored_features,
 )
 from infra.settings import Settings
+from tests.support.messy_events import simulated_events
 from training.backfill import (
     backfill,
     capped_grid,
@@ -206,32 +207,8 @@ def test_progress_reports_every_user_by_the_end() -> None:
     assert all(done <= total for done, total in calls)
 
 
-def _messy(events: pd.DataFrame) -> pd.DataFrame:
-    """Redelivered events, equal times, fields left out, rows shuffled."""
-    rng = np.random.default_rng(11)
-    messy = pd.concat(
-        [events, events.sample(frac=0.05, random_state=1)], ignore_index=True
-    )
-    ties = rng.random(len(messy)) < 0.1
-    messy.loc[ties, "ts"] = messy.loc[ties, "ts"].round(-2)
-    purchase = (messy["event_type"] == "purchase").to_numpy()
-    # Purchases stating only price and quantity, and views without a price.
-    messy.loc[purchase & (rng.random(len(messy)) < 0.5), "revenue"] = np.nan
-    messy.loc[~purchase & (rng.random(len(messy)) < 0.1), "price"] = np.nan
-    messy.loc[rng.random(len(messy)) < 0.05, "session_id"] = None
-    messy.loc[rng.random(len(messy)) < 0.05, "category"] = None
-    return messy.sample(frac=1.0, random_state=5).reset_index(drop=True)
-
-
-def _simulated(n_users: int, days: int) -> pd.DataFrame:
-    from core.event_files import events_frame
-    from segscore.simulator import simulate
-
-    return _messy(events_frame(simulate(n_users, T0, T0 + days * DAY, seed=4).events))
-
-
 def test_rows_follow_users_in_order_of_first_appearance() -> None:
-    events = _simulated(30, 6)
+    events = simulated_events(30, 6)
     snaps = snapshot_grid(T0, T0 + 5 * DAY)  # some users start after the last one
     result = backfill(events, snaps, 600)
     order = list(pd.unique(events["user_id"]))
@@ -248,7 +225,7 @@ def test_parallel_backfill_equals_the_serial_one() -> None:
     # The same rows in the same order (users by first appearance, instants
     # ascending), the same states in the same order, bit for bit, whichever
     # process replayed which users.
-    events = _simulated(60, 10)
+    events = simulated_events(60, 10)
     snaps = snapshot_grid(T0, T0 + 8 * DAY, every_days=3, from_end=True)
     until = snaps[-1]  # each user at their own instants: grid and activity
     serial = backfill(events, snaps, 600, workers=1, activity_until=until)
@@ -289,7 +266,7 @@ def test_worker_tasks_write_their_rows_in_place(tmp_path) -> None:
     from training.backfill_parallel import replay_here, table_views
     from training.replay import replay_to_file, table_bytes
 
-    events = _simulated(40, 6)
+    events = simulated_events(40, 6)
     snaps = snapshot_grid(T0, T0 + 5 * DAY)
     users, columns = sorted_events(events, snaps, activity_until=snaps[-1])
     chunks = cut_chunks(users, columns, 5)
@@ -443,7 +420,7 @@ def test_labels_of_sampled_rows_look_only_at_the_future(result) -> None:
 def test_the_plan_follows_the_cadence_settings() -> None:
     from training.backfill import snapshot_plan
 
-    events = _simulated(20, 30)
+    events = simulated_events(20, 30)
     end = float(events["ts"].max())
     weekly = Settings(snapshot_grid_rows_per_event=0, snapshot_at_activity=False)
     grid, until = snapshot_plan(events, weekly)

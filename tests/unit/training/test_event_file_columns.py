@@ -8,7 +8,7 @@ import pandas as pd
 
 from core.event_files import read_events
 from core.user_state import DAY
-from tests.unit.training.test_backfill import T0, _simulated
+from tests.support.messy_events import T0, simulated_events
 from training.backfill import backfill, snapshot_grid
 from training.backfill_chunks import BACKFILL_COLUMNS
 from training.labels import snapshot_labels
@@ -23,7 +23,7 @@ def _written(tmp_path: Path, frame: pd.DataFrame) -> Path:
 def test_arrow_strings_read_gives_the_same_backfill_and_labels(tmp_path) -> None:
     # Missing sessions and categories, NaN prices and revenues, redelivered
     # events: the same snapshots, states and labels as from Python strings.
-    path = _written(tmp_path, _simulated(40, 10))
+    path = _written(tmp_path, simulated_events(40, 10))
     plain = read_events(path)
     narrow = read_events(path, BACKFILL_COLUMNS, arrow_strings=True)
     assert list(narrow.columns) == list(BACKFILL_COLUMNS)
@@ -49,7 +49,9 @@ def test_arrow_strings_read_gives_the_same_backfill_and_labels(tmp_path) -> None
 
 
 def test_columns_the_file_lacks_are_left_out(tmp_path) -> None:
-    path = _written(tmp_path, _simulated(5, 3).drop(columns=["revenue", "category"]))
+    path = _written(
+        tmp_path, simulated_events(5, 3).drop(columns=["revenue", "category"])
+    )
     events = read_events(path, BACKFILL_COLUMNS, arrow_strings=True)
     assert "revenue" not in events and "category" not in events
     assert "user_id" in events and "ts" in events
