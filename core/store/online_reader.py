@@ -192,18 +192,8 @@ class OnlineReader:
         for 100 users that was about half of the read. A connection that fails
         mid-way is dropped, never returned to the pool with replies pending.
         """
-        data = self.pack(user_ids)
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await conn.send_packed_command(data, check_health=False)
-                return [await conn.read_response() for _ in user_ids]
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
+        replies, _ = await self.fetch_with(user_ids, ())
+        return replies
 
     async def fetch_with(
         self, user_ids: Sequence[str], commands: Sequence[Sequence[bytes | int]]

@@ -45,7 +45,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from segscore.bench.harness import TreeMemory, wait_for_reply
-from segscore.bench.repeats import DEFAULT_REPEATS, load_average, summarize_runs
+from segscore.bench.repeats import (
+    DEFAULT_REPEATS,
+    chosen_options,
+    load_average,
+    summarize_runs,
+)
 from segscore.bench.training_child import TIMED_STAGES, pipeline
 
 TARGET_SECONDS = 20.0
@@ -108,12 +113,10 @@ FIT_REPEATED = (
 def make_config(quick: bool = False, **given: Any) -> TrainingBenchConfig:
     """A config from the options given (``None`` = not given) and ``--quick``.
 
-    Given options win; ``quick`` then fills in :data:`QUICK`; the rest are the
-    defaults.
+    See :func:`segscore.bench.repeats.chosen_options` (``quick`` fills in
+    :data:`QUICK`).
     """
-    chosen = {k: v for k, v in given.items() if v is not None}
-    if quick:
-        chosen = {**QUICK, **chosen}
+    chosen = chosen_options(given, quick, QUICK)
     known = {f.name for f in fields(TrainingBenchConfig)}
     unknown = sorted(set(chosen) - known)
     if unknown:
