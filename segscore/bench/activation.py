@@ -37,7 +37,7 @@ Repeats
     users of its own and workers started for it. Every number is reported as
     the median of its repeats with each repeat's value, the spread and the
     1-minute load average of each repeat
-    (:func:`segscore.bench.harness.summarize_numbers`); the verdicts read the
+    (:func:`segscore.bench.repeats.summarize_numbers`); the verdicts read the
     medians. Counts of what went wrong (``missing_activations``,
     ``duplicate_records``) and of what was expected are totals over the
     repeats: a median would hide the one repeat that missed something. Each
@@ -95,10 +95,14 @@ from segscore.bench.harness import (
     sigterm_as_interrupt,
     start_profiler,
     stop_profiler,
-    summarize_numbers,
     wait_for_reply,
 )
-from segscore.bench.repeats import DEFAULT_REPEATS, chosen_options, load_average
+from segscore.bench.repeats import (
+    DEFAULT_REPEATS,
+    chosen_options,
+    load_average,
+    summarize_numbers,
+)
 from segscore.bench.stream_progress import BacklogTracker
 
 PEER_TOPIC = "events-bench-peer"

@@ -74,3 +74,32 @@ def chosen_options(
     """
     chosen = {k: v for k, v in given.items() if v is not None}
     return {**quick_values, **chosen} if quick else chosen
+
+
+def summarize_numbers(
+    runs: Sequence[dict[str, Any]], totals: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Repeats of one measurement as one flat result.
+
+    Every key that is a number (not a flag) in every run is summarised by
+    :func:`summarize_runs` (median, each value, spread);
+    the load average is kept per run. ``totals`` are counts of what went wrong
+    (missing records, duplicates), summed instead: a median would hide the one
+    repeat that had them. Any other key (a flag, a name, a number some run
+    could not measure) is the last run's value.
+    """
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    own = {"load_avg_1m", *totals}
+    keys = [
+        key
+        for key in runs[0]
+        if key not in own and all(number(run.get(key)) for run in runs)
+    ]
+    out = {k: v for k, v in runs[-1].items() if k not in keys and k not in own}
+    out.update(summarize_runs(runs, keys))
+    for key in totals:
+        out[key] = sum(run[key] for run in runs)
+    return out

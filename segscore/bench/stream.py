@@ -56,7 +56,7 @@ Repeats
     started worker (stopped at the end of its repeat) and its own paced phase
     and poller. Every number is reported as the median of its repeats with each
     repeat's value, the spread and the 1-minute load average of each repeat
-    (:func:`segscore.bench.harness.summarize_numbers`). Every repeat's bare
+    (:func:`segscore.bench.repeats.summarize_numbers`). Every repeat's bare
     consumer reads the first repeat's backlog from the start of the topic: the
     same kind of events, counted from the producer's acknowledgements. ``--quick``
     is one repeat of a 20,000-event backlog and a 5 s paced phase, for CI.
@@ -98,10 +98,14 @@ from segscore.bench.harness import (
     sigterm_as_interrupt,
     start_profiler,
     stop_profiler,
-    summarize_numbers,
     wait_for_reply,
 )
-from segscore.bench.repeats import DEFAULT_REPEATS, chosen_options, load_average
+from segscore.bench.repeats import (
+    DEFAULT_REPEATS,
+    chosen_options,
+    load_average,
+    summarize_numbers,
+)
 from segscore.bench.stream_events import (
     backlog_events,
     paced_produce,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from segscore.bench import activation, stream
-from segscore.bench.harness import summarize_numbers
+from segscore.bench.repeats import summarize_numbers
 
 
 def _runs() -> list[dict]:
