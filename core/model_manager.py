@@ -113,13 +113,16 @@ def load_models(
 ) -> scoring.ScoringModels:
     """Load both tags from the model store and validate them as a pair.
 
+    Loaded lean (:mod:`core.lean_models`): where a model has checked numpy
+    replays, neither LightGBM nor scikit-learn is imported.
+
     Raises:
         ModelRefused: Missing, unreadable or invalid.
     """
     try:
         models = scoring.ScoringModels.from_bundles(
-            load_segmenter(settings, tags.segmenter),
-            load_propensity(settings, tags.propensity),
+            load_segmenter(settings, tags.segmenter, lean=True),
+            load_propensity(settings, tags.propensity, lean=True),
         )
     except Exception as exc:  # any failure to load means: do not serve it
         raise ModelRefused(f"{tags}: {type(exc).__name__}: {exc}") from exc

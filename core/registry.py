@@ -2,28 +2,39 @@
 
 Each model is a BentoML model directory holding plain files (LightGBM text model,
 a joblib'd scikit-learn pipeline) and a ``bundle.json`` with everything serving
-needs: feature list, segment catalogue, population defaults, calibration. The
-BentoML metadata carries the metrics and provenance for ``bentoml models list``.
+needs: feature list, segment catalogue, population defaults, calibration. Beside
+them, the numbers and recorded answers that let serving replay both models
+without their libraries (:mod:`core.lean_models`); ``lean=True`` loads use them.
+The BentoML metadata carries the metrics and provenance for
+``bentoml models list``.
+
+LightGBM, scikit-learn and joblib are imported where a model is written or fully
+loaded, not here: serving workers import this module and never need them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
-import joblib
-import lightgbm as lgb
 import numpy as np
 from bentoml._internal.models.model import ModelStore
-from sklearn.pipeline import Pipeline
 
+from core import lean_models
 from core.names import PROPENSITY_STORE_NAME as PROPENSITY
 from core.names import SEGMENTER_STORE_NAME as SEGMENTER
 from infra.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+    from sklearn.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +52,8 @@ class Segment:
 class SegmenterBundle:
     """A fitted segmenter and what serving needs around it."""
 
+    # The fitted pipeline, or its numpy replay (lean_models.LeanPipeline) in a
+    # serving load.
     pipeline: Pipeline
     features: list[str]
     segments: list[Segment]
@@ -57,6 +70,7 @@ class SegmenterBundle:
 class PropensityBundle:
     """A fitted propensity booster with its Platt calibration on the raw margin."""
 
+    # The booster, or its numpy replay (lean_models.LeanBooster) in a serving load.
     booster: lgb.Booster
     features: list[str]
     defaults: dict[str, float]
@@ -117,9 +131,37 @@ def save_segmenter(
         metadata={**bundle.metrics, **provenance},
         _model_store=model_store(settings),
     ) as model:
-        joblib.dump(bundle.pipeline, Path(model.path) / "pipeline.joblib")
-        (Path(model.path) / "bundle.json").write_text(json.dumps(payload))
+        import joblib
+
+        root = Path(model.path)
+        joblib.dump(bundle.pipeline, root / "pipeline.joblib")
+        (root / "bundle.json").write_text(json.dumps(payload))
+        lean_models.write_json(
+            root / lean_models.SEGMENTER_REPLAY,
+            lean_models.segmenter_check(bundle.pipeline, _segmenter_probe(bundle)),
+        )
     return str(model.tag)
+
+
+def _segmenter_probe(bundle: SegmenterBundle, rows: int = 64) -> np.ndarray:
+    """Rows to check a segmenter replay on: the population defaults, each
+    segment's profile, and profiles scaled at random (between the segments)."""
+    anchors = np.array(
+        [
+            [float(bundle.defaults.get(f, 0.0)) for f in bundle.features],
+            *(
+                [
+                    float(s.profile.get(f, bundle.defaults.get(f, 0.0)))
+                    for f in bundle.features
+                ]
+                for s in bundle.segments
+            ),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    picks = anchors[rng.integers(0, len(anchors), rows)]
+    scaled = picks * rng.lognormal(0.0, 0.5, picks.shape)
+    return np.vstack([anchors, scaled])
 
 
 def save_propensity(
@@ -137,8 +179,13 @@ def save_propensity(
         metadata={**bundle.metrics, **provenance},
         _model_store=model_store(settings),
     ) as model:
-        bundle.booster.save_model(str(Path(model.path) / "model.txt"))
-        (Path(model.path) / "bundle.json").write_text(json.dumps(payload))
+        root = Path(model.path)
+        bundle.booster.save_model(str(root / "model.txt"))
+        (root / "bundle.json").write_text(json.dumps(payload))
+        lean_models.write_json(
+            root / lean_models.PROPENSITY_CHECK,
+            lean_models.propensity_check(bundle.booster, root / "model.txt"),
+        )
     return str(model.tag)
 
 
@@ -232,15 +279,21 @@ def list_models(settings: Settings) -> list[ModelVersion]:
     return versions
 
 
-def load_segmenter(settings: Settings, tag: str | None = None) -> SegmenterBundle:
-    """Load the champion (or ``tag``) segmenter from the model store."""
+def load_segmenter(
+    settings: Settings, tag: str | None = None, *, lean: bool = False
+) -> SegmenterBundle:
+    """Load the champion (or ``tag``) segmenter from the model store.
+
+    ``lean``: the pipeline's numpy replay where the model has a checked one
+    (:mod:`core.lean_models`), without scikit-learn; else the pipeline.
+    """
     model = bentoml.models.get(
         tag or champion_tag(SEGMENTER, settings), _model_store=model_store(settings)
     )
     root = Path(model.path)
     payload = json.loads((root / "bundle.json").read_text())
     return SegmenterBundle(
-        pipeline=joblib.load(root / "pipeline.joblib"),
+        pipeline=_load_pipeline(root, lean),
         features=payload["features"],
         segments=[Segment(**s) for s in payload["segments"]],
         defaults=payload["defaults"],
@@ -249,18 +302,51 @@ def load_segmenter(settings: Settings, tag: str | None = None) -> SegmenterBundl
     )
 
 
-def load_propensity(settings: Settings, tag: str | None = None) -> PropensityBundle:
-    """Load the champion (or ``tag``) propensity model from the model store."""
+def load_propensity(
+    settings: Settings, tag: str | None = None, *, lean: bool = False
+) -> PropensityBundle:
+    """Load the champion (or ``tag``) propensity model from the model store.
+
+    ``lean``: the booster's numpy replay where the model has a checked one
+    (:mod:`core.lean_models`), without LightGBM; else the booster.
+    """
     model = bentoml.models.get(
         tag or champion_tag(PROPENSITY, settings), _model_store=model_store(settings)
     )
     root = Path(model.path)
     payload = json.loads((root / "bundle.json").read_text())
     return PropensityBundle(
-        booster=lgb.Booster(model_file=str(root / "model.txt")),
+        booster=_load_booster(root, lean),
         features=payload["features"],
         defaults=payload["defaults"],
         calibration=tuple(payload["calibration"]),
         metrics=payload["metrics"],
         tag=str(model.tag),
     )
+
+
+def _load_pipeline(root: Path, lean: bool) -> Any:
+    replay = (
+        lean_models.read_json(root / lean_models.SEGMENTER_REPLAY) if lean else None
+    )
+    if replay is not None:
+        try:
+            return lean_models.lean_pipeline(replay)
+        except lean_models.ReplayMismatch as exc:
+            logger.warning("%s: %s", root, exc)
+    import joblib
+
+    return joblib.load(root / "pipeline.joblib")
+
+
+def _load_booster(root: Path, lean: bool) -> Any:
+    model_file = root / "model.txt"
+    check = lean_models.read_json(root / lean_models.PROPENSITY_CHECK) if lean else None
+    if check is not None:
+        try:
+            return lean_models.lean_booster(model_file, check)
+        except lean_models.ReplayMismatch as exc:
+            logger.warning("%s: %s", root, exc)
+    import lightgbm as lgb
+
+    return lgb.Booster(model_file=str(model_file))

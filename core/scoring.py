@@ -33,6 +33,7 @@ from core.feature_catalog import (
     stored_features,
 )
 from core.feature_math import history_values, request_features, stream_values
+from core.lean_models import LeanBooster, LeanPipeline
 from core.registry import PropensityBundle, SegmenterBundle
 from core.segment_assign import segment_assigner
 from core.tree_shap import TreeShapTables, checked_tables
@@ -183,7 +184,12 @@ class ScoringModels:
         base = propensity.booster.predict(
             prop_defaults[None, :], pred_contrib=True, **LGBM_PREDICT_PARAMS
         )
-        assign = segment_assigner(segmenter.pipeline)
+        pipeline = segmenter.pipeline
+        assign = (
+            pipeline.assign
+            if isinstance(pipeline, LeanPipeline)
+            else segment_assigner(pipeline)
+        )
         # The numpy replay must put the defaults and every segment profile where
         # scikit-learn puts them, or the model is refused.
         probe = np.vstack(
@@ -231,7 +237,11 @@ class ScoringModels:
                 s.id: row for s, row in zip(segmenter.segments, profiles, strict=True)
             },
             profile_spread=spread,
-            shap_tables=checked_tables(propensity.booster),
+            # A lean booster's tables were checked against LightGBM's recorded
+            # values when it loaded.
+            shap_tables=propensity.booster.tables
+            if isinstance(propensity.booster, LeanBooster)
+            else checked_tables(propensity.booster),
         )
 
     @property

@@ -1,0 +1,120 @@
+"""A booster's raw prediction in numpy, from its dumped trees: LightGBM's to the bit.
+
+Serving workers do not import LightGBM (see :mod:`core.lgbm_text`), so the
+unexplained score needs the trees' sum without it. All trees are walked at once:
+every node of every tree lives in one set of arrays, a leaf points to itself, and
+``depth`` steps of "left if the value is at most the threshold" take every row
+from every root to its leaf. The leaves' values are then added tree by tree, in
+the model's order, as LightGBM adds them, so the result is the same double.
+
+Covers numeric ``<=`` splits on rows without NaN; :func:`supported` says whether a
+dump is one, and the caller keeps LightGBM for anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_LOWEST = np.finfo(np.float64).min
+
+
+def supported(dump: Mapping[str, Any]) -> bool:
+    """Whether :class:`TreeArrays` reproduces this model's raw score exactly."""
+    if int(dump.get("num_class", 1)) != 1 or dump.get("average_output"):
+        return False
+    stack = [tree["tree_structure"] for tree in dump["tree_info"]]
+    while stack:
+        node = stack.pop()
+        if "leaf_value" in node:
+            if any(k in node for k in ("leaf_const", "leaf_coeff", "leaf_features")):
+                return False
+            continue
+        if node.get("decision_type") != "<=":
+            return False
+        stack.extend((node["left_child"], node["right_child"]))
+    return True
+
+
+@dataclass(frozen=True)
+class TreeArrays:
+    """Every tree's nodes as flat arrays (see the module docstring)."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray  # a leaf's output; 0 at splits
+    roots: np.ndarray  # one per tree, in the model's order
+    depth: int
+
+    @classmethod
+    def from_dump(cls, dump: Mapping[str, Any]) -> TreeArrays:
+        """Arrays of a model as ``Booster.dump_model()`` (or ``parse_model_text``)
+        gives it; check :func:`supported` first."""
+        feature: list[int] = []
+        threshold: list[float] = []
+        left: list[int] = []
+        right: list[int] = []
+        value: list[float] = []
+        roots: list[int] = []
+        depth = 0
+        for tree in dump["tree_info"]:
+            # (node, its id, its depth); children get ids as they are reached.
+            roots.append(len(feature))
+            pending = [(tree["tree_structure"], len(feature), 0)]
+            feature.append(0)
+            threshold.append(np.inf)
+            left.append(0)
+            right.append(0)
+            value.append(0.0)
+            while pending:
+                node, me, level = pending.pop()
+                depth = max(depth, level)
+                if "leaf_value" in node:
+                    # A leaf sends every (non-NaN) value "left", to itself.
+                    left[me] = right[me] = me
+                    value[me] = float(node["leaf_value"])
+                    continue
+                feature[me] = int(node["split_feature"])
+                threshold[me] = float(node["threshold"])
+                for child, side in (
+                    (node["left_child"], left),
+                    (node["right_child"], right),
+                ):
+                    side[me] = len(feature)
+                    pending.append((child, len(feature), level + 1))
+                    feature.append(0)
+                    threshold.append(np.inf)
+                    left.append(0)
+                    right.append(0)
+                    value.append(0.0)
+        return cls(
+            feature=np.asarray(feature, dtype=np.intp),
+            threshold=np.asarray(threshold, dtype=np.float64),
+            left=np.asarray(left, dtype=np.intp),
+            right=np.asarray(right, dtype=np.intp),
+            value=np.asarray(value, dtype=np.float64),
+            roots=np.asarray(roots, dtype=np.intp),
+            depth=depth,
+        )
+
+    def margins(self, inputs: np.ndarray) -> np.ndarray:
+        """``predict(raw_score=True)`` for rows without NaN: one value per row."""
+        rows = inputs.shape[0]
+        if not len(self.roots):
+            return np.zeros(rows)
+        # -inf goes left at every split, as LightGBM sends it; the lowest finite
+        # double does too and compares like any other value.
+        values = np.maximum(inputs, _LOWEST).ravel()
+        width = inputs.shape[1]
+        node = np.repeat(self.roots[:, None], rows, axis=1)  # (trees, rows)
+        offsets = np.arange(rows)[None, :] * width
+        for _ in range(self.depth):
+            goes_left = values[offsets + self.feature[node]] <= self.threshold[node]
+            node = np.where(goes_left, self.left[node], self.right[node])
+        # A running sum is strictly tree by tree (a reduction may pair terms).
+        return np.cumsum(self.value[node], axis=0)[-1]
