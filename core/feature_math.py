@@ -100,19 +100,20 @@ def stream_values(
     start_1h, end_1h = float(low_1h * MINUTE), float((minute + 1) * MINUTE)
     start_24h, start_7d = float(low_24h * HOUR), float(low_7d * HOUR)
     end_hour = float((hour + 1) * HOUR)
-    sessions_1h = sessions_24h = sessions_7d = 0
+    # Counted as floats, as they are returned (exact far beyond any count).
+    sessions_1h = sessions_24h = sessions_7d = 0.0
     for _, ts in state.sessions.values():
         # The 1h window lies inside the 24h one, which lies inside the 7d one.
         if start_7d <= ts < end_hour:
-            sessions_7d += 1
+            sessions_7d += 1.0
             if start_24h <= ts:
-                sessions_24h += 1
+                sessions_24h += 1.0
                 if start_1h <= ts < end_1h:
-                    sessions_1h += 1
-    categories = 0
+                    sessions_1h += 1.0
+    categories = 0.0
     for ts in state.categories.values():
         if start_24h <= ts < end_hour:
-            categories += 1
+            categories += 1.0
     abandoned = (
         _abandonments(state, as_of, start_24h, end_hour) if state.cart_adds else 0
     )
@@ -138,10 +139,10 @@ def stream_values(
         revenue_1h,
         revenue_24h,
         revenue_7d,
-        float(sessions_1h),
-        float(sessions_24h),
-        float(sessions_7d),
-        float(categories),
+        sessions_1h,
+        sessions_24h,
+        sessions_7d,
+        categories,
         price_sum_24h / priced_24h if priced_24h else 0.0,
         price_sum_7d / priced_7d if priced_7d else 0.0,
         adds_7d / views_7d if views_7d else 0.0,

@@ -30,6 +30,7 @@ import orjson
 
 from core.events import Event, EventType
 from core.rules.state import RuleState
+from core.state_codec import decode, encode, offsets_of
 
 MINUTE = 60
 HOUR = 3600
@@ -146,32 +147,8 @@ class UserState:
     )
 
     def to_bytes(self, with_dedupe: bool = True) -> bytes:
-        """Compact JSON; without the dedupe ids for the read-only copy in Feast."""
-        return orjson.dumps(
-            {
-                "m": [[k, *v] for k, v in self.minutes.items()],
-                "h": [[k, *v] for k, v in self.hours.items()],
-                "d": [[k, *v] for k, v in self.days.items()],
-                "ss": self.sessions,
-                "c": self.categories,
-                "ca": self.cart_adds,
-                "pu": self.purchases,
-                "e": [self.engagement, self.engagement_ts],
-                "t": [self.first_seen_ts, self.last_event_ts, self.last_purchase_ts],
-                "l": [
-                    self.orders_lifetime,
-                    self.revenue_lifetime,
-                    self.purchase_days_lifetime,
-                    self.first_purchase_ts,
-                    self.purchase_gap_sum,
-                    self.purchase_gap_sq_sum,
-                    self.pruned_purchase_day,
-                    self.pruned_previous_purchase_day,
-                ],
-                "s": self.seen if with_dedupe else {},
-                "o": self.offsets if with_dedupe else {},
-            }
-        )
+        """Compact bytes (:mod:`core.state_codec`); without the dedupe ids for Feast."""
+        return encode(self, with_dedupe)
 
     def dedupe_bytes(self) -> bytes:
         """The worker's part: recent event ids, source offsets, live segment, rules."""
@@ -190,11 +167,11 @@ class UserState:
 
         ``None`` or empty gives a fresh state.
         """
-        state = cls._decode(blob) if blob else cls()
+        state = decode(cls, blob) if blob else cls()
         if dedupe:
             extra = orjson.loads(dedupe)
             state.seen = extra["s"]
-            state.offsets = _offsets(extra["o"])
+            state.offsets = offsets_of(extra["o"])
             live = extra.get("g")
             if live:
                 state.segment, state.segment_seq = live[0], int(live[1])
@@ -202,64 +179,6 @@ class UserState:
                 state.segment_outbox = tuple(live[2]) if len(live) > 2 else ()
             state.rules = RuleState.from_json(extra.get("r"))
         return state
-
-    @classmethod
-    def _decode(cls, blob: bytes) -> UserState:
-        raw: dict[str, Any] = orjson.loads(blob)
-        first, last, last_purchase = raw["t"]
-        state = cls(
-            minutes={int(r[0]): tuple(r[1:]) for r in raw["m"]},
-            hours={int(r[0]): tuple(r[1:]) for r in raw["h"]},
-            days={int(r[0]): tuple(r[1:]) for r in raw["d"]},
-            sessions={k: (v[0], v[1]) for k, v in raw["ss"].items()},
-            categories=raw["c"],
-            cart_adds=tuple(raw["ca"]),
-            purchases=tuple(raw["pu"]),
-            engagement=raw["e"][0],
-            engagement_ts=raw["e"][1],
-            first_seen_ts=first,
-            last_event_ts=last,
-            last_purchase_ts=last_purchase,
-            seen=raw["s"],
-            offsets=_offsets(raw.get("o")),
-        )
-        lifetime = raw.get("l")
-        if lifetime is not None:
-            (
-                state.orders_lifetime,
-                state.revenue_lifetime,
-                state.purchase_days_lifetime,
-                state.first_purchase_ts,
-                state.purchase_gap_sum,
-                state.purchase_gap_sq_sum,
-                state.pruned_purchase_day,
-            ) = lifetime[:7]
-        if lifetime is not None and len(lifetime) > 7:
-            state.pruned_previous_purchase_day = lifetime[7]
-        else:
-            # Imported here, not at the top: that module builds on this one.
-            from core.lifetime_from_buckets import (
-                derive_lifetime,
-                derive_pruned_previous_day,
-            )
-
-            if lifetime is None:
-                derive_lifetime(state)
-            else:
-                state.pruned_previous_purchase_day = derive_pruned_previous_day(state)
-        return state
-
-
-def _offsets(stored: Any) -> dict[str, int]:
-    """Stored per-partition offsets; the old format (one int) reads as none.
-
-    The old single offset did not say which partition it belonged to, so it
-    cannot be compared with any; forgetting it is safe: a replay within the
-    lateness is still caught by event id, and an older one is refused as late.
-    """
-    if isinstance(stored, dict):
-        return {str(k): int(v) for k, v in stored.items()}
-    return {}
 
 
 def source_key(topic: str, partition: int) -> str:

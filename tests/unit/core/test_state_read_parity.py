@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from core.events import EventType
 from core.feature_math import history_values, stream_values
 from core.lifetime_from_buckets import derive_lifetime, derive_pruned_previous_day
+from core.state_codec import offsets_of
 from core.user_state import (
     _DECAY,
     ABANDON_SECONDS,
@@ -34,7 +35,6 @@ from core.user_state import (
     HOUR,
     MINUTE,
     UserState,
-    _offsets,
     apply_fields,
 )
 
@@ -91,7 +91,7 @@ def ref_decode(blob: bytes) -> UserState:
         last_event_ts=last,
         last_purchase_ts=last_purchase,
         seen=raw["s"],
-        offsets=_offsets(raw.get("o")),
+        offsets=offsets_of(raw.get("o")),
     )
     lifetime = raw.get("l")
     if lifetime is not None:
