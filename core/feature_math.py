@@ -226,8 +226,12 @@ def history_values(
         purchases, day_revenue, sessions, views, adds, events = bucket
         orders += purchases
         revenue += day_revenue
+        # Day counts as int increments under a test, not ``n += x > 0``: adding a
+        # bool to an int misses the interpreter's int fast path.
         if purchases > 0:
             purchase_days += 1
+            if day >= first_30:
+                purchase_days_30 += 1
             if day > latest_day:
                 latest_day, previous_day = day, latest_day
             elif day > previous_day:
@@ -237,8 +241,8 @@ def history_values(
             sessions_30 += sessions
             views_30 += views
             adds_30 += adds
-            purchase_days_30 += purchases > 0
-            active_days_30 += events > 0
+            if events > 0:
+                active_days_30 += 1
     first = state.first_seen_ts
     if later:
         lifetime = _lifetime_before(state, today)

@@ -458,3 +458,45 @@ def test_reads_are_what_they_were(state: UserState, deltas: list[float]) -> None
             for read in (state, decoded):
                 assert_identical(stream_values(read, at, missing), want_stream)
                 assert_identical(history_values(read, at, missing), want_history)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(TYPES),
+            st.integers(-200, 200),
+            st.sampled_from([-1, 0, 1]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(-200, 200),
+    st.sampled_from([-1, 0, 1]),
+)
+def test_times_on_bucket_edges_read_as_before(
+    events: list[tuple[EventType, int, int, bool]], hours: int, nudge: int
+) -> None:
+    """Times at, or one ulp either side of, hour and minute edges.
+
+    Where a time is compared with a window's edge instead of floored into its
+    bucket, the two must agree exactly there.
+    """
+    base = floor(T0 / HOUR) * HOUR
+    state = UserState()
+    for i, (etype, hour, side, in_minute) in enumerate(events):
+        edge = base + hour * HOUR + (MINUTE * 7 if in_minute else 0)
+        ts = edge if side == 0 else math.nextafter(edge, math.inf * side)
+        apply_fields(
+            state, f"e{i}", etype, ts, f"s{i % 3}", "tea", 1.5, 2.5, 400 * HOUR
+        )
+    at = base + hours * HOUR
+    at = at if nudge == 0 else math.nextafter(at, math.inf * nudge)
+    for missing in (None, math.nan):
+        assert_identical(
+            stream_values(state, at, missing), ref_stream_values(state, at, missing)
+        )
+        assert_identical(
+            history_values(state, at, missing), ref_history_values(state, at, missing)
+        )
