@@ -30,6 +30,7 @@ from core.store.online_reader import OnlineReader
 from core.store.read_plan import resolve_read_plan
 from core.store.recent_events import recent_command
 from core.store.state_store import DEDUPE_FIELD, MEMBERS_FIELD
+from infra.heap import settle_after_setup
 from infra.local_stack import current_broker, current_redis_url
 from infra.settings import Settings
 from serving import collector, profile
@@ -115,7 +116,13 @@ class ScoringEngine:
         return cached[1]
 
     def start(self) -> None:
-        """Follow promotions while serving (a background task per worker)."""
+        """Follow promotions while serving (a background task per worker).
+
+        Called when the worker's event loop starts, after every import and the
+        app's set-up: what they made is frozen out of the garbage collector's
+        scans (:mod:`infra.heap`), which otherwise held batches up at random.
+        """
+        settle_after_setup()
         self.models.start()
 
     async def stop(self) -> None:

@@ -27,7 +27,6 @@ every ``worker_metrics_interval_seconds``, and ``/metrics`` on
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import warnings
@@ -38,6 +37,7 @@ import typeguard
 from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 
+from infra.heap import settle_after_setup
 from infra.local_stack import bundled_broker, current
 from infra.settings import Settings, get_settings
 from infra.topics import ensure_topics
@@ -186,22 +186,13 @@ consumer = EventConsumer(
 )
 
 
-# Young-generation collections every 700 allocations ran hundreds of times per
-# batch (each event allocates a model, dicts and tuples, nearly all freed by
-# reference counting); collecting every 50,000 costs a few MB at most.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
 def _ready() -> None:
-    """Take what setup created out of the garbage collector's way.
+    """Take what setup created out of the garbage collector's way (see infra.heap).
 
-    Freezing moves the ~100k objects that imports and setup created into the
-    permanent generation; full collections then scan only live stream data, and
-    a profile showed them shrinking from ~45 ms to a few (see core.user_state).
+    Full collections then scan only live stream data: a profile showed them
+    shrinking from ~45 ms to a few (see core.user_state).
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    settle_after_setup()
     log.info("consuming %s", settings.events_topic)
 
 
