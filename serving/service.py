@@ -6,7 +6,8 @@ Each worker's work (models, the online read, scoring) is
 the ``bentoml serve`` parent, which imports this module only to read the
 service's configuration, stays small.
 
-Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`),
+Endpoints: ``POST /score`` (body :class:`serving.schemas.ScoreRequest`; a valid
+body is answered by :mod:`serving.score_route` ahead of BentoML's API route),
 ``GET /users/{user_id}`` (a user's profile, :mod:`serving.profile`),
 ``GET /segments``, ``POST /events`` (the event collector, :mod:`serving.collector`),
 and BentoML's own ``GET /healthz`` (process alive),
@@ -48,6 +49,7 @@ from serving.schemas import (
     UserProfile,
     ValidationErrorResponse,
 )
+from serving.score_route import ScoreEndpoint
 
 if TYPE_CHECKING:
     from serving.engine import ScoringEngine
@@ -242,6 +244,11 @@ class ScoringService:
         Each score also lists the user's rule memberships active now (``rules``).
         Unknown users are scored from population defaults (``cold_start`` true).
         Answers 503 when the online store cannot be read.
+
+        This route is the contract (OpenAPI, BentoML's clients) and answers every
+        body that :func:`serving.score_route.parse_score_body` leaves to the
+        model, i.e. each bad request; valid ones are scored by
+        :class:`serving.score_route.ScoreEndpoint` with the same engine call.
         """
         return await self.engine.score(user_ids, explain, top_k)
 
@@ -255,6 +262,12 @@ class ScoringService:
 
 
 # Outermost first: limits (and outcome counting) see every /score answer,
-# including authentication's 401; an unauthorised caller costs no parsing.
+# including authentication's 401; an unauthorised caller costs no parsing. The
+# score endpoint is innermost: only authorised bodies within the limits reach it.
 ScoringService.add_asgi_middleware(LimitsMiddleware, count=_count_outcome)
 ScoringService.add_asgi_middleware(ApiKeyMiddleware)
+ScoringService.add_asgi_middleware(
+    ScoreEndpoint,
+    engine=lambda: read_routes.state.engine,
+    server=f"BentoML Service/{ScoringService.name}",
+)

@@ -35,6 +35,7 @@ from tests.support.live_service import (
 from tests.support.model_bundles import TINY_CALIBRATION as CALIBRATION
 from tests.support.model_bundles import save_tiny_models
 
+JSON = "application/json"
 # Saving to the BentoML store goes through pathspec, which warns about its own API.
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
@@ -178,6 +179,52 @@ def test_bad_input_is_a_4xx_naming_the_field(
     payload = response.json()
     assert payload["detail"][0]["loc"][0] == field
     assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"user_ids": ["x" * 129]}, ["user_ids", 0]),
+        ({"user_ids": []}, ["user_ids"]),
+        ({"user_ids": ["u"], "top_k": 100_000}, ["top_k"]),
+        ({"user_ids": [f"u{i}" for i in range(1001)]}, ["user_ids"]),
+        ({"user_ids": [f"u{i}" for i in range(995)] + [""] * 5}, ["user_ids", 995]),
+    ],
+)
+def test_bad_fields_are_named_down_to_the_id(
+    client: httpx.Client, body: dict, loc: list
+) -> None:
+    # Valid bodies are scored ahead of BentoML's route (serving.score_route);
+    # these must still reach the request model and be named by it.
+    response = client.post("/score", json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_bentomls_route_still_scores_a_valid_body_it_is_given(
+    client: httpx.Client,
+) -> None:
+    # A byte-order mark is valid to the request model but left to it by the
+    # short path: one request down each path, the same answer.
+    raw = b'{"user_ids": ["%s", "nobody"], "top_k": 4}' % KNOWN_USER.encode()
+    short = client.post("/score", content=raw, headers={"Content-Type": JSON})
+    model = client.post(
+        "/score", content=b"\xef\xbb\xbf" + raw, headers={"Content-Type": JSON}
+    )
+
+    assert short.status_code == model.status_code == 200, model.text
+    assert short.headers["content-type"] == model.headers["content-type"] == JSON
+    assert short.headers["server"] == model.headers["server"]
+
+    def stable(response: httpx.Response) -> object:
+        body = ScoreResponse.model_validate(response.json())
+        return body.model_versions, [
+            (s.user_id, s.segment, s.cold_start, [c.feature for c in s.explanation])
+            for s in body.scores
+        ]
+
+    assert stable(short) == stable(model)
 
 
 def test_invalid_requests_are_logged_without_tracebacks(
