@@ -20,6 +20,18 @@ from typing import Any
 import numpy as np
 
 _LOWEST = np.finfo(np.float64).min
+# LightGBM reads an input of magnitude at most its kZeroThreshold (1e-35 as a
+# float) as 0 (c_api.cpp keeps only larger values of a dense row).
+ZERO_THRESHOLD = float(np.float32(1e-35))
+
+
+def as_lightgbm_reads(inputs: np.ndarray) -> np.ndarray:
+    """Inputs as LightGBM's predictor sees them: near-zero values are 0, and -inf
+    is the lowest finite double (it goes left at every split, as LightGBM sends
+    it, and compares like any other value)."""
+    values = np.maximum(inputs, _LOWEST)
+    values[np.abs(values) <= ZERO_THRESHOLD] = 0.0
+    return values
 
 
 def supported(dump: Mapping[str, Any]) -> bool:
@@ -107,9 +119,7 @@ class TreeArrays:
         rows = inputs.shape[0]
         if not len(self.roots):
             return np.zeros(rows)
-        # -inf goes left at every split, as LightGBM sends it; the lowest finite
-        # double does too and compares like any other value.
-        values = np.maximum(inputs, _LOWEST).ravel()
+        values = as_lightgbm_reads(inputs).ravel()
         width = inputs.shape[1]
         node = np.repeat(self.roots[:, None], rows, axis=1)  # (trees, rows)
         offsets = np.arange(rows)[None, :] * width

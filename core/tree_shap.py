@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from core.tree_predict import as_lightgbm_reads
+
 logger = logging.getLogger(__name__)
 
 MAX_PATH_FEATURES = 12
 MAX_TABLE_BYTES = 64 * 2**20
-_LOWEST = np.finfo(np.float64).min
 
 
 @dataclass(frozen=True)
@@ -270,12 +271,12 @@ class TreeShapTables:
         out[:, -1] = self.expected_value
         if not len(self.feature) or not rows:
             return out
-        # -inf goes left at every split, as LightGBM sends it; raised to the
-        # lowest finite double (below every threshold), it also passes the
-        # open "> -inf" bound of a path with no left turn on its feature.
-        # Entries as rows, users as columns: every reduction below then adds
-        # whole contiguous rows, vectorised over the users.
-        values = np.maximum(inputs, _LOWEST).T[self.feature]
+        # Inputs as LightGBM reads them; -inf, raised to the lowest finite
+        # double (below every threshold), also passes the open "> -inf" bound
+        # of a path with no left turn on its feature. Entries as rows, users
+        # as columns: every reduction below then adds whole contiguous rows,
+        # vectorised over the users.
+        values = as_lightgbm_reads(inputs).T[self.feature]
         hot = (values > self.low[:, None]) & (values <= self.high[:, None])
         # Each leaf's hot-set index: its entries' bits, gathered into a
         # (leaves, widest path, users) block (short paths padded with a row

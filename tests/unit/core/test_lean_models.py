@@ -36,8 +36,8 @@ from core.registry import (
     save_segmenter,
 )
 from core.scoring import ONLINE_FEATURES, ScoringModels, score
-from core.tree_predict import TreeArrays, supported
-from core.tree_shap import probe_rows
+from core.tree_predict import ZERO_THRESHOLD, TreeArrays, supported
+from core.tree_shap import TreeShapTables, probe_rows
 from infra.settings import PROJECT_ROOT, Settings
 from tests.support.model_bundles import tiny_bundles
 
@@ -108,12 +108,20 @@ def test_tree_arrays_give_lightgbm_raw_scores_to_the_bit(
     rng = np.random.default_rng(seed)
     data = np.nan_to_num(x[rng.integers(0, len(x), rows)], nan=0.5)
     data[0, rng.integers(0, 5)] = rng.choice([np.inf, -np.inf, 0.0])
-    from core.tree_shap import TreeShapTables
-
+    # LightGBM reads a magnitude at or below its zero threshold as 0.
+    near_zero = [1e-36, -1e-36, ZERO_THRESHOLD, -ZERO_THRESHOLD, 2e-35]
+    data[-1, rng.integers(0, 5)] = rng.choice(near_zero)
     edges = probe_rows(TreeShapTables.from_dump(dump), rows=rows, seed=seed)
     for matrix in (data, edges):
         want = booster.predict(matrix, raw_score=True, num_threads=1)
         assert np.array_equal(trees.margins(matrix), want)
+        # The tables read inputs the same way.
+        assert np.allclose(
+            TreeShapTables.from_dump(dump).contributions(matrix),
+            booster.predict(matrix, pred_contrib=True, num_threads=1),
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
 def test_unsupported_models_are_left_to_lightgbm(tmp_path: Path):
