@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -67,11 +68,50 @@ class Stack:
         )
 
 
+# Ports handed out by this process: a server given one may not have bound it yet.
+_HANDED_OUT: set[int] = set()
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux)."""
+    try:
+        return int(
+            Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        )
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free TCP port on loopback, for a server that will bind it shortly.
+
+    Picked below the kernel's ephemeral range where there is room: a port from
+    that range, free when checked, can be taken as the source port of any
+    outgoing connection before the server binds it (a test run opening many
+    connections lost a server to "Address already in use" that way). Never the
+    same port twice in one process.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(50 if low > _LOWEST_PORT + 1000 else 0):
+        port = rng.randrange(_LOWEST_PORT, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
