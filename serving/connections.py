@@ -35,6 +35,8 @@ import orjson
 import uvicorn.config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serving.metric_paths import templated
+
 HEADER_TIMEOUT = "header_timeout"
 OVER_CAPACITY = "over_capacity"
 PROTOCOL = f"{__name__}:GuardedHttpToolsProtocol"
@@ -69,6 +71,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        # The outermost layer, before BentoML's metrics: see serving.metric_paths.
+        self.app = templated(self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Refuse a connection beyond the cap; otherwise start the header clock."""

@@ -39,6 +39,7 @@ from infra.settings import get_settings
 from serving import collector, connections
 from serving.auth import ApiKeyMiddleware
 from serving.limits import LimitsMiddleware
+from serving.metric_paths import profile_user_id
 from serving.metrics import LATENCY_BUCKETS, worker_metrics
 from serving.schemas import (
     ErrorResponse,
@@ -99,9 +100,8 @@ async def _events(request: Request) -> Response:
 
 async def _user(request: Request) -> Response:
     engine: ScoringEngine = request.app.state.engine
-    return await engine.user_profile(
-        request.path_params["user_id"], request.query_params.multi_items()
-    )
+    user_id = profile_user_id(request.scope, request.path_params["user_id"])
+    return await engine.user_profile(user_id, request.query_params.multi_items())
 
 
 def _profile_parameters() -> list[dict[str, Any]]:

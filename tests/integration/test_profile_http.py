@@ -294,3 +294,19 @@ def test_redis_down_is_a_fast_503_for_the_profile(
     assert UserProfile.model_validate(response.json()).rules
     known = UserProfile.model_validate(_profile(client, KNOWN_USER).json())
     assert known.cold_start is False and known.rules == []
+
+
+def test_profile_requests_are_one_series_not_one_per_user(client: httpx.Client):
+    user = "metrics-probe-user-7"
+    assert _profile(client, user).status_code == 200
+    assert client.get(f"/users/{user}", params={"top_k": 0}).status_code == 422
+    text = client.get("/metrics").text
+
+    # BentoML labels its request series with the path: the route's template, not
+    # the id (unbounded series, and ids that `forget` could not erase).
+    assert user not in text
+    profile_lines = [ln for ln in text.splitlines() if 'endpoint="/users/' in ln]
+    assert profile_lines
+    assert all('endpoint="/users/{user_id}"' in ln for ln in profile_lines)
+    total = 'bentoml_service_request_total{endpoint="/users/{user_id}",'
+    assert any(ln.startswith(total) and 'code="422"' in ln for ln in profile_lines)
