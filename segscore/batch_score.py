@@ -151,7 +151,7 @@ def states_as_of(
     lateness_seconds: int,
     workers: int = 1,
     on_progress: Progress | None = None,
-) -> dict[str, UserState]:
+) -> Mapping[str, UserState]:
     """Each user's state after their last event at or before ``as_of``.
 
     The backfill's replay without snapshots: the worker's transition over each

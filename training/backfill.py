@@ -20,12 +20,11 @@ worker processes (:mod:`training.backfill_parallel`, inner loop in
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from training.backfill_chunks import (
 )
 from training.backfill_parallel import replay_here, replay_parallel, worker_pool
 from training.backfill_snapshots import snapshot_frame, write_snapshot_file
+from training.backfill_states import BackfillStates
 from training.replay import collector_paused
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class BackfillResult:
 
     stream: pd.DataFrame
     history: pd.DataFrame
-    states: dict[str, UserState]
+    states: Mapping[str, UserState]
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -304,13 +304,8 @@ def backfill(
             stream_table, history_table, parts = replay_here(
                 chunks, lateness_seconds, users.total_rows, on_progress
             )
-        states = dict(
-            zip(
-                users.ids.tolist(),
-                itertools.chain.from_iterable(part.states for part in parts),
-                strict=True,
-            )
-        )
+        # Decoded when first read (seeding), not here: see backfill_states.
+        states = BackfillStates(users.ids.tolist(), [part.states for part in parts])
     outcomes = {
         Outcome.APPLIED.value: sum(part.applied for part in parts),
         Outcome.DUPLICATE.value: sum(part.duplicate for part in parts),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ class TrainResult:
 
     segmenter: SegmenterBundle
     propensity: PropensityBundle
-    states: dict[str, UserState]
+    states: Mapping[str, UserState]
     backfill: BackfillResult
     snapshots: list[float]
     window: tuple[float, float]

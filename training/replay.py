@@ -17,10 +17,11 @@ from __future__ import annotations
 import gc
 import math
 import os
+import pickle
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 
 import numpy as np
@@ -81,9 +82,13 @@ class Chunk:
 
 @dataclass
 class Replayed:
-    """What replaying a chunk gave besides its rows: final states and outcomes."""
+    """What replaying a chunk gave besides its rows: final states and outcomes.
 
-    states: list[UserState]
+    A worker process sends its states pickled (bytes), decoded only when read
+    (training.backfill_states).
+    """
+
+    states: list[UserState] | bytes
     applied: int
     duplicate: int
     late: int
@@ -219,6 +224,13 @@ def replay_chunk(
     return Replayed(states, applied, duplicate, late)
 
 
+def pickled_states(states: list[UserState] | bytes) -> bytes:
+    """States as a worker process sends them back (pickled once, by itself)."""
+    if isinstance(states, bytes):
+        return states
+    return pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def worker_ready() -> None:
     """A worker process's first task: nothing; unpickling it imports this module."""
 
@@ -248,4 +260,5 @@ def replay_to_file(
                 written += os.pwrite(fd, view[written:], offset + written)
     finally:
         os.close(fd)
-    return replayed
+    # Pickled here, once: the parent keeps the bytes until the states are read.
+    return replace(replayed, states=pickled_states(replayed.states))

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def _run_training(
     return summary
 
 
-def _place_in_segments(settings: Settings, states: dict[str, UserState]) -> int:
+def _place_in_segments(settings: Settings, states: Mapping[str, UserState]) -> int:
     """Give the seeded states the serving segmenter's segment (as the worker would).
 
     The worker's first live change for a user then starts from the segment the

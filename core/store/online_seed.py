@@ -6,6 +6,8 @@ it seen the same history, so live events continue from there instead of from zer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import redis
 from feast import FeatureStore
 
@@ -18,7 +20,7 @@ from core.user_state import UserState
 def seed_online(
     store: FeatureStore,
     client: redis.Redis,
-    states: dict[str, UserState],
+    states: Mapping[str, UserState],
     as_of: float,
     chunk: int = 20_000,
 ) -> SeedOutcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from collections import defaultdict
 
 import numpy as np
@@ -17,6 +18,7 @@ from core.feature_catalog import (
     STREAM_FEATURES,
     stored_features,
 )
+from core.user_state import UserState
 from infra.settings import Settings
 from tests.support.messy_events import simulated_events
 from training.backfill import (
@@ -241,6 +243,10 @@ def test_parallel_backfill_equals_the_serial_one() -> None:
             activity_until=until,
         )
         assert calls[-1] == (len(serial.states), len(serial.states))
+        # The workers' states stay pickled until read; counting them is free.
+        assert not parallel.states.decoded
+        assert len(parallel.states) == len(serial.states)
+        assert not parallel.states.decoded
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
         pd.testing.assert_frame_equal(parallel.stream, serial.stream, check_exact=True)
         pd.testing.assert_frame_equal(
@@ -281,7 +287,10 @@ def test_worker_tasks_write_their_rows_in_place(tmp_path) -> None:
     stream_file, history_file = table_views(path.read_bytes(), users.total_rows)
     assert stream_file.tobytes() == stream.tobytes()
     assert history_file.tobytes() == history.tobytes()
-    assert [there[i].states for i in range(len(chunks))] == [r.states for r in here]
+    # A worker sends its states pickled, once.
+    assert all(isinstance(there[i].states, bytes) for i in there)
+    sent = [pickle.loads(there[i].states) for i in range(len(chunks))]
+    assert sent == [r.states for r in here]
 
 
 def test_grid_from_the_end_keeps_the_newest_day() -> None:
@@ -445,3 +454,18 @@ def test_evaluation_cutoffs_keep_a_whole_horizon_inside_the_data() -> None:
     # History shorter than two horizons: only the holdout cut-off remains.
     assert evaluation_cutoffs(T0 + 50 * DAY, end, 30) == [T0 + 70 * DAY]
     assert evaluation_cutoffs(T0 + 80 * DAY, end, 30) == []
+
+
+def test_backfill_states_decode_once_in_order_and_keep_changes() -> None:
+    from training.backfill_states import BackfillStates
+
+    first, second, third = UserState(), UserState(), UserState()
+    first.orders_lifetime, second.orders_lifetime, third.orders_lifetime = 1, 2, 3
+    states = BackfillStates(["a", "b", "c"], [[first], pickle.dumps([second, third])])
+    assert len(states) == 3 and not states.decoded
+    assert [s.orders_lifetime for s in states.values()] == [1, 2, 3]
+    assert list(states) == ["a", "b", "c"] and states.decoded
+    states["b"].segment = 4  # what seeding's placement does
+    assert states["b"].segment == 4
+    with pytest.raises(ValueError, match="2 states for 3 users"):
+        dict(BackfillStates(["a", "b", "c"], [[first, second]]))
