@@ -166,7 +166,7 @@ class LimitsMiddleware:
             if not complete:
                 await self._too_large(send, limit)
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self.app(scope, receive, send)
 
     async def _timed_out(self, send: Send) -> None:
@@ -229,7 +229,8 @@ class LimitsMiddleware:
         return wrapped
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the already-read ``body`` first, then defers."""
     sent = False
 
     async def replay() -> Message:

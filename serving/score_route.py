@@ -23,12 +23,20 @@ the short path and an invalid one costs what it always did.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import orjson
 from starlette.responses import Response
 
+from serving.limits import (
+    SCORE_PATH,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    replay_body,
+)
 from serving.schemas import (
     MAX_TOP_K,
     MAX_USER_ID_CHARS,
@@ -38,13 +46,6 @@ from serving.schemas import (
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-SCORE_PATH = "/score"
 # The fields and defaults of the request model itself, so the two cannot drift;
 # tests/unit/serving/test_score_route.py fails if the model gains a field.
 FIELDS = frozenset(ScoreRequest.model_fields)
@@ -137,7 +138,7 @@ class ScoreEndpoint:
             return  # the client left: there is no one to answer
         request = parse_score_body(body)
         if request is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         scorer = self._scorer
         if scorer is None:
@@ -172,16 +173,3 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
