@@ -263,3 +263,12 @@ def test_a_model_registered_before_the_replays_loads_with_its_library(
     models = load_models(settings, wanted_tags(settings), ONLINE_FEATURES)
     assert isinstance(models.propensity.booster, lgb.Booster)
     assert models.shap_tables is not None  # checked against the booster as before
+
+
+def test_a_batch_scorer_can_ask_for_the_libraries(settings: Settings):
+    # The stream worker and batch scoring score thousands of rows at a time,
+    # where LightGBM's predictor is faster than the replay's walk.
+    _register(settings)
+    models = load_models(settings, wanted_tags(settings), ONLINE_FEATURES, lean=False)
+    assert isinstance(models.propensity.booster, lgb.Booster)
+    assert not isinstance(models.segmenter.pipeline, lean_models.LeanPipeline)
