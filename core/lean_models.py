@@ -28,7 +28,7 @@ import numpy as np
 
 from core.lgbm_text import ModelTextError, parse_model_text
 from core.segment_assign import Assigner, assigner_from_params, replay_params
-from core.tree_predict import TreeArrays, supported
+from core.tree_predict import TreeArrays
 from core.tree_shap import TreeShapTables, Unsupported, probe_rows
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,6 @@ class LeanPipeline:
 
 def _replays(text: str) -> tuple[dict[str, Any], TreeArrays, TreeShapTables]:
     dump = parse_model_text(text)
-    if not supported(dump):
-        raise Unsupported("splits or outputs the tree replay does not cover")
     return dump, TreeArrays.from_dump(dump), TreeShapTables.from_dump(dump)
 
 

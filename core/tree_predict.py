@@ -7,8 +7,9 @@ every node of every tree lives in one set of arrays, a leaf points to itself, an
 from every root to its leaf. The leaves' values are then added tree by tree, in
 the model's order, as LightGBM adds them, so the result is the same double.
 
-Covers numeric ``<=`` splits on rows without NaN; :func:`supported` says whether a
-dump is one, and the caller keeps LightGBM for anything else.
+Covers numeric ``<=`` splits on rows without NaN; :meth:`TreeArrays.from_dump`
+raises :class:`Unsupported` for anything else (the checks :mod:`core.tree_shap`
+applies too), and the caller keeps LightGBM for it.
 """
 
 from __future__ import annotations
@@ -34,21 +35,36 @@ def as_lightgbm_reads(inputs: np.ndarray) -> np.ndarray:
     return values
 
 
-def supported(dump: Mapping[str, Any]) -> bool:
-    """Whether :class:`TreeArrays` reproduces this model's raw score exactly."""
+class Unsupported(ValueError):
+    """The model has something the numpy replays do not reproduce exactly."""
+
+
+def check_model(dump: Mapping[str, Any]) -> None:
+    """Refuse several classes or averaged output (random forests)."""
     if int(dump.get("num_class", 1)) != 1 or dump.get("average_output"):
-        return False
-    stack = [tree["tree_structure"] for tree in dump["tree_info"]]
-    while stack:
-        node = stack.pop()
-        if "leaf_value" in node:
-            if any(k in node for k in ("leaf_const", "leaf_coeff", "leaf_features")):
-                return False
-            continue
-        if node.get("decision_type") != "<=":
-            return False
-        stack.extend((node["left_child"], node["right_child"]))
-    return True
+        raise Unsupported("several classes or averaged output")
+
+
+def check_leaf(leaf: Mapping[str, Any]) -> None:
+    """Refuse a leaf whose output is not its value (a linear tree's leaf)."""
+    if any(key in leaf for key in ("leaf_const", "leaf_coeff", "leaf_features")):
+        raise Unsupported("linear trees")
+
+
+def check_split(node: Mapping[str, Any]) -> None:
+    """Refuse a split other than ``<=`` with no or NaN missing values.
+
+    A categorical split is not a comparison, and zero-as-missing sends zeros
+    (and near-zero inputs) the default way instead of comparing them.
+    """
+    if node.get("decision_type") != "<=" or node.get("missing_type") not in (
+        "None",
+        "NaN",
+    ):
+        raise Unsupported(
+            f"split {node.get('decision_type')!r} with missing type "
+            f"{node.get('missing_type')!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,13 @@ class TreeArrays:
     @classmethod
     def from_dump(cls, dump: Mapping[str, Any]) -> TreeArrays:
         """Arrays of a model as ``Booster.dump_model()`` (or ``parse_model_text``)
-        gives it; check :func:`supported` first."""
+        gives it.
+
+        Raises:
+            Unsupported: The model has splits or outputs this walk does not
+                reproduce (see :func:`check_model`, :func:`check_split`).
+        """
+        check_model(dump)
         feature: list[int] = []
         threshold: list[float] = []
         left: list[int] = []
@@ -74,36 +96,38 @@ class TreeArrays:
         value: list[float] = []
         roots: list[int] = []
         depth = 0
-        for tree in dump["tree_info"]:
-            # (node, its id, its depth); children get ids as they are reached.
-            roots.append(len(feature))
-            pending = [(tree["tree_structure"], len(feature), 0)]
+
+        def new_node() -> int:
             feature.append(0)
             threshold.append(np.inf)
             left.append(0)
             right.append(0)
             value.append(0.0)
+            return len(feature) - 1
+
+        for tree in dump["tree_info"]:
+            # (node, its id, its depth); children get ids as they are reached.
+            root = new_node()
+            roots.append(root)
+            pending = [(tree["tree_structure"], root, 0)]
             while pending:
                 node, me, level = pending.pop()
                 depth = max(depth, level)
                 if "leaf_value" in node:
+                    check_leaf(node)
                     # A leaf sends every (non-NaN) value "left", to itself.
                     left[me] = right[me] = me
                     value[me] = float(node["leaf_value"])
                     continue
+                check_split(node)
                 feature[me] = int(node["split_feature"])
                 threshold[me] = float(node["threshold"])
                 for child, side in (
                     (node["left_child"], left),
                     (node["right_child"], right),
                 ):
-                    side[me] = len(feature)
-                    pending.append((child, len(feature), level + 1))
-                    feature.append(0)
-                    threshold.append(np.inf)
-                    left.append(0)
-                    right.append(0)
-                    value.append(0.0)
+                    side[me] = new_node()
+                    pending.append((child, side[me], level + 1))
         return cls(
             feature=np.asarray(feature, dtype=np.intp),
             threshold=np.asarray(threshold, dtype=np.float64),

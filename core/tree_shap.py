@@ -38,7 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from core.tree_predict import as_lightgbm_reads
+from core.tree_predict import (
+    Unsupported,
+    as_lightgbm_reads,
+    check_leaf,
+    check_model,
+    check_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +64,6 @@ class _Leaf:
     zero: tuple[float, ...]
 
 
-class Unsupported(ValueError):
-    """The model has something the tables do not reproduce exactly."""
-
-
 def _leaves(node: Mapping[str, Any]) -> list[_Leaf]:
     """Each leaf of a dumped tree with its path's conditions merged per feature."""
     out: list[_Leaf] = []
@@ -70,7 +72,7 @@ def _leaves(node: Mapping[str, Any]) -> list[_Leaf]:
     while stack:
         current, path = stack.pop()
         if "leaf_value" in current:
-            _plain_leaf(current)
+            check_leaf(current)
             out.append(
                 _Leaf(
                     value=float(current["leaf_value"]),
@@ -81,14 +83,7 @@ def _leaves(node: Mapping[str, Any]) -> list[_Leaf]:
                 )
             )
             continue
-        if current.get("decision_type") != "<=" or current.get("missing_type") not in (
-            "None",
-            "NaN",
-        ):
-            raise Unsupported(
-                f"split {current.get('decision_type')!r} with missing type "
-                f"{current.get('missing_type')!r}"
-            )
+        check_split(current)
         feature, threshold = int(current["split_feature"]), float(current["threshold"])
         total = float(current["internal_count"])
         for child, goes_left in (
@@ -111,12 +106,6 @@ def _leaves(node: Mapping[str, Any]) -> list[_Leaf]:
             entry[3] *= share
             stack.append((child, merged))
     return out
-
-
-def _plain_leaf(leaf: Mapping[str, Any]) -> None:
-    """Refuse a leaf whose output is not its value (a linear tree's leaf)."""
-    if any(key in leaf for key in ("leaf_const", "leaf_coeff", "leaf_features")):
-        raise Unsupported("linear trees")
 
 
 def _expected_value(tree: Mapping[str, Any]) -> float:
@@ -211,13 +200,12 @@ class TreeShapTables:
             Unsupported: The model is outside what the tables reproduce (see the
                 module docstring).
         """
-        if int(dump.get("num_class", 1)) != 1 or dump.get("average_output"):
-            raise Unsupported("several classes or averaged output")
+        check_model(dump)
         leaves: list[_Leaf] = []
         expected = 0.0
         for tree in dump["tree_info"]:
             if "leaf_value" in tree["tree_structure"]:
-                _plain_leaf(tree["tree_structure"])
+                check_leaf(tree["tree_structure"])
             expected += _expected_value(tree)
             if "leaf_value" not in tree["tree_structure"]:
                 leaves.extend(_leaves(tree["tree_structure"]))
