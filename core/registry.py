@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -325,15 +327,23 @@ def load_propensity(
     )
 
 
+def _lean(root: Path, record: str, build: Callable[[dict[str, Any]], Any]) -> Any:
+    """The numpy replay ``build`` makes from the model's ``record`` file, if it
+    has one and the replay still gives the recorded answers; else ``None``."""
+    found = lean_models.read_json(root / record)
+    if found is None:
+        return None
+    try:
+        return build(found)
+    except lean_models.ReplayMismatch as exc:
+        logger.warning("%s: %s", root, exc)
+        return None
+
+
 def _load_pipeline(root: Path, lean: bool) -> Any:
-    replay = (
-        lean_models.read_json(root / lean_models.SEGMENTER_REPLAY) if lean else None
-    )
-    if replay is not None:
-        try:
-            return lean_models.lean_pipeline(replay)
-        except lean_models.ReplayMismatch as exc:
-            logger.warning("%s: %s", root, exc)
+    record, build = lean_models.SEGMENTER_REPLAY, lean_models.lean_pipeline
+    if lean and (replay := _lean(root, record, build)) is not None:
+        return replay
     import joblib
 
     return joblib.load(root / "pipeline.joblib")
@@ -341,12 +351,10 @@ def _load_pipeline(root: Path, lean: bool) -> Any:
 
 def _load_booster(root: Path, lean: bool) -> Any:
     model_file = root / "model.txt"
-    check = lean_models.read_json(root / lean_models.PROPENSITY_CHECK) if lean else None
-    if check is not None:
-        try:
-            return lean_models.lean_booster(model_file, check)
-        except lean_models.ReplayMismatch as exc:
-            logger.warning("%s: %s", root, exc)
+    record = lean_models.PROPENSITY_CHECK
+    build = partial(lean_models.lean_booster, model_file)
+    if lean and (replay := _lean(root, record, build)) is not None:
+        return replay
     import lightgbm as lgb
 
     return lgb.Booster(model_file=str(model_file))

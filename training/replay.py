@@ -224,10 +224,8 @@ def replay_chunk(
     return Replayed(states, applied, duplicate, late)
 
 
-def pickled_states(states: list[UserState] | bytes) -> bytes:
+def pickled_states(states: list[UserState]) -> bytes:
     """States as a worker process sends them back (pickled once, by itself)."""
-    if isinstance(states, bytes):
-        return states
     return pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL)
 
 
