@@ -24,6 +24,7 @@ from core.feature_math import (
     stream_features,
 )
 from core.user_state import DAY, Outcome, UserState, apply_fields
+from tests.support.legacy_blobs import json_blob
 
 T0 = 1_800_000_000.0  # 8 hours into a UTC day
 DAY0 = T0 - T0 % DAY  # 00:00 UTC of T0's day
@@ -145,7 +146,7 @@ def test_the_history_tuple_holds_previous_purchase_ts_in_catalogue_order() -> No
 
 def _blob_without_previous(state: UserState) -> bytes:
     """``state`` as stored with seven lifetime facts, before the previous day."""
-    raw = orjson.loads(state.to_bytes())
+    raw = orjson.loads(json_blob(state))
     assert len(raw["l"]) == 8
     raw["l"] = raw["l"][:7]
     return orjson.dumps(raw)
@@ -206,7 +207,7 @@ def test_an_unknown_previous_pruned_day_is_learnt_at_the_next_pruning() -> None:
 
 def test_a_blob_without_any_lifetime_facts_knows_no_previous_pruned_day() -> None:
     state = fold([0, 100, 200], 600)
-    raw = orjson.loads(state.to_bytes())
+    raw = orjson.loads(json_blob(state))
     del raw["l"]
     decoded = UserState.from_bytes(orjson.dumps(raw))
     assert decoded.pruned_previous_purchase_day is None

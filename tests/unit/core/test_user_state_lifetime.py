@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from core.events import EventType
 from core.feature_math import history_features
 from core.user_state import DAY, Outcome, UserState, apply_fields
+from tests.support.legacy_blobs import json_blob
 
 T0 = 1_800_000_000.0  # 8 hours into a UTC day
 DAY0 = T0 - T0 % DAY
@@ -124,7 +125,7 @@ def test_lifetime_facts_survive_serialization() -> None:
 
 def _old_blob(state: UserState) -> bytes:
     """``state`` as stored before the lifetime facts existed."""
-    raw = orjson.loads(state.to_bytes())
+    raw = orjson.loads(json_blob(state))
     del raw["l"]
     return orjson.dumps(raw)
 
