@@ -25,17 +25,19 @@ import numpy as np
 
 from core.feature_catalog import (
     HISTORY_FEATURES,
-    HISTORY_NAMES,
     REQUEST_FEATURES,
     STATE_FEATURE,
     STREAM_FEATURES,
     STREAM_NAMES,
     stored_features,
 )
-from core.feature_math import history_values, request_features, stream_values
+from core.feature_math import named_columns, request_features
 from core.lean_models import LeanBooster, LeanPipeline
 from core.registry import PropensityBundle, SegmenterBundle
 from core.segment_assign import segment_assigner
+from core.state_block import parse_blobs
+from core.state_codec import MAGIC
+from core.state_features import read_features
 from core.tree_shap import TreeShapTables, checked_tables
 from core.user_state import UserState
 
@@ -54,9 +56,6 @@ _SHAP_THREADS = max(1, min(os.cpu_count() or 1, 4))
 StoredColumns = Mapping[str, Sequence[Any]]
 
 _REALTIME = frozenset(STREAM_NAMES)
-_NO_STREAM: tuple[None, ...] = (None,) * len(STREAM_NAMES)
-# Columns derived from a state, in the order of stream_values + history_values.
-_DERIVED = STREAM_NAMES + HISTORY_NAMES
 REQUEST_NAMES = tuple(spec.name for spec in REQUEST_FEATURES)
 # Every stored feature a model may use; a model version asking for anything else
 # is refused at load (core.model_manager.validate).
@@ -81,35 +80,44 @@ def with_read_time_features(
     ``as_of`` is one instant for all, or one per user (a state read at the time of
     its own latest event, as the stream worker reads it).
 
-    Uses :func:`core.feature_math.stream_values` and
-    :func:`~core.feature_math.history_values` (what the backfill's training rows
-    are made of), so serving and training cannot disagree. Where a state exists it
-    wins over a stored history row: the row is a snapshot as of its write (the
-    backfill or the seed), while the state holds every day bucket the 90-day
-    history reads and the first event time, and so shows live purchases and the
-    passing of time at once. A user with a history row but no state keeps the row
-    and reads no stream features (``None``: nothing the worker has seen).
+    All states are read at once by :func:`core.state_features.read_features`
+    (what the backfill's training rows are made of), so serving and training
+    cannot disagree. Where a state exists it wins over a stored history row: the
+    row is a snapshot as of its write (the backfill or the seed), while the state
+    holds every day bucket the 90-day history reads and the first event time, and
+    so shows live purchases and the passing of time at once. A user with a
+    history row but no state keeps the row and reads no stream features
+    (``None``: nothing the worker has seen). Unknown timestamps read ``None``.
     """
     blobs = stored.get(STATE_FEATURE)
     if blobs is None:
         return stored
-    decode = UserState.from_bytes
+    instants = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (n_users,))
+    present = [i for i, blob in enumerate(blobs) if blob]
+    block = parse_blobs([_binary(blobs[i]) for i in present])
+    derived = named_columns(*read_features(block, instants[present]))
+    if len(present) == n_users:
+        return {**stored, **derived}
+    # Users without a state: no stream features, their stored history row.
     none_column = (None,) * n_users
-    history_rows = zip(
-        *(stored.get(name, none_column) for name in HISTORY_NAMES), strict=True
-    )
-    # Rows as tuples, transposed once: cheaper than a dict per user.
-    instants = [as_of] * n_users if isinstance(as_of, float | int) else as_of
-    rows = []
-    for blob, history_row, at in zip(blobs, history_rows, instants, strict=True):
-        if blob:
-            state = blob if isinstance(blob, UserState) else decode(blob)
-            rows.append(stream_values(state, at) + history_values(state, at))
-        else:
-            rows.append(_NO_STREAM + history_row)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_DERIVED)
-    derived = zip(_DERIVED, columns, strict=True)
-    return {**stored, **{name: list(column) for name, column in derived}}
+    out = dict(stored)
+    for name, values in derived.items():
+        column = list(
+            none_column if name in _REALTIME else stored.get(name, none_column)
+        )
+        for i, value in zip(present, values, strict=True):
+            column[i] = value
+        out[name] = column
+    return out
+
+
+def _binary(blob: bytes | UserState) -> bytes:
+    """A stored state in the binary layout (states of older blobs are re-encoded)."""
+    if isinstance(blob, UserState):
+        return blob.to_bytes(with_dedupe=False)
+    if blob[:1] == MAGIC[:1]:
+        return blob
+    return UserState.from_bytes(blob).to_bytes(with_dedupe=False)
 
 
 @dataclass(frozen=True)

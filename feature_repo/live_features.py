@@ -58,19 +58,17 @@ def live_state_features(inputs: dict[str, list]) -> dict[str, list]:
     import time
 
     from core.feature_catalog import HISTORY_FEATURES, STREAM_FEATURES
-    from core.feature_math import history_features, stream_features
+    from core.feature_math import feature_columns
     from core.names import LIVE_VIEW
     from core.user_state import UserState
 
     # One instant for the whole request, so rows of one batch are comparable.
     now = time.time()
-    rows = []
-    for blob in inputs["state"]:
-        state = UserState.from_bytes(blob)
-        rows.append({**stream_features(state, now), **history_features(state, now)})
+    states = [UserState.from_bytes(blob) for blob in inputs["state"]]
+    columns = feature_columns(states, now)
     # Keyed by the catalogue, so a feature missing from the math fails loudly here.
     specs = STREAM_FEATURES + HISTORY_FEATURES
-    out = {spec.name: [row[spec.name] for row in rows] for spec in specs}
+    out = {spec.name: columns[spec.name] for spec in specs}
     # Feast (0.67) picks python-mode outputs by the name the caller asked for, which
     # is "<view>__<feature>" under full_feature_names=True, and renames nothing:
     # without these aliases such requests silently lose every feature.

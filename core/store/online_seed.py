@@ -11,7 +11,8 @@ from collections.abc import Mapping
 import redis
 from feast import FeatureStore
 
-from core.feature_math import history_features
+from core.feature_catalog import HISTORY_NAMES
+from core.feature_math import feature_columns
 from core.store.online_sink import write_history_online
 from core.store.state_store import SeedOutcome, StateLayout, save_states_unless_newer
 from core.user_state import UserState
@@ -45,13 +46,15 @@ def seed_online(
         outcome.written.extend(done.written)
         outcome.kept_newer.extend(done.kept_newer)
         outcome.kept_unreadable.extend(done.kept_unreadable)
+        columns = feature_columns([states[uid] for uid in done.written], as_of)
+        history = zip(*(columns[name] for name in HISTORY_NAMES), strict=True)
         history_rows = [
             {
                 "user_id": uid,
                 "event_timestamp": as_of,
-                **history_features(states[uid], as_of),
+                **dict(zip(HISTORY_NAMES, values, strict=True)),
             }
-            for uid in done.written
+            for uid, values in zip(done.written, history, strict=True)
         ]
         write_history_online(store, history_rows)
     return outcome

@@ -486,7 +486,8 @@ def test_times_on_bucket_edges_read_as_before(
     base = floor(T0 / HOUR) * HOUR
     state = UserState()
     for i, (etype, hour, side, in_minute) in enumerate(events):
-        edge = base + hour * HOUR + (MINUTE * 7 if in_minute else 0)
+        # Event times are floats (as validated events give them); reads return floats.
+        edge = float(base + hour * HOUR + (MINUTE * 7 if in_minute else 0))
         ts = edge if side == 0 else math.nextafter(edge, math.inf * side)
         apply_fields(
             state, f"e{i}", etype, ts, f"s{i % 3}", "tea", 1.5, 2.5, 400 * HOUR

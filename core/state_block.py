@@ -1,0 +1,130 @@
+"""Many stored states as numpy columns, parsed from their blobs at once.
+
+The binary layout (:mod:`core.state_codec`) keeps every number of a state in one
+run of doubles, so a batch of blobs becomes one array with a single
+``np.frombuffer``; each section (the scalars, the minute, hour and day buckets,
+the session, category, cart-add and purchase times) is then gathered by index
+arithmetic, for all states together. Nothing here builds a Python object per
+number, which is what made reading a state cost more than the rest of scoring.
+
+A section's items keep their order within each state (dict order, as written),
+and states follow each other in the order given: window sums over them
+(:mod:`core.state_features`) add in the order the scalar code added in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.state_codec import HEADER, MAGIC, SCALARS
+
+# The header as numpy reads it: magic, then the seven counts.
+_HEADER_DTYPE = np.dtype([("magic", "S4"), ("counts", "<u4", (7,))])
+# Doubles per item of each section, in layout order after the scalars.
+_WIDTHS = np.array([9, 9, 7, 2, 1, 1, 1], dtype=np.int64)
+
+
+def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+@dataclass(frozen=True)
+class Section:
+    """One kind of item (say the hour buckets) of every state in a block.
+
+    ``values`` has one row per item, states one after the other; ``start`` and
+    ``count`` give each state's rows, ``owner`` each row's state.
+    """
+
+    values: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    owner: np.ndarray
+
+    def pairs(self, state_of_row: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every (row, item) pair where the row reads the item's state.
+
+        Rows in order, and each row's items in their stored order. ``None``:
+        row i reads state i.
+        """
+        if state_of_row is None:
+            return self.owner, np.arange(len(self.owner), dtype=np.int64)
+        count = self.count[state_of_row]
+        rows = np.repeat(np.arange(len(state_of_row), dtype=np.int64), count)
+        return rows, ragged_arange(self.start[state_of_row], count)
+
+
+@dataclass(frozen=True)
+class StateBlock:
+    """The numbers of ``n`` states (see :func:`parse_blobs`).
+
+    ``scalars`` is ``(n, SCALARS)`` in the codec's order (NaN for ``None``);
+    ``minutes`` and ``hours`` hold ``[key, *SLOTS counters]`` rows, ``days``
+    ``[key, *DAY_SLOTS counters]``, ``sessions`` ``[first, last]``,
+    ``categories``, ``cart_adds`` and ``purchases`` one time each.
+    """
+
+    n: int
+    scalars: np.ndarray
+    minutes: Section
+    hours: Section
+    days: Section
+    sessions: Section
+    categories: Section
+    cart_adds: Section
+    purchases: Section
+
+
+def parse_blobs(blobs: Sequence[bytes]) -> StateBlock:
+    """The states of binary blobs (:func:`core.state_codec.encode`) as one block.
+
+    Raises:
+        ValueError: A blob is not in the binary layout, or is cut short.
+    """
+    n = len(blobs)
+    heads = b"".join([blob[: HEADER.size] for blob in blobs])
+    if len(heads) != n * HEADER.size:
+        raise ValueError("a state blob is shorter than its header")
+    header = np.frombuffer(heads, dtype=_HEADER_DTYPE)
+    if n and not (header["magic"] == MAGIC).all():
+        raise ValueError("a state blob is not in the binary layout")
+    counts = header["counts"].astype(np.int64)  # (n, 7)
+    doubles = SCALARS + counts @ _WIDTHS
+    ends = (HEADER.size + 8 * doubles).tolist()
+    body = b"".join(
+        [blob[HEADER.size : end] for blob, end in zip(blobs, ends, strict=True)]
+    )
+    if len(body) != 8 * int(doubles.sum()):
+        raise ValueError("a state blob is cut short")
+    flat = np.frombuffer(body, dtype="<f8")
+    # Every run of doubles (the scalars, then each section) of every state,
+    # ordered section by section, gathered with one index: a few numpy calls
+    # per block, not per state or section.
+    widths = np.concatenate([[SCALARS], _WIDTHS])
+    lengths = np.hstack([np.ones((n, 1), np.int64), counts]) * widths  # (n, 8)
+    begins = (
+        (np.cumsum(doubles) - doubles)[:, None] + np.cumsum(lengths, axis=1) - lengths
+    )
+    gathered = flat[ragged_arange(begins.T.ravel(), lengths.T.ravel())]
+    ends = np.cumsum(lengths.sum(axis=0))
+    parts = np.split(gathered, ends[:-1])
+    scalars = parts[0].reshape(n, SCALARS)
+    items = np.hstack([np.ones((n, 1), np.int64), counts])
+    owners = np.split(
+        np.repeat(np.tile(np.arange(n, dtype=np.int64), 8), items.T.ravel()),
+        np.cumsum(items.sum(axis=0))[:-1],
+    )
+    sections = []
+    for k, width in enumerate(_WIDTHS.tolist(), start=1):
+        count = counts[:, k - 1]
+        values = parts[k].reshape(-1, width) if width > 1 else parts[k]
+        sections.append(Section(values, np.cumsum(count) - count, count, owners[k]))
+    return StateBlock(n, scalars, *sections)
