@@ -25,6 +25,7 @@ from core.state_codec import HEADER, MAGIC, SCALARS
 _HEADER_DTYPE = np.dtype([("magic", "S4"), ("counts", "<u4", (7,))])
 # Doubles per item of each section, in layout order after the scalars.
 _WIDTHS = np.array([9, 9, 7, 2, 1, 1, 1], dtype=np.int64)
+_RUN_WIDTHS = np.concatenate([[SCALARS], _WIDTHS])
 
 
 def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -108,23 +109,26 @@ def parse_blobs(blobs: Sequence[bytes]) -> StateBlock:
     # Every run of doubles (the scalars, then each section) of every state,
     # ordered section by section, gathered with one index: a few numpy calls
     # per block, not per state or section.
-    widths = np.concatenate([[SCALARS], _WIDTHS])
-    lengths = np.hstack([np.ones((n, 1), np.int64), counts]) * widths  # (n, 8)
+    items = np.empty((n, 8), dtype=np.int64)
+    items[:, 0] = 1
+    items[:, 1:] = counts
+    lengths = items * _RUN_WIDTHS  # (n, 8) doubles per run
     begins = (
         (np.cumsum(doubles) - doubles)[:, None] + np.cumsum(lengths, axis=1) - lengths
     )
     gathered = flat[ragged_arange(begins.T.ravel(), lengths.T.ravel())]
-    ends = np.cumsum(lengths.sum(axis=0))
-    parts = np.split(gathered, ends[:-1])
-    scalars = parts[0].reshape(n, SCALARS)
-    items = np.hstack([np.ones((n, 1), np.int64), counts])
-    owners = np.split(
-        np.repeat(np.tile(np.arange(n, dtype=np.int64), 8), items.T.ravel()),
-        np.cumsum(items.sum(axis=0))[:-1],
+    owners_all = np.repeat(
+        np.arange(8 * n, dtype=np.int64) % max(n, 1), items.T.ravel()
     )
+    run_ends = np.cumsum(lengths.sum(axis=0)).tolist()
+    item_ends = np.cumsum(items.sum(axis=0)).tolist()
+    scalars = gathered[: run_ends[0]].reshape(n, SCALARS)
     sections = []
     for k, width in enumerate(_WIDTHS.tolist(), start=1):
         count = counts[:, k - 1]
-        values = parts[k].reshape(-1, width) if width > 1 else parts[k]
-        sections.append(Section(values, np.cumsum(count) - count, count, owners[k]))
+        values = gathered[run_ends[k - 1] : run_ends[k]]
+        owner = owners_all[item_ends[k - 1] : item_ends[k]]
+        if width > 1:
+            values = values.reshape(-1, width)
+        sections.append(Section(values, np.cumsum(count) - count, count, owner))
     return StateBlock(n, scalars, *sections)

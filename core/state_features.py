@@ -48,18 +48,25 @@ def read_features(
         ``HISTORY_NAMES`` order, NaN for a timestamp unknown as of the read.
     """
     at = np.asarray(as_of, dtype=np.float64)
-    rows = len(at)
     states = np.arange(block.n) if state_of_row is None else state_of_row
     scalars = block.scalars[states]
+    # Every bucket index a window needs, each ``floor(at - back) // size`` on
+    # integers, as the scalar code computed it.
+    clock = np.floor(at[:, None] - _CLOCK_BACK).astype(np.int64) // _CLOCK_SIZE
     return (
-        _stream(block, at, state_of_row, scalars, rows),
-        _history(block, at, state_of_row, scalars, rows),
+        _stream(block, at, state_of_row, scalars, clock),
+        _history(block, at, state_of_row, scalars, clock[:, _TODAY]),
     )
 
 
-def _floor_div(values: np.ndarray, n: int) -> np.ndarray:
-    # ``floor(x) // n`` as the scalar code computed it: on Python ints.
-    return np.floor(values).astype(np.int64) // n
+# Columns of the clock: (seconds back, bucket size) of each index.
+_MINUTE, _HOUR, _LOW_1H, _LOW_24H, _LOW_7D, _TODAY = range(6)
+_CLOCK_BACK = np.array([0.0, 0.0, HOUR, DAY, 7 * DAY, 0.0])
+_CLOCK_SIZE = np.array([MINUTE, HOUR, MINUTE, HOUR, HOUR, DAY], dtype=np.int64)
+# The windows' edges in seconds: (index column, +1 for an end, bucket size).
+_EDGE_INDEX = np.array([_LOW_1H, _MINUTE, _LOW_24H, _LOW_7D, _HOUR])
+_EDGE_SHIFT = np.array([0, 1, 0, 0, 1], dtype=np.int64)
+_EDGE_SIZE = np.array([MINUTE, MINUTE, HOUR, HOUR, HOUR], dtype=np.int64)
 
 
 def _stream(
@@ -67,13 +74,12 @@ def _stream(
     at: np.ndarray,
     state_of_row: np.ndarray | None,
     scalars: np.ndarray,
-    rows: int,
+    clock: np.ndarray,
 ) -> np.ndarray:
+    rows = len(at)
     out = np.zeros((rows, N_STREAM))
-    minute, hour = _floor_div(at, MINUTE), _floor_div(at, HOUR)
-    low_1h = _floor_div(at - HOUR, MINUTE)
-    low_24h = _floor_div(at - DAY, HOUR)
-    low_7d = _floor_div(at - 7 * DAY, HOUR)
+    minute, hour = clock[:, _MINUTE], clock[:, _HOUR]
+    low_1h, low_24h, low_7d = clock[:, _LOW_1H], clock[:, _LOW_24H], clock[:, _LOW_7D]
 
     # Window totals, slot by slot: events, views, adds, removes, purchases,
     # revenue (minute buckets: 1h); the same plus the price sums (hours: 24h, 7d).
@@ -95,11 +101,8 @@ def _stream(
     out[:, 2:18:3] = sums_7d[:, :6]
 
     # Times against the windows' edges in seconds (exact: see feature_math).
-    start_1h = (low_1h * MINUTE).astype(np.float64)
-    end_1h = ((minute + 1) * MINUTE).astype(np.float64)
-    start_24h = (low_24h * HOUR).astype(np.float64)
-    start_7d = (low_7d * HOUR).astype(np.float64)
-    end_hour = ((hour + 1) * HOUR).astype(np.float64)
+    edges = ((clock[:, _EDGE_INDEX] + _EDGE_SHIFT) * _EDGE_SIZE).astype(np.float64)
+    start_1h, end_1h, start_24h, start_7d, end_hour = edges.T
     row, item = block.sessions.pairs(state_of_row)
     last = block.sessions.values[item, 1]
     in_7d = (start_7d[row] <= last) & (last < end_hour[row])
@@ -175,10 +178,10 @@ def _history(
     at: np.ndarray,
     state_of_row: np.ndarray | None,
     scalars: np.ndarray,
-    rows: int,
+    today: np.ndarray,
 ) -> np.ndarray:
+    rows = len(at)
     out = np.empty((rows, N_HISTORY))
-    today = _floor_div(at, DAY)
     row, item = block.days.pairs(state_of_row)
     days = block.days.values[item]
     key = days[:, 0].astype(np.int64)
@@ -214,7 +217,7 @@ def _history(
         _take_back_later(lifetime, scalars, today, row, key, days, bought, later)
     first_purchase = scalars[:, _FIRST_PURCHASE]
     never = np.isnan(first_purchase)
-    first_day = _floor_div(np.where(never, 0.0, first_purchase), DAY)
+    first_day = np.floor(np.where(never, 0.0, first_purchase)).astype(np.int64) // DAY
     # Nothing bought by the read's day (its own day counts whole, as in the
     # windows), whatever later purchases the state holds.
     none_yet = never | (first_day > today)
