@@ -37,7 +37,6 @@ def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + shift
 
 
-@dataclass(frozen=True)
 class Section:
     """One kind of item (say the hour buckets) of every state in a block.
 
@@ -45,10 +44,20 @@ class Section:
     ``count`` give each state's rows, ``owner`` each row's state.
     """
 
-    values: np.ndarray
-    start: np.ndarray
-    count: np.ndarray
-    owner: np.ndarray
+    __slots__ = ("_start", "count", "owner", "values")
+
+    def __init__(
+        self, values: np.ndarray, count: np.ndarray, owner: np.ndarray
+    ) -> None:
+        self.values, self.count, self.owner = values, count, owner
+        self._start: np.ndarray | None = None
+
+    @property
+    def start(self) -> np.ndarray:
+        """Each state's first row (computed on first use: most reads need none)."""
+        if self._start is None:
+            self._start = np.cumsum(self.count) - self.count
+        return self._start
 
     def pairs(self, state_of_row: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Every (row, item) pair where the row reads the item's state.
@@ -130,5 +139,5 @@ def parse_blobs(blobs: Sequence[bytes]) -> StateBlock:
         owner = owners_all[item_ends[k - 1] : item_ends[k]]
         if width > 1:
             values = values.reshape(-1, width)
-        sections.append(Section(values, np.cumsum(count) - count, count, owner))
+        sections.append(Section(values, count, owner))
     return StateBlock(n, scalars, *sections)

@@ -9,6 +9,10 @@ feature value read at random instants must be *identical* to the reference's: th
 same type, the same float to the bit (NaN where NaN), ``None`` where ``None``, and
 dicts in the same order (window sums add buckets in dict order). Blobs in the old
 JSON layout, with and without the lifetime facts, must decode identically too.
+
+The reads under test are :func:`core.state_features.read_features` (numpy, many
+states at once), through ``stream_values``/``history_values`` for one state and
+directly over blocks of several states read in any order, as the backfill does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import fields
 from math import floor
 from typing import Any
 
+import numpy as np
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +30,9 @@ from hypothesis import strategies as st
 from core.events import EventType
 from core.feature_math import history_values, stream_values
 from core.lifetime_from_buckets import derive_lifetime, derive_pruned_previous_day
+from core.state_block import parse_blobs
 from core.state_codec import offsets_of
+from core.state_features import read_features
 from core.user_state import (
     _DECAY,
     ABANDON_SECONDS,
@@ -500,4 +507,33 @@ def test_times_on_bucket_edges_read_as_before(
         )
         assert_identical(
             history_values(state, at, missing), ref_history_values(state, at, missing)
+        )
+
+
+@SLOW
+@given(
+    st.lists(states, min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(0, 5), offsets), min_size=1, max_size=12),
+)
+def test_many_states_read_at_once_read_as_each_alone(
+    many: list[UserState], reads: list[tuple[int, float]]
+) -> None:
+    """One block, rows reading its states in any order and repeatedly, each at
+    its own instant (as the backfill reads a chunk): each row is that state's
+    reference values."""
+    block = parse_blobs([s.to_bytes(with_dedupe=False) for s in many])
+    picks = [(i % len(many), delta) for i, delta in reads]
+    instants = []
+    for i, delta in picks:
+        newest = many[i].last_event_ts
+        instants.append((newest if newest is not None else T0) + delta)
+    stream, history = read_features(
+        block, np.array(instants), np.array([i for i, _ in picks], dtype=np.int64)
+    )
+    for row, ((i, _), at) in enumerate(zip(picks, instants, strict=True)):
+        assert_identical(
+            tuple(stream[row].tolist()), ref_stream_values(many[i], at, math.nan)
+        )
+        assert_identical(
+            tuple(history[row].tolist()), ref_history_values(many[i], at, math.nan)
         )
