@@ -19,13 +19,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.state_codec import HEADER, MAGIC, SCALARS
+from core.state_codec import DAY_SLOTS, HEADER, MAGIC, SCALARS, SLOTS
 
 # The header as numpy reads it: magic, then the seven counts.
 _HEADER_DTYPE = np.dtype([("magic", "S4"), ("counts", "<u4", (7,))])
-# Doubles per item of each section, in layout order after the scalars.
-_WIDTHS = np.array([9, 9, 7, 2, 1, 1, 1], dtype=np.int64)
-_RUN_WIDTHS = np.concatenate([[SCALARS], _WIDTHS])
+# The runs of doubles of a state, in layout order: (section, doubles per item,
+# whether the run is the section's bucket keys). Run 0 is the scalars.
+_RUNS = (
+    (0, 1, True),
+    (0, SLOTS, False),
+    (1, 1, True),
+    (1, SLOTS, False),
+    (2, 1, True),
+    (2, DAY_SLOTS, False),
+    (3, 2, False),
+    (4, 1, False),
+    (5, 1, False),
+    (6, 1, False),
+)
+_RUN_WIDTHS = np.array([SCALARS, *(w for _, w, _ in _RUNS)], dtype=np.int64)
+# Which header count gives each run's items.
+_RUN_COUNT = np.array([section for section, _, _ in _RUNS], dtype=np.intp)
+_ITEM_DOUBLES = np.array(
+    [1 + SLOTS, 1 + SLOTS, 1 + DAY_SLOTS, 2, 1, 1, 1], dtype=np.int64
+)
 
 
 def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -40,16 +57,21 @@ def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class Section:
     """One kind of item (say the hour buckets) of every state in a block.
 
-    ``values`` has one row per item, states one after the other; ``start`` and
-    ``count`` give each state's rows, ``owner`` each row's state.
+    ``values`` has one row per item, states one after the other (a bucket's
+    counters; its key is in ``keys``); ``start`` and ``count`` give each state's
+    rows, ``owner`` each row's state.
     """
 
-    __slots__ = ("_start", "count", "owner", "values")
+    __slots__ = ("_start", "count", "keys", "owner", "values")
 
     def __init__(
-        self, values: np.ndarray, count: np.ndarray, owner: np.ndarray
+        self,
+        values: np.ndarray,
+        count: np.ndarray,
+        owner: np.ndarray,
+        keys: np.ndarray | None = None,
     ) -> None:
-        self.values, self.count, self.owner = values, count, owner
+        self.values, self.count, self.owner, self.keys = values, count, owner, keys
         self._start: np.ndarray | None = None
 
     @property
@@ -77,8 +99,8 @@ class StateBlock:
     """The numbers of ``n`` states (see :func:`parse_blobs`).
 
     ``scalars`` is ``(n, SCALARS)`` in the codec's order (NaN for ``None``);
-    ``minutes`` and ``hours`` hold ``[key, *SLOTS counters]`` rows, ``days``
-    ``[key, *DAY_SLOTS counters]``, ``sessions`` ``[first, last]``,
+    ``minutes`` and ``hours`` hold ``SLOTS`` counters per bucket, ``days``
+    ``DAY_SLOTS`` (their keys in ``keys``), ``sessions`` ``[first, last]``,
     ``categories``, ``cart_adds`` and ``purchases`` one time each.
     """
 
@@ -107,7 +129,7 @@ def parse_blobs(blobs: Sequence[bytes]) -> StateBlock:
     if n and not (header["magic"] == MAGIC).all():
         raise ValueError("a state blob is not in the binary layout")
     counts = header["counts"].astype(np.int64)  # (n, 7)
-    doubles = SCALARS + counts @ _WIDTHS
+    doubles = SCALARS + counts @ _ITEM_DOUBLES
     ends = (HEADER.size + 8 * doubles).tolist()
     body = b"".join(
         [blob[HEADER.size : end] for blob, end in zip(blobs, ends, strict=True)]
@@ -115,29 +137,31 @@ def parse_blobs(blobs: Sequence[bytes]) -> StateBlock:
     if len(body) != 8 * int(doubles.sum()):
         raise ValueError("a state blob is cut short")
     flat = np.frombuffer(body, dtype="<f8")
-    # Every run of doubles (the scalars, then each section) of every state,
-    # ordered section by section, gathered with one index: a few numpy calls
-    # per block, not per state or section.
-    items = np.empty((n, 8), dtype=np.int64)
+    # Every run of doubles (the scalars, then each section's) of every state,
+    # ordered run by run, gathered with one index: a few numpy calls per block,
+    # not per state or section.
+    items = np.empty((n, 1 + len(_RUNS)), dtype=np.int64)
     items[:, 0] = 1
-    items[:, 1:] = counts
-    lengths = items * _RUN_WIDTHS  # (n, 8) doubles per run
+    items[:, 1:] = counts[:, _RUN_COUNT]
+    lengths = items * _RUN_WIDTHS
     begins = (
         (np.cumsum(doubles) - doubles)[:, None] + np.cumsum(lengths, axis=1) - lengths
     )
     gathered = flat[ragged_arange(begins.T.ravel(), lengths.T.ravel())]
-    owners_all = np.repeat(
-        np.arange(8 * n, dtype=np.int64) % max(n, 1), items.T.ravel()
-    )
-    run_ends = np.cumsum(lengths.sum(axis=0)).tolist()
-    item_ends = np.cumsum(items.sum(axis=0)).tolist()
-    scalars = gathered[: run_ends[0]].reshape(n, SCALARS)
-    sections = []
-    for k, width in enumerate(_WIDTHS.tolist(), start=1):
-        count = counts[:, k - 1]
-        values = gathered[run_ends[k - 1] : run_ends[k]]
-        owner = owners_all[item_ends[k - 1] : item_ends[k]]
-        if width > 1:
-            values = values.reshape(-1, width)
-        sections.append(Section(values, count, owner))
+    run_ends = [0, *np.cumsum(lengths.sum(axis=0)).tolist()]
+    scalars = gathered[: run_ends[1]].reshape(n, SCALARS)
+    runs = [
+        gathered[run_ends[k] : run_ends[k + 1]] for k in range(1, len(run_ends) - 1)
+    ]
+    sections: list[Section] = []
+    keys: np.ndarray | None = None
+    for k, (section, width, is_keys) in enumerate(_RUNS):
+        if is_keys:
+            keys = runs[k]
+            continue
+        count = counts[:, section]
+        owner = np.repeat(np.arange(n, dtype=np.int64), count)
+        values = runs[k].reshape(-1, width) if width > 1 else runs[k]
+        sections.append(Section(values, count, owner, keys))
+        keys = None
     return StateBlock(n, scalars, *sections)

@@ -12,9 +12,9 @@ Layout (:data:`HEADER`, then ``doubles`` doubles, then the names):
   sessions, categories, recent cart adds, recent purchases;
 - :data:`SCALARS` doubles: engagement and its time, the first, last and last
   purchase times, the lifetime facts (``None`` is NaN);
-- the minute and hour buckets as ``[key, *SLOTS counters]`` rows, the day buckets
-  as ``[key, *DAY_SLOTS counters]`` rows, each in dict order (window sums add
-  buckets in that order);
+- the minute, the hour and the day buckets, each kind as its keys and then its
+  counters (``SLOTS``, ``SLOTS`` and ``DAY_SLOTS`` per bucket), in dict order
+  (window sums add buckets in that order);
 - each session's ``[first, last]`` times, each category's last time, the cart-add
   times, the purchase times;
 - JSON ``[session ids, category names, seen, offsets]`` (the dedupe data empty in
@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import struct
 from array import array
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,15 +54,13 @@ def offsets_of(stored: Any) -> dict[str, int]:
 
 
 # JSON never starts with a NUL byte: the first byte tells the layouts apart.
-MAGIC = b"\x00SB1"
+MAGIC = b"\x00SB2"
 HEADER = struct.Struct("<4s7I")
 SCALARS = 13
+# Counters of a minute or hour bucket, and of a day bucket (core.user_state).
+SLOTS, DAY_SLOTS = 8, 6
 _NAN = math.nan
 _LITTLE = struct.pack("=d", 1.0) == struct.pack("<d", 1.0)
-
-
-def _or_nan(value: float | None) -> float:
-    return _NAN if value is None else value
 
 
 def _or_none(value: float) -> float | None:
@@ -74,71 +71,89 @@ def _int_or_none(value: float) -> int | None:
     return None if value != value else int(value)
 
 
-def encode(state: UserState, with_dedupe: bool) -> bytes:
-    """``state`` in the binary layout; the dedupe data only if ``with_dedupe``."""
+def numbers_of(state: UserState) -> bytes:
+    """The header and the doubles of ``state``'s blob: all that feature reads use.
+
+    The backfill's snapshots are these alone (a blob without its names, which
+    :func:`decode` cannot turn back into a state).
+    """
     minutes, hours, days = state.minutes, state.hours, state.days
-    sessions, categories = state.sessions, state.categories
-    numbers = array(
-        "d",
-        (
-            state.engagement,
-            _or_nan(state.engagement_ts),
-            _or_nan(state.first_seen_ts),
-            _or_nan(state.last_event_ts),
-            _or_nan(state.last_purchase_ts),
-            state.orders_lifetime,
-            state.revenue_lifetime,
-            state.purchase_days_lifetime,
-            _or_nan(state.first_purchase_ts),
-            state.purchase_gap_sum,
-            state.purchase_gap_sq_sum,
-            _or_nan(state.pruned_purchase_day),
-            _or_nan(state.pruned_previous_purchase_day),
-        ),
-    )
+    nan = _NAN
+    numbers = [
+        state.engagement,
+        nan if state.engagement_ts is None else state.engagement_ts,
+        nan if state.first_seen_ts is None else state.first_seen_ts,
+        nan if state.last_event_ts is None else state.last_event_ts,
+        nan if state.last_purchase_ts is None else state.last_purchase_ts,
+        state.orders_lifetime,
+        state.revenue_lifetime,
+        state.purchase_days_lifetime,
+        nan if state.first_purchase_ts is None else state.first_purchase_ts,
+        state.purchase_gap_sum,
+        state.purchase_gap_sq_sum,
+        nan if state.pruned_purchase_day is None else state.pruned_purchase_day,
+        nan
+        if state.pruned_previous_purchase_day is None
+        else state.pruned_previous_purchase_day,
+    ]
+    # Keys, then counters, per kind of bucket. Gathered in a list and converted
+    # once: a third faster than extending an array item by item.
     for buckets in (minutes, hours, days):
-        for key, counters in buckets.items():
-            numbers.append(key)
-            numbers.extend(counters)
-    numbers.extend(chain.from_iterable(sessions.values()))
-    numbers.extend(categories.values())
-    numbers.extend(state.cart_adds)
-    numbers.extend(state.purchases)
+        numbers += buckets
+        for counters in buckets.values():
+            numbers += counters
+    for span in state.sessions.values():
+        numbers += span
+    numbers += state.categories.values()
+    numbers += state.cart_adds
+    numbers += state.purchases
+    doubles = array("d", numbers)
     if not _LITTLE:
-        numbers.byteswap()
-    names = orjson.dumps(
-        [
-            list(sessions),
-            list(categories),
-            state.seen if with_dedupe else {},
-            state.offsets if with_dedupe else {},
-        ]
-    )
+        doubles.byteswap()
     head = HEADER.pack(
         MAGIC,
         len(minutes),
         len(hours),
         len(days),
-        len(sessions),
-        len(categories),
+        len(state.sessions),
+        len(state.categories),
         len(state.cart_adds),
         len(state.purchases),
     )
-    return head + numbers.tobytes() + names
+    return head + doubles.tobytes()
+
+
+def encode(state: UserState, with_dedupe: bool) -> bytes:
+    """``state`` in the binary layout; the dedupe data only if ``with_dedupe``."""
+    names = orjson.dumps(
+        [
+            list(state.sessions),
+            list(state.categories),
+            state.seen if with_dedupe else {},
+            state.offsets if with_dedupe else {},
+        ]
+    )
+    return numbers_of(state) + names
+
+
+# Doubles per item of each kind, after the scalars (layout order).
+ITEM_DOUBLES = (1 + SLOTS, 1 + SLOTS, 1 + DAY_SLOTS, 2, 1, 1, 1)
 
 
 def doubles_in(counts: tuple[int, ...]) -> int:
     """How many doubles a blob with these header counts holds."""
-    minutes, hours, days, sessions, categories, adds, purchases = counts
-    return (
-        SCALARS
-        + 9 * (minutes + hours)
-        + 7 * days
-        + 2 * sessions
-        + categories
-        + adds
-        + purchases
-    )
+    return SCALARS + sum(n * k for n, k in zip(counts, ITEM_DOUBLES, strict=True))
+
+
+def _buckets(
+    values: tuple[float, ...], at: int, n: int, width: int
+) -> tuple[dict[int, tuple[float, ...]], int]:
+    """``n`` buckets (keys, then ``width`` counters each) from ``values[at:]``."""
+    keys = map(int, values[at : at + n])
+    counters = iter(values[at + n : at + n + n * width])
+    return dict(
+        zip(keys, zip(*[counters] * width, strict=True), strict=True)
+    ), at + n + n * width
 
 
 def _decode_binary(cls: type[UserState], blob: bytes) -> UserState:
@@ -163,26 +178,9 @@ def _decode_binary(cls: type[UserState], blob: bytes) -> UserState:
         pruned,
         pruned_previous,
     ) = values[:SCALARS]
-    at = SCALARS
-    rows = iter(values[at : at + 9 * n_min])
-    # zip(it, it, ...) cuts a flat run into rows; keys were ints when written.
-    minutes = {
-        int(k): (a, b, c, d, e, f, g, h)
-        for k, a, b, c, d, e, f, g, h in zip(*[rows] * 9, strict=True)
-    }
-    at += 9 * n_min
-    rows = iter(values[at : at + 9 * n_hour])
-    hours = {
-        int(k): (a, b, c, d, e, f, g, h)
-        for k, a, b, c, d, e, f, g, h in zip(*[rows] * 9, strict=True)
-    }
-    at += 9 * n_hour
-    rows = iter(values[at : at + 7 * n_day])
-    days = {
-        int(k): (a, b, c, d, e, f)
-        for k, a, b, c, d, e, f in zip(*[rows] * 7, strict=True)
-    }
-    at += 7 * n_day
+    minutes, at = _buckets(values, SCALARS, n_min, SLOTS)
+    hours, at = _buckets(values, at, n_hour, SLOTS)
+    days, at = _buckets(values, at, n_day, DAY_SLOTS)
     spans = iter(values[at : at + 2 * n_sess])
     sessions = dict(zip(session_ids, zip(spans, spans, strict=True), strict=True))
     at += 2 * n_sess

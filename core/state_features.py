@@ -84,17 +84,17 @@ def _stream(
     # Window totals, slot by slot: events, views, adds, removes, purchases,
     # revenue (minute buckets: 1h); the same plus the price sums (hours: 24h, 7d).
     row, item = block.minutes.pairs(state_of_row)
-    key = block.minutes.values[item, 0]
+    key = block.minutes.keys[item]
     take = (low_1h[row] <= key) & (key <= minute[row])
     sums_1h = np.zeros((rows, 6))
-    np.add.at(sums_1h, row[take], block.minutes.values[item[take], 1:7])
+    np.add.at(sums_1h, row[take], block.minutes.values[item[take], :6])
     row, item = block.hours.pairs(state_of_row)
-    key = block.hours.values[item, 0]
+    key = block.hours.keys[item]
     take_7d = (low_7d[row] <= key) & (key <= hour[row])
     take_24h = take_7d & (low_24h[row] <= key)
     sums_7d, sums_24h = np.zeros((rows, 8)), np.zeros((rows, 8))
-    np.add.at(sums_7d, row[take_7d], block.hours.values[item[take_7d], 1:9])
-    np.add.at(sums_24h, row[take_24h], block.hours.values[item[take_24h], 1:9])
+    np.add.at(sums_7d, row[take_7d], block.hours.values[item[take_7d]])
+    np.add.at(sums_24h, row[take_24h], block.hours.values[item[take_24h]])
     # Catalogue order: each count's 1h, 24h and 7d, for the six counts.
     out[:, 0:18:3] = sums_1h
     out[:, 1:18:3] = sums_24h[:, :6]
@@ -183,21 +183,22 @@ def _history(
     rows = len(at)
     out = np.empty((rows, N_HISTORY))
     row, item = block.days.pairs(state_of_row)
+    # Day counters: purchases, revenue, sessions, views, adds, events.
     days = block.days.values[item]
-    key = days[:, 0].astype(np.int64)
-    bought = days[:, 1] > 0
+    key = block.days.keys[item].astype(np.int64)
+    bought = days[:, 0] > 0
     # Days overlapping [T - 90d, T]: the read's day and the 90 before it.
     in_90 = (today[row] - 90 <= key) & (key <= today[row])
     in_30 = in_90 & (key >= today[row] - 30)
     sums_90 = np.zeros((rows, 2))
-    np.add.at(sums_90, row[in_90], days[in_90, 1:3])  # orders, revenue
+    np.add.at(sums_90, row[in_90], days[in_90, :2])  # orders, revenue
     sums_30 = np.zeros((rows, 4))
     # orders, sessions, views, adds
-    np.add.at(sums_30, row[in_30], days[in_30][:, [1, 3, 4, 5]])
+    np.add.at(sums_30, row[in_30], days[in_30][:, [0, 2, 3, 4]])
     orders, revenue = sums_90[:, 0], sums_90[:, 1]
     purchase_days = np.bincount(row[in_90 & bought], minlength=rows)
     purchase_days_30 = np.bincount(row[in_30 & bought], minlength=rows)
-    active_30 = np.bincount(row[in_30 & (days[:, 6] > 0)], minlength=rows)
+    active_30 = np.bincount(row[in_30 & (days[:, 5] > 0)], minlength=rows)
 
     # The two latest purchase days by the read's day (-1: none), in or before
     # the window; a purchase day after it means the state holds later events.
@@ -276,7 +277,7 @@ def _take_back_later(
     mine = bought & later[row]
     order = np.lexsort((key[mine], row[mine]))
     row, key = row[mine][order], key[mine][order]
-    orders, revenue = days[mine][order, 1], days[mine][order, 2]
+    orders, revenue = days[mine][order, 0], days[mine][order, 1]
     first_of_row = np.ones(len(row), dtype=bool)
     first_of_row[1:] = row[1:] != row[:-1]
     before = np.empty(len(row))

@@ -30,7 +30,7 @@ import orjson
 
 from core.events import Event, EventType
 from core.rules.state import RuleState
-from core.state_codec import decode, encode, offsets_of
+from core.state_codec import DAY_SLOTS, SLOTS, decode, encode, offsets_of
 
 MINUTE = 60
 HOUR = 3600
@@ -45,11 +45,9 @@ _DECAY = math.log(2) / ENGAGEMENT_HALF_LIFE_SECONDS
 
 # Counter slots of minute and hour buckets.
 S_EVENTS, S_VIEWS, S_ADDS, S_REMOVES, S_PURCHASES, S_REVENUE = range(6)
-S_VIEW_PRICE_SUM, S_VIEW_PRICE_N = 6, 7
-SLOTS = 8
+S_VIEW_PRICE_SUM, S_VIEW_PRICE_N = 6, 7  # SLOTS of them
 # Counter slots of day buckets.
-D_PURCHASES, D_REVENUE, D_SESSIONS, D_VIEWS, D_ADDS, D_EVENTS = range(6)
-DAY_SLOTS = 6
+D_PURCHASES, D_REVENUE, D_SESSIONS, D_VIEWS, D_ADDS, D_EVENTS = range(6)  # DAY_SLOTS
 
 ENGAGEMENT_WEIGHTS: dict[EventType, float] = {
     EventType.PAGE_VIEW: 1.0,

@@ -28,6 +28,7 @@ import numpy as np
 from core.events import EventType
 from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
 from core.state_block import parse_blobs
+from core.state_codec import numbers_of
 from core.state_features import read_features
 from core.user_state import Outcome, UserState, apply_fields
 
@@ -140,8 +141,9 @@ def replay_chunk(
 
     The snapshot at instant S is taken before the first event later than S is
     applied, so no row sees the future; each user's rows are at their own
-    instants (``chunk.instants``). A snapshot is the state's stored blob (one
-    per state version: snapshots with no event between them share it); every
+    instants (``chunk.instants``). A snapshot is the numbers of the state's blob
+    (:func:`core.state_codec.numbers_of`; one per state version: snapshots
+    with no event between them share it); every
     row of the chunk is then read at once by
     :func:`core.state_features.read_features`, the scoring path's reader.
 
@@ -185,7 +187,7 @@ def replay_chunk(
         ):
             while row < stop and snaps[row] < ts:
                 if changed:
-                    blobs.append(state.to_bytes(with_dedupe=False))
+                    blobs.append(numbers_of(state))
                     changed = False
                 version_of_row.append(len(blobs) - 1)
                 row += 1
@@ -209,7 +211,7 @@ def replay_chunk(
                 late += 1
         if row < stop:
             if changed:
-                blobs.append(state.to_bytes(with_dedupe=False))
+                blobs.append(numbers_of(state))
             version_of_row.extend([len(blobs) - 1] * (stop - row))
             row = stop
         states.append(state)
