@@ -272,6 +272,12 @@ class Settings(BaseSettings):
         ge=1,
         description="BentoML worker processes (each loads the models).",
     )
+    balance_connections: bool = Field(
+        default=True,
+        description="Workers accept new connections so that each holds an even "
+        "share (serving/accept_balance.py). Off: whichever worker wakes first "
+        "accepts, and keep-alive clients may pile onto one worker.",
+    )
 
     # The HTTP event collector, POST /events on the service (serving/collector.py).
     collector_key: str | None = Field(

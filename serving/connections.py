@@ -18,6 +18,8 @@ BentoML's ``traffic.max_concurrency`` counts requests, not connections.
   still in flight on that connection is finished first.
 - a connection cap per worker: a connection beyond ``max_connections`` gets a 503
   and is closed at once, before anything is read, so descriptors stay bounded.
+- its open connections published to the other workers, which accept new ones
+  so that each worker holds its share (:mod:`serving.accept_balance`).
 
 The per-request cost is one timer armed and cancelled. :func:`install` points
 uvicorn's ``auto`` protocol at this class; it must run in the worker before the
@@ -29,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvicorn.config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serving import accept_balance
 from serving.metric_paths import templated
 
 HEADER_TIMEOUT = "header_timeout"
@@ -85,12 +89,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._closed_for(OVER_CAPACITY)
             return
         super().connection_made(transport)
+        accept_balance.connections_changed(len(self.connections))
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop the header timer with the connection."""
         self._disarm()
         super().connection_lost(exc)
+        accept_balance.connections_changed(len(self.connections))
 
     def on_message_begin(self) -> None:
         """A following request on a keep-alive connection gets its own deadline."""
@@ -135,11 +141,14 @@ def install(
     header_timeout: float,
     max_connections: int,
     on_close: Callable[[str], None] | None = None,
+    balance_in: Path | None = None,
 ) -> None:
     """Make the guarded protocol uvicorn's ``auto`` HTTP protocol in this process.
 
     ``on_close(reason)`` is told of every connection the guards close
-    (``header_timeout``, ``over_capacity``).
+    (``header_timeout``, ``over_capacity``). With ``balance_in`` (a directory for
+    the workers' shared file), a ``bentoml serve`` worker balances its accepts
+    with its siblings' (:mod:`serving.accept_balance`).
     """
     protocol = GuardedHttpToolsProtocol
     protocol.header_timeout = header_timeout
@@ -161,3 +170,9 @@ def install(
         b"retry-after: 1",
     )
     uvicorn.config.HTTP_PROTOCOLS["auto"] = PROTOCOL
+    if balance_in is not None:
+        # BentoML sets the worker's index before it imports the service module,
+        # which calls this; the parent has none and is left alone.
+        from bentoml._internal.context import server_context
+
+        accept_balance.install(server_context.worker_index, balance_in)

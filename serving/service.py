@@ -186,6 +186,7 @@ connections.install(
     header_timeout=SETTINGS.header_timeout_seconds,
     max_connections=SETTINGS.max_connections_per_worker,
     on_close=_count_closed_connection,
+    balance_in=SETTINGS.home / "run" if SETTINGS.balance_connections else None,
 )
 
 
