@@ -44,6 +44,7 @@ from core.user_state import (
     UserState,
     apply_fields,
 )
+from tests.support.legacy_blobs import json_blob
 
 T0 = 1_800_000_000.0  # 8 hours into a UTC day
 LATENESS = 3 * HOUR
@@ -53,32 +54,8 @@ TYPES = list(EventType)
 # --- The reference: the JSON codec as of 633bad7 ------------------------------
 
 
-def ref_to_bytes(state: UserState, with_dedupe: bool = True) -> bytes:
-    return orjson.dumps(
-        {
-            "m": [[k, *v] for k, v in state.minutes.items()],
-            "h": [[k, *v] for k, v in state.hours.items()],
-            "d": [[k, *v] for k, v in state.days.items()],
-            "ss": state.sessions,
-            "c": state.categories,
-            "ca": state.cart_adds,
-            "pu": state.purchases,
-            "e": [state.engagement, state.engagement_ts],
-            "t": [state.first_seen_ts, state.last_event_ts, state.last_purchase_ts],
-            "l": [
-                state.orders_lifetime,
-                state.revenue_lifetime,
-                state.purchase_days_lifetime,
-                state.first_purchase_ts,
-                state.purchase_gap_sum,
-                state.purchase_gap_sq_sum,
-                state.pruned_purchase_day,
-                state.pruned_previous_purchase_day,
-            ],
-            "s": state.seen if with_dedupe else {},
-            "o": state.offsets if with_dedupe else {},
-        }
-    )
+# The JSON layout's writer, which stores may still hold blobs of.
+ref_to_bytes = json_blob
 
 
 def ref_decode(blob: bytes) -> UserState:
