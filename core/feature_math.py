@@ -25,6 +25,7 @@ import numpy as np
 
 from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
 from core.state_block import parse_blobs
+from core.state_codec import numbers_of
 from core.state_features import read_features
 from core.user_state import DAY, HOUR, UserState
 
@@ -38,7 +39,7 @@ def features_of_states(
     unknown as of the read.
     """
     at = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(states),))
-    block = parse_blobs([state.to_bytes(with_dedupe=False) for state in states])
+    block = parse_blobs([numbers_of(state) for state in states])
     return read_features(block, at)
 
 

@@ -36,7 +36,7 @@ from core.lean_models import LeanBooster, LeanPipeline
 from core.registry import PropensityBundle, SegmenterBundle
 from core.segment_assign import segment_assigner
 from core.state_block import parse_blobs
-from core.state_codec import MAGIC
+from core.state_codec import MAGIC, numbers_of
 from core.state_features import read_features
 from core.tree_shap import TreeShapTables, checked_tables
 from core.user_state import UserState
@@ -112,12 +112,12 @@ def with_read_time_features(
 
 
 def _binary(blob: bytes | UserState) -> bytes:
-    """A stored state in the binary layout (states of older blobs are re-encoded)."""
+    """A state as :func:`parse_blobs` reads it (older JSON blobs re-encoded)."""
     if isinstance(blob, UserState):
-        return blob.to_bytes(with_dedupe=False)
+        return numbers_of(blob)
     if blob[:1] == MAGIC[:1]:
         return blob
-    return UserState.from_bytes(blob).to_bytes(with_dedupe=False)
+    return numbers_of(UserState.from_bytes(blob))
 
 
 @dataclass(frozen=True)
