@@ -217,13 +217,16 @@ def decode(cls: type[UserState], blob: bytes) -> UserState:
     """The state ``blob`` holds, in either layout (JSON ones of any age).
 
     Raises:
-        ValueError: ``blob`` is not a state (``orjson.JSONDecodeError`` and
-            ``struct.error`` among them).
+        ValueError: ``blob`` is not a state (``orjson.JSONDecodeError`` among
+            them).
     """
     if blob[:1] == MAGIC[:1]:
         if blob[: len(MAGIC)] != MAGIC:
             raise ValueError(f"unknown state layout {bytes(blob[:4])!r}")
-        return _decode_binary(cls, blob)
+        try:
+            return _decode_binary(cls, blob)
+        except struct.error as exc:  # cut short
+            raise ValueError(f"state blob cut short: {exc}") from exc
     raw: dict[str, Any] = orjson.loads(blob)
     first, last, last_purchase = raw["t"]
     # Rows unpacked into tuple displays: twice as fast as tuple(r[1:]). Every
