@@ -30,6 +30,13 @@ import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ResponseError
 
+try:  # redis-py's own parser internals, used only when they are these
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _AsyncHiredisParser as _HiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: the plain path
+    _HiredisParser = None  # type: ignore[assignment,misc]
+    _NOT_ENOUGH_DATA = object()
+
 from core.store.feast_wire import field_hash, parse_value, read_bytes_value
 from core.store.state_store import StateLayout
 
@@ -212,7 +219,7 @@ class OnlineReader:
         try:
             async with asyncio.timeout(self.timeout):
                 await conn.send_packed_command(data, check_health=False)
-                replies = [await conn.read_response() for _ in user_ids]
+                replies = await _read_replies(conn, len(user_ids))
                 extra: list[Any] = []
                 for _ in commands:
                     try:
@@ -267,6 +274,31 @@ class OnlineReader:
     async def read_columns(self, user_ids: Sequence[str]) -> dict[str, list]:
         """Stored features of ``user_ids`` as columns (see the module docstring)."""
         return self.columns(await self.fetch(user_ids))
+
+
+async def _read_replies(conn: Any, n: int) -> list[Any]:
+    """The next ``n`` replies on ``conn``; an error reply raises.
+
+    With redis-py's hiredis parser, replies are taken from its reader in one
+    loop, reading the socket only when the reader needs more: ``read_response``
+    per reply went through two coroutine layers each (~5 us, a fifth of a
+    100-user read). Any other parser: one ``read_response`` per reply.
+    """
+    parser = getattr(conn, "_parser", None)
+    if _HiredisParser is None or not isinstance(parser, _HiredisParser):
+        return [await conn.read_response() for _ in range(n)]
+    replies: list[Any] = []
+    while len(replies) < n:
+        if not parser._connected:
+            raise ConnectionError("connection closed while reading")
+        reply = parser._reader.gets()
+        if reply is _NOT_ENOUGH_DATA:
+            await parser.read_from_socket()
+        elif isinstance(reply, Exception):
+            raise reply
+        else:
+            replies.append(reply)
+    return replies
 
 
 def _resp(command: Sequence[bytes | int]) -> bytes:

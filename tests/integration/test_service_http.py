@@ -379,6 +379,48 @@ def test_online_reader_returns_what_feast_returns(live: LiveService):
     assert ours["state"][1] is None and ours["orders_90d"][1] is None
 
 
+def test_online_reader_reads_many_replies_and_raises_an_error_reply(
+    live: LiveService,
+) -> None:
+    """Replies spanning many socket reads come back whole and in order; a
+    WRONGTYPE reply among them raises, and the next read works."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    from core.scoring import ONLINE_FEATURES, online_columns
+    from core.store.online_reader import OnlineReader, resolve_views
+
+    store = feature_store(live.settings, live.redis.address)
+    views = resolve_views(store, online_columns(ONLINE_FEATURES))
+    layout = StateLayout.of(store)
+    many = [KNOWN_USER, "never-seen"] * 300
+
+    async def read() -> tuple[list, bool, list]:
+        client = aioredis.Redis.from_url(live.redis.address)
+        try:
+            reader = OnlineReader(client, layout, views)
+            replies = await reader.fetch(many)
+            await client.set(layout.key("wrong-type-user"), b"not a hash")
+            try:
+                await reader.fetch([KNOWN_USER, "wrong-type-user", KNOWN_USER])
+                raised = False
+            except ResponseError as exc:
+                raised = "WRONGTYPE" in str(exc)
+            return replies, raised, await reader.fetch([KNOWN_USER])
+        finally:
+            await client.delete(layout.key("wrong-type-user"))
+            await client.aclose()
+
+    replies, raised, after = asyncio.run(read())
+    assert len(replies) == len(many)
+    assert all(r == replies[0] for r in replies[::2])
+    assert all(all(v is None for v in r) for r in replies[1::2])
+    assert raised
+    assert after == [replies[0]]
+
+
 def _epoch(value: object) -> float:
     return value.timestamp() if hasattr(value, "timestamp") else float(value)  # type: ignore[union-attr, arg-type]
 
