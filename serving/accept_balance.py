@@ -39,7 +39,11 @@ import uvicorn.config
 
 logger = logging.getLogger(__name__)
 
-DEFER_SECONDS = 0.005
+# Long enough for a sibling busy with a request (or descheduled on a loaded
+# machine) to get to its accept; a connection waits this only when the workers
+# are uneven, once per connection. 5 ms still let 3/5 splits through when the
+# machine was busy.
+DEFER_SECONDS = 0.02
 SLOTS = 64
 # Per slot: the worker's pid (0: free) and its open connections.
 _SLOT = struct.Struct("=qq")

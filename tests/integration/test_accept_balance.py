@@ -90,7 +90,13 @@ def test_connections_are_spread_over_the_workers(
     try:
         held = _held(live)
         assert sum(held) == CLIENTS, held
-        assert held == [CLIENTS // 2, CLIENTS // 2], held
+        if spaced:
+            assert held == [CLIENTS // 2, CLIENTS // 2], held
+        else:
+            # All at once, each accept is still a race: a sibling that does not
+            # get to its accept within the grace time (a loaded machine) leaves
+            # the connection to the other. Unbalanced, this saw 8/0 and 1/7.
+            assert len(held) == 2 and max(held) <= CLIENTS // 2 + 1, held
     finally:
         for conn in conns:
             conn.close()
