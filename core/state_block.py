@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.state_codec import DAY_SLOTS, HEADER, MAGIC, SCALARS, SLOTS
+from core.state_codec import DAY_SLOTS, HEADER, ITEM_DOUBLES, MAGIC, SCALARS, SLOTS
 
 # The header as numpy reads it: magic, then the seven counts.
 _HEADER_DTYPE = np.dtype([("magic", "S4"), ("counts", "<u4", (7,))])
@@ -40,9 +40,7 @@ _RUNS = (
 _RUN_WIDTHS = np.array([SCALARS, *(w for _, w, _ in _RUNS)], dtype=np.int64)
 # Which header count gives each run's items.
 _RUN_COUNT = np.array([section for section, _, _ in _RUNS], dtype=np.intp)
-_ITEM_DOUBLES = np.array(
-    [1 + SLOTS, 1 + SLOTS, 1 + DAY_SLOTS, 2, 1, 1, 1], dtype=np.int64
-)
+_ITEM_DOUBLES = np.array(ITEM_DOUBLES, dtype=np.int64)
 
 
 def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ def read_features(
     # integers, as the scalar code computed it.
     clock = np.floor(at[:, None] - _CLOCK_BACK).astype(np.int64) // _CLOCK_SIZE
     return (
-        _stream(block, at, state_of_row, scalars, clock),
+        _stream(block, at, state_of_row, states, scalars, clock),
         _history(block, at, state_of_row, scalars, clock[:, _TODAY]),
     )
 
@@ -73,6 +73,7 @@ def _stream(
     block: StateBlock,
     at: np.ndarray,
     state_of_row: np.ndarray | None,
+    states: np.ndarray,
     scalars: np.ndarray,
     clock: np.ndarray,
 ) -> np.ndarray:
@@ -119,7 +120,7 @@ def _stream(
     np.divide(sums_24h[:, 6], sums_24h[:, 7], out=out[:, 22], where=sums_24h[:, 7] != 0)
     np.divide(sums_7d[:, 6], sums_7d[:, 7], out=out[:, 23], where=sums_7d[:, 7] != 0)
     np.divide(sums_7d[:, 2], sums_7d[:, 1], out=out[:, 24], where=sums_7d[:, 1] != 0)
-    out[:, 25] = _abandonments(block, at, state_of_row, start_24h, end_hour, rows)
+    out[:, 25] = _abandonments(block, at, state_of_row, states, start_24h, end_hour)
     out[:, 26] = _engagement(scalars, at)
     # A replayed state may hold later events; "as of" must not see them.
     for column, source in ((27, _LAST_EVENT), (28, _LAST_PURCHASE)):
@@ -132,9 +133,9 @@ def _abandonments(
     block: StateBlock,
     at: np.ndarray,
     state_of_row: np.ndarray | None,
+    states: np.ndarray,
     start: np.ndarray,
     end: np.ndarray,
-    rows: int,
 ) -> np.ndarray:
     """Cart adds in the 24h window (``[start, end)``) not bought within 30 minutes.
 
@@ -149,10 +150,10 @@ def _abandonments(
         & ~(added + ABANDON_SECONDS > at[row])
     )
     row, added = row[decided], added[decided]
+    rows = len(at)
     if not len(row):
         return np.zeros(rows)
     # Each decided add against each purchase of the row's state.
-    states = np.arange(block.n) if state_of_row is None else state_of_row
     state = states[row]
     count = block.purchases.count[state]
     add = np.repeat(np.arange(len(row)), count)
