@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.events import EventType
+from core.state_block import ragged_arange
 from core.user_state import DAY
 from training.replay import EVENT_TYPES, Chunk
 
@@ -123,8 +124,7 @@ def _user_instants(
     first_grid = np.searchsorted(grid, ts[first_events], side="left")
     grid_rows = len(grid) - first_grid
     user = np.repeat(np.arange(n_users), grid_rows)
-    starts = np.cumsum(grid_rows) - grid_rows
-    instants = grid[np.arange(len(user)) - np.repeat(starts - first_grid, grid_rows)]
+    instants = grid[ragged_arange(first_grid, grid_rows)]
     if activity_until is None:
         return user, instants
     active = activity_instants(ts, activity_until)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import os
 import pickle
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -93,13 +92,13 @@ class Replayed:
 
 
 # One snapshot row of each table as doubles (catalogue order, native order).
-STREAM_ROW = struct.Struct(f"={len(STREAM_NAMES)}d")
-HISTORY_ROW = struct.Struct(f"={len(HISTORY_NAMES)}d")
+STREAM_ROW_BYTES = 8 * len(STREAM_NAMES)
+HISTORY_ROW_BYTES = 8 * len(HISTORY_NAMES)
 
 
 def table_bytes(rows: int) -> tuple[int, int]:
     """Bytes of ``rows`` rows of the stream and of the history table."""
-    return rows * STREAM_ROW.size, rows * HISTORY_ROW.size
+    return rows * STREAM_ROW_BYTES, rows * HISTORY_ROW_BYTES
 
 
 @contextmanager
@@ -250,8 +249,8 @@ def replay_to_file(
     stream, history = bytearray(stream_size), bytearray(history_size)
     with collector_paused():
         replayed = replay_chunk(chunk, lateness_seconds, stream, history)
-    stream_at = chunk.first_row * STREAM_ROW.size
-    history_at = table_bytes(total_rows)[0] + chunk.first_row * HISTORY_ROW.size
+    stream_at = chunk.first_row * STREAM_ROW_BYTES
+    history_at = table_bytes(total_rows)[0] + chunk.first_row * HISTORY_ROW_BYTES
     fd = os.open(path, os.O_WRONLY)
     try:
         for data, offset in ((stream, stream_at), (history, history_at)):
