@@ -140,28 +140,31 @@ class BalancedListener:
         self._resume()
 
     def _resume(self) -> None:
-        if not self._closed and not self._reading:
+        # Not while a pause runs (an accept that just hit EMFILE started one).
+        if not self._closed and not self._reading and self._pending is None:
             self._loop.add_reader(self._fd, self._readable)
             self._reading = True
 
-    def _pause(self, seconds: float, then: Callable[[], None]) -> None:
+    def _pause(self, seconds: float, accept_then: bool) -> None:
+        """Stop watching the socket for ``seconds``; then accept one if asked."""
         if self._reading:
             self._loop.remove_reader(self._fd)
             self._reading = False
-        self._pending = self._loop.call_later(seconds, then)
+        self._pending = self._loop.call_later(seconds, self._wake, accept_then)
+
+    def _wake(self, accept: bool) -> None:
+        self._pending = None
+        if self._closed:
+            return
+        if accept:  # still waiting after the grace time: nobody less loaded took it
+            self._accept_one()
+        self._resume()
 
     def _readable(self) -> None:
         if self._share.others_hold_fewer():
-            self._pause(DEFER_SECONDS, self._after_deferring)
+            self._pause(DEFER_SECONDS, accept_then=True)
         else:
             self._accept_one()
-
-    def _after_deferring(self) -> None:
-        # Still waiting after the grace time: nobody less loaded took it.
-        self._pending = None
-        if not self._closed:
-            self._accept_one()
-            self._resume()
 
     def _accept_one(self) -> None:
         try:
@@ -171,7 +174,7 @@ class BalancedListener:
         except OSError as exc:
             if exc.errno in _RESOURCE_ERRORS:
                 logger.warning("accept paused: %s", exc)
-                self._pause(_RESOURCE_PAUSE_SECONDS, self._after_resource_pause)
+                self._pause(_RESOURCE_PAUSE_SECONDS, accept_then=False)
             else:
                 logger.warning("accept failed: %s", exc)
             return
@@ -181,10 +184,6 @@ class BalancedListener:
         task = self._loop.create_task(self._connect(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _after_resource_pause(self) -> None:
-        self._pending = None
-        self._resume()
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
