@@ -58,6 +58,19 @@ def named_columns(
     return out
 
 
+def array_columns(stream: np.ndarray, history: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`read_features`' matrices as named column views; NaN stays NaN.
+
+    For callers that turn the columns back into a matrix at once (scoring's
+    :func:`core.scoring.build_inputs` reads ``None`` as NaN): the same values
+    as :func:`named_columns`, without a Python float per value.
+    """
+    out: dict[str, np.ndarray] = {}
+    for names, matrix in ((STREAM_NAMES, stream), (HISTORY_NAMES, history)):
+        out.update(zip(names, matrix.T, strict=True))
+    return out
+
+
 def feature_columns(
     states: Sequence[UserState], as_of: float | Sequence[float] | np.ndarray
 ) -> dict[str, list[float | None]]:

@@ -31,7 +31,7 @@ from core.feature_catalog import (
     STREAM_NAMES,
     stored_features,
 )
-from core.feature_math import named_columns, request_features
+from core.feature_math import array_columns, named_columns, request_features
 from core.lean_models import LeanBooster, LeanPipeline
 from core.registry import PropensityBundle, SegmenterBundle
 from core.segment_assign import segment_assigner
@@ -73,7 +73,11 @@ def online_columns(model_stored: Sequence[str]) -> tuple[str, ...]:
 
 
 def with_read_time_features(
-    stored: StoredColumns, n_users: int, as_of: float | Sequence[float]
+    stored: StoredColumns,
+    n_users: int,
+    as_of: float | Sequence[float],
+    *,
+    as_arrays: bool = False,
 ) -> StoredColumns:
     """Add the stream and history columns computed from each user's state at ``as_of``.
 
@@ -88,6 +92,10 @@ def with_read_time_features(
     so shows live purchases and the passing of time at once. A user with a
     history row but no state keeps the row and reads no stream features
     (``None``: nothing the worker has seen). Unknown timestamps read ``None``.
+
+    ``as_arrays``: when every user has a state, the derived columns are numpy
+    views with NaN for unknown timestamps (:func:`build_inputs` reads both
+    alike): for :func:`score`, which builds its matrices from them at once.
     """
     blobs = stored.get(STATE_FEATURE)
     if blobs is None:
@@ -95,7 +103,10 @@ def with_read_time_features(
     instants = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (n_users,))
     present = [i for i, blob in enumerate(blobs) if blob]
     block = parse_blobs([_binary(blobs[i]) for i in present])
-    derived = named_columns(*read_features(block, instants[present]))
+    features = read_features(block, instants[present])
+    if as_arrays and len(present) == n_users:
+        return {**stored, **array_columns(*features)}
+    derived = named_columns(*features)
     if len(present) == n_users:
         return {**stored, **derived}
     # Users without a state: no stream features, their stored history row.
@@ -421,7 +432,7 @@ def score(
         A dict of the shape of :class:`serving.schemas.ScoreResponse`.
     """
     n = len(user_ids)
-    stored = with_read_time_features(stored, n, as_of)
+    stored = with_read_time_features(stored, n, as_of, as_arrays=True)
     inputs = build_inputs(stored, n, as_of, models)
     segments = models.assign_segments(inputs.segmentation).tolist()
 

@@ -171,7 +171,7 @@ class ScoringEngine:
         # One pair for the whole request, even if a promotion swaps it meanwhile.
         models = self.models.current
         try:
-            replies = await self.reader.fetch(user_ids)
+            replies = await self.reader.fetch_preferring(user_ids, STATE_FEATURE)
         except (RedisError, OSError) as exc:
             logger.warning("online store read failed: %s", exc)
             return _store_unavailable()
@@ -179,7 +179,7 @@ class ScoringEngine:
         # future; ages and windows are "as of" this instant.
         as_of = time.time()
         # Stored history rows count only for users without a state (the state's
-        # own history wins): theirs alone are decoded.
+        # own history wins): theirs alone were read, and are decoded.
         stored = self.reader.columns(replies, only_without=STATE_FEATURE)
         payload = scoring.score(
             user_ids,

@@ -172,10 +172,10 @@ class OnlineReader:
         }
         self.feature_names = tuple(n for v in views for n in v.features)
 
-        # Every command is HMGET <key> <the same fields>: the fields' RESP encoding
-        # is computed once, and a request's commands are joined into one write.
-        self._fields_resp = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-        self._command_head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        self._ts_indexes = tuple(ts_index for _, ts_index in self._plan)
+        self._command = _Hmget(self.fields)
+        # Per ``fetch_preferring`` feature: its short read, built on first use.
+        self._preferring: dict[str, tuple[_Hmget, tuple[int, ...]]] = {}
         self._key = layout.key
 
     def key(self, user_id: str) -> bytes:
@@ -184,12 +184,7 @@ class OnlineReader:
 
     def pack(self, user_ids: Sequence[str]) -> bytes:
         """One RESP-encoded ``HMGET`` per user, concatenated."""
-        head, fields, key = self._command_head, self._fields_resp, self._key
-        parts = []
-        for uid in user_ids:
-            k = key(uid)
-            parts.append(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, fields))
-        return b"".join(parts)
+        return self._command.pack(self._key, user_ids)
 
     async def fetch(self, user_ids: Sequence[str]) -> list[list[bytes | None]]:
         """The raw ``HMGET`` replies, one per user, in request order.
@@ -214,14 +209,76 @@ class OnlineReader:
         in step. Connection errors and timeouts raise as in :meth:`fetch`.
         """
         data = self.pack(user_ids) + b"".join(_resp(c) for c in commands)
+        return await self._round_trip(data, len(user_ids), len(commands))
+
+    async def fetch_preferring(
+        self, user_ids: Sequence[str], feature: str
+    ) -> list[list[bytes | None]]:
+        """:meth:`fetch`, reading the other features only where ``feature`` is not.
+
+        The scoring path derives every feature from the state blob, so for a user
+        who has one the rest of the row goes unused (:meth:`columns` with
+        ``only_without``). One round trip reads ``feature``, every view's
+        timestamp and the extra fields; a second reads the whole row of the users
+        without ``feature`` who have some view stored (their fallback), and of
+        nobody else: a user with nothing stored is a cold start. Fields not read
+        are ``None``, as :meth:`columns` reads them. For 100 users this is ~5
+        fields each instead of ~20: Redis, hiredis and the decoding each handle
+        a quarter as many values.
+        """
+        async with asyncio.timeout(self.timeout):  # both trips together
+            return await self._fetch_preferring(user_ids, feature)
+
+    async def _fetch_preferring(
+        self, user_ids: Sequence[str], feature: str
+    ) -> list[list[bytes | None]]:
+        short, positions = self._short_read(feature)
+        data = short.pack(self._key, user_ids)
+        replies, _ = await self._round_trip(data, len(user_ids))
+        blank: list[bytes | None] = [None] * len(self.fields)
+        rows: list[list[bytes | None]] = []
+        fallback: list[int] = []
+        for i, reply in enumerate(replies):
+            row = blank.copy()
+            for position, value in zip(positions, reply, strict=True):
+                row[position] = value
+            rows.append(row)
+            # reply[0] is the feature; the views' timestamps follow it.
+            if not reply[0] and any(reply[1 : 1 + len(self._ts_indexes)]):
+                fallback.append(i)
+        if fallback:
+            whole = await self.fetch([user_ids[i] for i in fallback])
+            for i, row in zip(fallback, whole, strict=True):
+                rows[i] = row
+        return rows
+
+    def _short_read(self, feature: str) -> tuple[_Hmget, tuple[int, ...]]:
+        """The ``HMGET`` of ``feature``, the views' timestamps and the extra fields,
+        with each of its fields' position in a whole row."""
+        known = self._preferring.get(feature)
+        if known is None:
+            positions = (
+                self._feature_index[feature],
+                *self._ts_indexes,
+                *self._extra_index.values(),
+            )
+            known = (_Hmget([self.fields[p] for p in positions]), positions)
+            self._preferring[feature] = known
+        return known
+
+    async def _round_trip(
+        self, data: bytes, hmgets: int, commands: int = 0
+    ) -> tuple[list[list[bytes | None]], list[Any]]:
+        """Send ``data`` on a pooled connection; read ``hmgets`` replies, then
+        ``commands`` more (an error reply kept as its exception)."""
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
             async with asyncio.timeout(self.timeout):
                 await conn.send_packed_command(data, check_health=False)
-                replies = await _read_replies(conn, len(user_ids))
+                replies = await _read_replies(conn, hmgets)
                 extra: list[Any] = []
-                for _ in commands:
+                for _ in range(commands):
                     try:
                         extra.append(await conn.read_response())
                     except ResponseError as exc:
@@ -257,11 +314,14 @@ class OnlineReader:
         if only_without is not None:
             index = self._feature_index[only_without]
             present = [bool(reply[index]) for reply in replies]
+        everyone = present is not None and all(present)
         for columns, ts_index in self._plan:
             # One write time per view and user, shared by the view's features.
             stamps = [decode_timestamp(reply[ts_index]) for reply in replies]
             for name, index in columns:
-                if present is None or name == only_without:
+                if everyone and name != only_without:
+                    out[name] = [None] * len(replies)
+                elif present is None or name == only_without:
                     out[name] = [decode_value(reply[index]) for reply in replies]
                 else:
                     out[name] = [
@@ -299,6 +359,24 @@ async def _read_replies(conn: Any, n: int) -> list[Any]:
         else:
             replies.append(reply)
     return replies
+
+
+class _Hmget:
+    """``HMGET <key> <fields>`` for many keys: the fields' RESP encoding computed
+    once, a request's commands joined into one write."""
+
+    def __init__(self, fields: Sequence[bytes]) -> None:
+        self.fields = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+        self.head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+
+    def pack(self, key: Any, user_ids: Sequence[str]) -> bytes:
+        """One command per user (``key`` gives each user's hash), concatenated."""
+        head, fields = self.head, self.fields
+        parts = []
+        for uid in user_ids:
+            k = key(uid)
+            parts.append(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, fields))
+        return b"".join(parts)
 
 
 def _resp(command: Sequence[bytes | int]) -> bytes:

@@ -21,7 +21,7 @@ import pytest
 
 from core.feature_catalog import PROPENSITY_FEATURES
 from core.store.feast_config import feature_store
-from core.store.state_store import StateLayout
+from core.store.state_store import MEMBERS_FIELD, StateLayout
 from infra.local_stack import start_redis, stop_pid
 from serving.schemas import ErrorResponse, ScoreResponse, SegmentsResponse
 from tests.support.live_service import (
@@ -419,6 +419,77 @@ def test_online_reader_reads_many_replies_and_raises_an_error_reply(
     assert all(all(v is None for v in r) for r in replies[1::2])
     assert raised
     assert after == [replies[0]]
+
+
+def test_online_reader_reads_other_features_only_without_the_state(
+    live: LiveService,
+) -> None:
+    """The scoring read: state, timestamps and extra fields for everyone; the
+    whole row only of a user with a history row but no state, in a second trip;
+    nothing more for an unknown user."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from core.scoring import ONLINE_FEATURES, online_columns
+    from core.store.online_reader import OnlineReader, resolve_views
+
+    store = feature_store(live.settings, live.redis.address)
+    views = resolve_views(store, online_columns(ONLINE_FEATURES))
+    layout = StateLayout.of(store)
+    members = MEMBERS_FIELD
+    state_field = next(
+        v.fields[v.features.index("state")] for v in views if "state" in v.features
+    )
+    users = [KNOWN_USER, "history-only", "never-seen"]
+
+    async def hmgets(client: aioredis.Redis) -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+
+    async def read() -> tuple[list, list, int, list, int]:
+        client = aioredis.Redis.from_url(live.redis.address)
+        try:
+            reader = OnlineReader(client, layout, views, extra_fields=[members])
+            row = await client.hgetall(layout.key(KNOWN_USER))
+            await client.hset(layout.key("history-only"), mapping=row)
+            await client.hdel(layout.key("history-only"), state_field)
+            whole = await reader.fetch(users)
+            before = await hmgets(client)
+            lean = await reader.fetch_preferring(users, "state")
+            with_fallback = await hmgets(client) - before
+            before = await hmgets(client)
+            known_only = await reader.fetch_preferring(
+                [KNOWN_USER, "never-seen"], "state"
+            )
+            return whole, lean, with_fallback, known_only, await hmgets(client) - before
+        finally:
+            await client.delete(layout.key("history-only"))
+            await client.aclose()
+
+    whole, lean, with_fallback, known_only, without_fallback = asyncio.run(read())
+    reader = OnlineReader(None, layout, views, extra_fields=[members])  # type: ignore[arg-type]
+    kept = {
+        i
+        for i, field in enumerate(reader.fields)
+        if field in (state_field, members) or field.startswith(b"_ts:")
+    }
+    history = [i for i in range(len(reader.fields)) if i not in kept]
+    assert history and whole[0][history[0]] is not None
+    # The user with a state: everything but the other features, as a whole read.
+    assert [v for i, v in enumerate(lean[0]) if i in kept] == [
+        v for i, v in enumerate(whole[0]) if i in kept
+    ]
+    assert all(lean[0][i] is None for i in history)
+    # The history-only user's whole row; the unknown user's nothing.
+    assert lean[1] == whole[1] and whole[1][history[0]] is not None
+    assert lean[2] == whole[2] == [None] * len(reader.fields)
+    assert with_fallback == 3 + 1 and without_fallback == 2
+    assert known_only == [lean[0], lean[2]]
+    # Scoring decodes the same columns from either read.
+    assert reader.columns(lean, only_without="state") == reader.columns(
+        whole, only_without="state"
+    )
 
 
 def _epoch(value: object) -> float:

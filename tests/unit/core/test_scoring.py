@@ -289,6 +289,32 @@ def test_only_a_true_cold_start_gets_population_defaults(models: ScoringModels):
     assert warm["tenure_days"] == pytest.approx(60 / DAY)
 
 
+def test_array_columns_give_the_inputs_the_list_columns_give(models: ScoringModels):
+    # score() reads states into numpy columns (NaN for "never"), the other
+    # callers into lists (None): the model inputs must not tell them apart.
+    states = [
+        _stream_only_state("browser", [("product_view", AS_OF - 120)]),
+        _stream_only_state(
+            "repeat", [("purchase", AS_OF - 40 * DAY), ("purchase", AS_OF - 3 * DAY)]
+        ),
+        _stream_only_state("future", [("add_to_cart", AS_OF + 600)]),
+    ]
+    stored = _online_read([s.to_bytes(with_dedupe=False) for s in states], [None] * 3)
+    lists = with_read_time_features(stored, 3, AS_OF)
+    arrays = with_read_time_features(stored, 3, AS_OF, as_arrays=True)
+    assert any(None in lists[name] for name in HISTORY_NAMES)
+    assert all(isinstance(arrays[name], np.ndarray) for name in HISTORY_NAMES)
+
+    by_lists, by_arrays = (build_inputs(c, 3, AS_OF, models) for c in (lists, arrays))
+    np.testing.assert_array_equal(by_lists.propensity, by_arrays.propensity)
+    np.testing.assert_array_equal(by_lists.segmentation, by_arrays.segmentation)
+    # A user without a state among them: the list columns, as before.
+    mixed = _online_read([stored[STATE_FEATURE][0], None], [None, None])
+    assert isinstance(
+        with_read_time_features(mixed, 2, AS_OF, as_arrays=True)["orders_90d"], list
+    )
+
+
 def test_rows_follow_request_order(models: ScoringModels):
     stored = _columns(_known_user(), _empty_user(models), _known_user())
     inputs = build_inputs(stored, 3, AS_OF, models)
