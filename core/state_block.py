@@ -142,10 +142,17 @@ def parse_blobs(blobs: Sequence[bytes]) -> StateBlock:
     items[:, 0] = 1
     items[:, 1:] = counts[:, _RUN_COUNT]
     lengths = items * _RUN_WIDTHS
-    begins = (
-        (np.cumsum(doubles) - doubles)[:, None] + np.cumsum(lengths, axis=1) - lengths
-    )
-    gathered = flat[ragged_arange(begins.T.ravel(), lengths.T.ravel())]
+    if n == 1:
+        # One state's runs already follow each other in that order (a single
+        # user's request: no index to build).
+        gathered = flat
+    else:
+        begins = (
+            (np.cumsum(doubles) - doubles)[:, None]
+            + np.cumsum(lengths, axis=1)
+            - lengths
+        )
+        gathered = flat[ragged_arange(begins.T.ravel(), lengths.T.ravel())]
     run_ends = [0, *np.cumsum(lengths.sum(axis=0)).tolist()]
     scalars = gathered[: run_ends[1]].reshape(n, SCALARS)
     runs = [
