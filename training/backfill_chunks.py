@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from core.events import EventType
 from core.state_block import ragged_arange
@@ -138,27 +139,39 @@ def _user_instants(
     return user[distinct], instants[distinct]
 
 
-def _text(events: pd.DataFrame, name: str, order: np.ndarray) -> np.ndarray:
-    """A text column in ``order``, missing values (None, NaN, NA) as ``None``."""
+def _text(events: pd.DataFrame, name: str, order: np.ndarray) -> pa.Array:
+    """A text column in ``order`` as Arrow strings, missing values (None, NaN, NA)
+    as nulls.
+
+    Arrow rather than Python strings: a chunk's slice of it is a few buffers,
+    which a worker process receives as bytes and turns into strings itself
+    (:func:`~training.replay.replay_chunk`), in parallel; an object array made
+    the parent build every string and pickle it again for the worker, holding
+    the GIL its own replay needs.
+    """
     if name not in events:
-        return np.full(len(order), None, dtype=object)
+        return pa.nulls(len(order), pa.string())
     column = events[name]
-    values = column.to_numpy(dtype=object)[order]  # a copy: safe to write to
-    missing = column.isna().to_numpy()[order]
-    if missing.any():
-        values[missing] = None
-    return values
+    to_arrow = getattr(column.array, "__arrow_array__", None)
+    if to_arrow is not None:
+        values = to_arrow()
+    else:
+        values = pa.array(column.to_numpy(dtype=object), from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.take(pa.array(order))
 
 
 def sorted_events(
     events: pd.DataFrame, snaps: list[float], activity_until: float | None = None
-) -> tuple[Users, dict[str, np.ndarray]]:
+) -> tuple[Users, dict[str, np.ndarray | pa.Array]]:
     """Users and their event columns, grouped by user and by time within a user.
 
     Users come in order of first appearance; each user's events in event-time
     order, stable, so equal times keep file order. Columns are what
     :func:`~training.replay.replay_chunk` reads: compact arrays (codes, floats
-    with NaN for missing), cheap to slice and to send to a worker process.
+    with NaN for missing, Arrow strings), cheap to slice and to send to a
+    worker process.
 
     Args:
         events: Validated events with the contract columns, ``ts`` in epoch
@@ -238,8 +251,18 @@ def sorted_events(
     return users, columns
 
 
+def _rows(
+    values: np.ndarray | pa.Array, first: int, last: int
+) -> np.ndarray | pa.Array:
+    """Rows ``first:last`` of a column; an Arrow column's as buffers of their own
+    (pickling a slice would send the whole column's buffers)."""
+    if isinstance(values, pa.Array):
+        return pa.concat_arrays([values.slice(first, last - first)])
+    return values[first:last]
+
+
 def cut_chunks(
-    users: Users, columns: dict[str, np.ndarray], at_least: int
+    users: Users, columns: dict[str, np.ndarray | pa.Array], at_least: int
 ) -> list[Chunk]:
     """Consecutive users cut into chunks of about equal work (events plus rows).
 
@@ -275,7 +298,9 @@ def cut_chunks(
                 event_counts=users.event_counts[start:stop],
                 user_rows=users.rows[start:stop],
                 instants=users.instants[first_row : first_row + rows],
-                **{name: values[first:last] for name, values in columns.items()},
+                **{
+                    name: _rows(values, first, last) for name, values in columns.items()
+                },
             )
         )
     return chunks

@@ -1,9 +1,9 @@
 """The backfill's inner loop: whole users' events in, snapshot rows and states out.
 
 Kept apart from :mod:`training.backfill` for the worker processes: a spawned process
-imports this module (numpy and the stream modules only) before its first task, and
-everything a task needs travels as compact columns (:class:`Chunk`), not as a
-DataFrame or event objects.
+imports this module (numpy, pyarrow and the stream modules only) before its first
+task, and everything a task needs travels as compact columns (:class:`Chunk`), not
+as a DataFrame or event objects.
 
 A chunk is a run of consecutive users (in the backfill's user order), each with
 their own snapshot instants, whose snapshot rows occupy one known range of the
@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 
 import numpy as np
+import pyarrow as pa  # the chunks' text columns arrive as Arrow arrays
 
 from core.events import EventType
 from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
@@ -48,11 +49,11 @@ class Chunk:
         user_rows: Snapshot rows per user.
         instants: The rows' snapshot instants (epoch seconds), grouped by user,
             ascending within a user.
-        event_id: Event ids (object array; ``None`` when missing).
+        event_id: Event ids (Arrow strings; null when missing).
         event_type: Codes into :data:`EVENT_TYPES`.
         ts: Event times, epoch seconds.
-        session_id: Session ids (object array; ``None`` when missing).
-        category: Categories (object array; ``None`` when missing).
+        session_id: Session ids (Arrow strings; null when missing).
+        category: Categories (Arrow strings; null when missing).
         price: Prices, NaN when missing.
         revenue: Validated revenues (implied for purchases without one), NaN when
             missing.
@@ -63,11 +64,11 @@ class Chunk:
     event_counts: np.ndarray
     user_rows: np.ndarray
     instants: np.ndarray
-    event_id: np.ndarray
+    event_id: pa.Array
     event_type: np.ndarray
     ts: np.ndarray
-    session_id: np.ndarray
-    category: np.ndarray
+    session_id: pa.Array
+    category: pa.Array
     price: np.ndarray
     revenue: np.ndarray
 
