@@ -30,7 +30,8 @@ requests, which costs a few tens of microseconds per request. Phases:
 Memory: while the phases run, a thread samples the whole BentoML process tree
 (the ``bentoml serve`` arbiter and its workers) every 0.25 s; ``serve_rss_mb``
 is the peak of the summed RSS (shared pages counted in each process: the
-conservative number), beside the peak summed PSS and the largest process.
+conservative number), beside the peak summed PSS (read once a second: it walks
+the workers' page tables) and the largest process.
 
 Repeats: the phases (one client process each time, against the same running
 stack, nothing retrained or restarted) run ``repeats`` times (default 3). Every

@@ -121,3 +121,28 @@ def test_tree_memory_sums_a_process_and_its_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_tree_memory_finds_a_child_started_later_and_reads_pss_less_often() -> None:
+    with TreeMemory(
+        os.getpid(),
+        every_seconds=0.01,
+        pss=True,
+        refresh_seconds=0.05,
+        pss_every_seconds=60.0,
+    ) as memory:
+        deadline = time.monotonic() + 30
+        while memory.samples < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        alone, first_pss = memory.processes, memory.peak_pss_mb
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            while memory.processes <= alone and time.monotonic() < deadline:
+                time.sleep(0.01)
+            later_pss = memory.peak_pss_mb
+        finally:
+            child.kill()
+            child.wait()
+    assert memory.processes == alone + 1
+    # PSS was read once, at the start: the child's pages never entered it.
+    assert 0 < first_pss == later_pss
