@@ -48,13 +48,11 @@ def named_columns(
 ) -> dict[str, list[float | None]]:
     """:func:`read_features`' matrices as named columns; unknown timestamps ``None``."""
     out: dict[str, list[float | None]] = {}
-    for names, matrix in ((STREAM_NAMES, stream), (HISTORY_NAMES, history)):
-        for name, column in zip(names, matrix.T.tolist(), strict=True):
-            out[name] = (
-                [None if v != v else v for v in column]
-                if name in AGE_SOURCES
-                else column
-            )
+    for name, values in array_columns(stream, history).items():
+        column = values.tolist()
+        out[name] = (
+            [None if v != v else v for v in column] if name in AGE_SOURCES else column
+        )
     return out
 
 

@@ -23,7 +23,10 @@ from dataclasses import dataclass, replace
 from itertools import islice
 
 import numpy as np
-import pyarrow as pa  # the chunks' text columns arrive as Arrow arrays
+
+# Loaded with this module, so a spawned worker has it before the first chunk's
+# Arrow text columns arrive (its start-up overlaps with cutting the chunks).
+import pyarrow as pa
 
 from core.events import EventType
 from core.feature_catalog import HISTORY_NAMES, STREAM_NAMES
