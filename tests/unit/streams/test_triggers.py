@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.events import Event, EventType
 from core.rules.spec import parse_rules
 from core.store.recent_events import recent_key
 from infra.settings import Settings
@@ -155,7 +156,9 @@ def test_a_bad_file_at_start_means_no_rules_until_it_is_fixed(tmp_path: Path) ->
 
 def test_values_read_one_by_one_equal_the_batch_columns(tmp_path: Path) -> None:
     """Without models, rules read each user's values lazily: the same values as
-    the columns scoring computes for the same states and instants."""
+    the columns scoring computes for the same states and instants, whether a
+    user's block is the likely users' (a purchase, which the shipped lapsing
+    rule reads features on) or the rest's."""
     from core.feature_math import request_features
     from core.rules.spec import RuleSet, load_rules
     from core.scoring import with_read_time_features
@@ -176,7 +179,8 @@ def test_values_read_one_by_one_equal_the_batch_columns(tmp_path: Path) -> None:
     names = ("events_24h", "cart_adds_7d", "orders_90d", "tenure_days")
     shipped = load_rules()
     rules = RuleSet(shipped.rules, shipped.version, names=frozenset(names))
-    lazy = feature_values(rules, users, states, None)
+    kinds = {"ann": [Event.model_construct(event_type=EventType.PURCHASE)], "bob": []}
+    lazy = feature_values(rules, users, states, None, events=kinds)
     at = [states[u].last_event_ts for u in users]
     eager = with_read_time_features({"state": [states[u] for u in users]}, 2, at)
     for row in range(2):
