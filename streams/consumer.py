@@ -50,6 +50,7 @@ from streams.fencing import WriteFenced, assign_fences, request_rejoin
 from streams.store_reset import StoreReset
 
 if TYPE_CHECKING:  # imported by whoever builds the engine (it loads Feast)
+    from streams.processor import Parsed
     from streams.worker_engine import FeatureEngine
 
 log = logging.getLogger("segscore.worker")
@@ -128,6 +129,9 @@ class EventConsumer:
         # Written batches not committed yet: (monotonic write time, next offsets).
         self._uncommitted: deque[tuple[float, dict[TopicPartition, int]]] = deque()
         self._last_commit = time.monotonic()
+        # Bumped by every rewind and revoke: fetched records older than the
+        # change are not written (see run).
+        self._epoch = 0
 
     def _create(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -172,28 +176,56 @@ class EventConsumer:
         if started is not None:
             started()
         poll_ms = max(int(self.settings.batch_max_seconds * 1000), 1)
+        # The batch being written: the next one is fetched and parsed meanwhile
+        # (the loop thread is otherwise idle while the write thread computes and
+        # waits on Redis), but written, like timers, only once it is done.
+        writing: asyncio.Future[None] | None = None
         try:
             while True:
+                epoch = self._epoch
                 records = await consumer.getmany(
                     timeout_ms=poll_ms, max_records=self.settings.batch_max_events
                 )
-                if records:
-                    await self._process(consumer, records)
+                batch = [record for part in records.values() for record in part]
+                parsed = engine.parse(batch) if batch else None
+                if writing is not None:
+                    await writing
+                    writing = None
+                await self._timers(consumer)
+                if self._epoch != epoch:
+                    # Rewound or rebalanced since the fetch: the partitions read
+                    # again from their committed offsets, and these records come
+                    # again in order. Written now, they would be written first.
+                    records, batch = {}, []
+                if batch:
+                    writing = asyncio.ensure_future(
+                        self._process(consumer, records, batch, parsed)
+                    )
+                    # Let it reach its write thread before this loop goes on
+                    # to fetch and parse the next batch.
+                    await asyncio.sleep(0)
                 elif self._uncommitted:
                     await self._commit(consumer)
-                await self._timers(consumer)
         finally:
+            if writing is not None:
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
             await self._final_commit(consumer)
             await consumer.stop()
 
     async def _process(
-        self, consumer: AIOKafkaConsumer, records: dict[TopicPartition, list[Any]]
+        self,
+        consumer: AIOKafkaConsumer,
+        records: dict[TopicPartition, list[Any]],
+        batch: list[Any] | None = None,
+        parsed: Parsed | None = None,
     ) -> None:
         engine = await self.ready_engine()
         async with self._in_flight:
-            batch = [record for part in records.values() for record in part]
+            if batch is None:
+                batch = [record for part in records.values() for record in part]
             try:
-                await engine.handle(batch, self.dlq_topic)
+                await engine.handle(batch, self.dlq_topic, parsed)
             except StoreReset:
                 await self._rewind(consumer, engine)
                 return
@@ -270,6 +302,7 @@ class EventConsumer:
         records it never wrote.
         """
         self._uncommitted.clear()
+        self._epoch += 1
         if fenced is None:
             engine.store_reset()
         else:
@@ -298,6 +331,7 @@ class EventConsumer:
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batch in flight, commit, drop the revoked partitions' users."""
+        self._epoch += 1
         async with self._in_flight:
             if self.consumer is not None:
                 await self._commit(self.consumer, everything=True)

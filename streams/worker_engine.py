@@ -179,19 +179,36 @@ class FeatureEngine:
 
     # --- one batch -------------------------------------------------------------
 
-    async def handle(self, batch: Sequence[Any], dlq_topic: Any) -> None:
+    def parse(self, batch: Sequence[Any]) -> Parsed:
+        """The events of ``batch``'s records, and the rejected ones' reasons.
+
+        Pure (no state, no I/O): the consumer parses a batch while the one
+        before it is being written.
+        """
+        return parse_isolating(
+            [r.value for r in batch],
+            now=self._clock(),
+            max_future_seconds=self.settings.max_future_seconds,
+            max_bytes=self.settings.max_event_bytes,
+            min_ts=self.settings.min_event_time.timestamp(),
+        )
+
+    async def handle(
+        self, batch: Sequence[Any], dlq_topic: Any, parsed: Parsed | None = None
+    ) -> None:
         """Process one batch of Kafka records; returns only once all of it is written.
 
         ``batch`` holds records as aiokafka returns them (``topic``, ``partition``,
         ``offset``, ``timestamp`` in ms, ``key``, ``value``), in partition order;
         ``dlq_topic`` has Faust's ``send(key=..., value=...)`` returning an
-        awaitable delivery future. The caller commits after this returns, never
-        before.
+        awaitable delivery future; ``parsed`` is :meth:`parse` of ``batch``, if
+        already done. The caller commits after this returns, never before.
         """
         started = time.monotonic()
         if self.live is not None and self.live.due():
             await asyncio.to_thread(self.live.refresh)
-        parsed = self._parse([r.value for r in batch])
+        if parsed is None:
+            parsed = self.parse(batch)
         rejected = {index for index, _ in parsed.rejections}
         valid_sources = [batch[i] for i in range(len(batch)) if i not in rejected]
         pairs = zip(parsed.events, valid_sources, strict=True)
@@ -305,15 +322,6 @@ class FeatureEngine:
             else:
                 keep.append(event)
         return keep, moves
-
-    def _parse(self, values: list[bytes | None]) -> Parsed:
-        return parse_isolating(
-            values,
-            now=self._clock(),
-            max_future_seconds=self.settings.max_future_seconds,
-            max_bytes=self.settings.max_event_bytes,
-            min_ts=self.settings.min_event_time.timestamp(),
-        )
 
     async def _write_isolating(
         self, events: list[Event], origin: dict[int, Any]

@@ -20,6 +20,7 @@ from streams.consumer import EventConsumer
 from streams.store_reset import StoreReset
 from tests.support.worker_fakes import (
     FakeConsumer,
+    Record,
     batch_of,
     make_rig,
     records_of,
@@ -41,7 +42,7 @@ def make_loop(
     consumer = FakeConsumer()
     commits_when_handled: list[int] = []
 
-    async def handle(batch, dlq) -> None:
+    async def handle(batch, dlq, parsed=None) -> None:
         commits_when_handled.append(len(consumer.commits))
 
     loop.engine.handle = handle  # type: ignore[method-assign]
@@ -69,7 +70,7 @@ def test_a_batch_is_committed_only_after_it_is_written(tmp_path: Path) -> None:
 def test_a_batch_cut_short_by_shutdown_is_never_committed(tmp_path: Path) -> None:
     loop, consumer, _ = make_loop(tmp_path)
 
-    async def handle(batch, dlq) -> None:
+    async def handle(batch, dlq, parsed=None) -> None:
         raise asyncio.CancelledError
 
     loop.engine.handle = handle  # type: ignore[method-assign]
@@ -97,7 +98,7 @@ def test_a_revocation_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
     loop.consumer = consumer  # type: ignore[assignment]
     order: list[str] = []
 
-    async def handle(batch, dlq) -> None:
+    async def handle(batch, dlq, parsed=None) -> None:
         order.append("handle")
         await asyncio.sleep(0.05)
 
@@ -193,7 +194,7 @@ def test_a_store_reset_rewinds_to_the_committed_offsets(tmp_path: Path) -> None:
     resets: list[int] = []
     loop.engine.store_reset = lambda: resets.append(1)  # type: ignore[method-assign]
 
-    async def handle(batch, dlq) -> None:
+    async def handle(batch, dlq, parsed=None) -> None:
         if batch[0].offset >= 7:
             raise StoreReset("run_id changed")
 
@@ -211,3 +212,79 @@ def test_a_store_reset_rewinds_to_the_committed_offsets(tmp_path: Path) -> None:
     assert consumer.seeks == {("events", 0): 5, ("events", 1): 0}
     assert loop.engine.next_offsets[("events", 0)] == 5
     assert not loop._uncommitted
+
+
+# --- the next batch is fetched while one is written ----------------------------------
+
+
+class ScriptedConsumer(FakeConsumer):
+    """A consumer whose fetches hand out ``script`` in turn, then stop the worker."""
+
+    def __init__(self, script: list[list[Record]], log: list[str]) -> None:
+        super().__init__({("events", 0): 5})
+        self.script, self.log = script, log
+
+    def subscribe(self, topics: list[str], listener: object) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        if not self.script:
+            raise asyncio.CancelledError  # as a worker told to stop
+        batch = self.script.pop(0)
+        self.log.append(f"fetched {batch[0].offset}")
+        await asyncio.sleep(0)
+        return records_of(batch)
+
+
+def test_the_next_batch_is_fetched_during_a_write_and_dropped_after_a_rewind(
+    tmp_path: Path,
+) -> None:
+    """While a batch is written the next is fetched and parsed; if the write
+    rewinds the partitions (a store reset), that batch is not written: it is
+    fetched again after the batches before it. A batch cut short by shutdown is
+    not committed."""
+    loop, _, _ = make_loop(tmp_path, durability_lag=3600.0)
+    log: list[str] = []
+    first, second = batch_of(b"a", first_offset=5), batch_of(b"b", first_offset=6)
+    consumer = ScriptedConsumer([first, second, first, second], log)
+    loop._create = lambda: consumer  # type: ignore[method-assign]
+    loop.engine.store_reset = lambda: log.append("reset")  # type: ignore[method-assign]
+    resets = iter([True])
+
+    async def handle(batch, dlq, parsed=None) -> None:
+        offset = batch[0].offset
+        assert parsed is not None and len(parsed.events) + len(parsed.rejections) == 1
+        log.append(f"writing {offset}")
+        await asyncio.sleep(0.01)  # the write thread's time
+        log.append(f"wrote {offset}")
+        if offset == 5 and next(resets, False):
+            raise StoreReset("run_id changed")
+
+    loop.engine.handle = handle  # type: ignore[method-assign]
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(loop.run())
+    assert log == [
+        "fetched 5",
+        "writing 5",
+        "fetched 6",  # while 5 is written
+        "wrote 5",
+        "reset",  # rewound to offset 5: the fetched 6 is dropped
+        "fetched 5",
+        "writing 5",
+        "fetched 6",
+        "wrote 5",
+        "writing 6",  # then the worker stops: cut short
+    ]
+    assert consumer.seeks[("events", 0)] == 5
+    # On the way out, what was written is committed; the cut batch is not.
+    assert consumer.commits == [{("events", 0): 6}]

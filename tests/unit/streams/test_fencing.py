@@ -61,7 +61,7 @@ def test_a_fenced_batch_is_not_committed_and_the_worker_rejoins(
     engine = rig.engine
     engine.cache.put({"u1": object()}, {"u1": b"k"}, {"u1": ("events", 0)})  # type: ignore[dict-item]
 
-    async def handle(batch, dlq) -> None:
+    async def handle(batch, dlq, parsed=None) -> None:
         if batch[0].offset >= 7:
             raise REFUSAL
 
