@@ -6,11 +6,13 @@ partition's fence (a hash, field ``generation``) to its own generation first, so
 the stale worker's writes must be refused (see :mod:`streams.fencing`).
 
 How: the commands go in chunks of at most :data:`CHUNK_COMMANDS`, each a Redis
-transaction with optimistic locking: ``WATCH`` the fences and read them (one round
-trip), and only if none is above the writer's generation, ``MULTI`` (fences below
-it raised to it), the chunk's commands, ``EXEC`` (another). A fence raised between
-the read and the ``EXEC`` aborts the ``EXEC`` (nothing of the chunk written), and
-the chunk is tried again, which then reads the raised fence. Native commands, not
+transaction with optimistic locking: ``WATCH`` the fences and read them, and only
+if none is above the writer's generation, ``MULTI`` (fences below it raised to
+it), the chunk's commands, ``EXEC``. A fence raised between the read and the
+``EXEC`` aborts the ``EXEC`` (nothing of the chunk written), and the chunk is
+tried again, which then reads the raised fence. The ``WATCH`` and reads of the
+next chunk follow the ``EXEC`` in the same round trip, so a write of n chunks
+takes n + 1 round trips, not 2n. Native commands, not
 one Lua script for the whole write: a script ran ~3x longer inside Redis (about
 38 against 14 us per event) and held every other client -- the scoring service's
 reads -- for all of it (40-70 ms per 2,000-event batch); a chunk holds them for a
@@ -85,56 +87,75 @@ def write_guarded(
 ) -> None:
     """Run ``commands`` (raw, in order) in fenced chunks.
 
+    One round trip per chunk: its transaction goes with the ``WATCH`` and fence
+    reads of the next chunk (a first round trip reads them for the first), and
+    the next chunk's commands are packed while Redis runs this one.
+
     Raises:
         WriteFenced: A fence is above the generation; this chunk and the rest
             are not written.
         redis.ResponseError: A command's error reply (``WRONGTYPE``, ``OOM``...),
             with its class, as a pipeline raises it.
     """
-    for start in range(0, len(commands), CHUNK_COMMANDS):
-        _write_chunk(client, guard, commands[start : start + CHUNK_COMMANDS])
+    chunks = [
+        commands[start : start + CHUNK_COMMANDS]
+        for start in range(0, len(commands), CHUNK_COMMANDS)
+    ]
+    if not chunks:
+        return
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        _write_chunks(connection, guard, chunks)
+    except BaseException:
+        # Unread replies or a WATCH may be left on it: never hand it back so.
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
-def _write_chunk(
-    client: redis.Redis, guard: WriteGuard, chunk: Sequence[Sequence[Any]]
+def _write_chunks(
+    connection: Any, guard: WriteGuard, chunks: list[Sequence[Sequence[Any]]]
 ) -> None:
     keys, generation = guard.fence_keys, guard.generation
-    pool = client.connection_pool
-    for _ in range(MAX_WATCH_RETRIES):
-        connection = pool.get_connection()
-        try:
-            found = _watch_fences(connection, keys)
-            low = []
-            for key, raw in zip(keys, found, strict=True):
-                fence = int(raw) if raw else None
-                if fence is not None and fence > generation:
-                    raise WriteFenced(key, fence, generation)
-                if fence is None or fence < generation:
-                    low.append(key)
-            raises = [(b"HSET", key, b"generation", generation) for key in low]
-            done = _transact(connection, [*raises, *chunk])
-        except BaseException:
-            # Unread replies or a WATCH may be left on it: never hand it back so.
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
-        if done:
-            return
-        # A fence changed since it was read: read it again.
-    raise FenceContention(f"fences kept changing under {MAX_WATCH_RETRIES} writes")
-
-
-# The round trips of a chunk, on a connection of the client's pool, without
-# redis-py's pipeline: WATCH and the reads go together (one round trip, where the
-# pipeline API took three with the EXEC). A round trip costs little CPU but a lot
-# of time on a busy machine (Redis must be scheduled to answer): two fewer per
-# batch took the activation bench's trigger p99 from about 2.8 s to 1.7 s.
-#
-# Commands are packed by hiredis and the replies taken from the connection's
-# hiredis reader in one loop: redis-py's per-command packing and per-reply
-# ``read_response`` cost ~5 us a command, 2.5x this path, and a live batch is
-# ~2,000 commands (every one answers ``QUEUED`` before the ``EXEC``).
+    watch = [(b"WATCH", *keys), *((b"HGET", key, b"generation") for key in keys)]
+    fences = _watch_fences(connection, keys)
+    packed = _pack(chunks[0])
+    index, aborted = 0, 0
+    while index < len(chunks):
+        low = []
+        for key, raw in zip(keys, fences, strict=True):
+            fence = int(raw) if raw else None
+            if fence is not None and fence > generation:
+                raise WriteFenced(key, fence, generation)
+            if fence is None or fence < generation:
+                low.append(key)
+        raises = [(b"HSET", key, b"generation", generation) for key in low]
+        last = index == len(chunks) - 1
+        after = [] if last or not keys else watch
+        head = _pack([(b"MULTI",), *raises])
+        connection.send_packed_command([head, packed, _pack([(b"EXEC",), *after])])
+        upcoming = packed if last else _pack(chunks[index + 1])  # Redis is busy
+        count = 2 + len(raises) + len(chunks[index]) + len(after)
+        replies = _read_replies(connection, count)
+        executed = replies[count - len(after) - 1]  # before it: OK and QUEUED
+        if after:
+            fences = replies[count - len(after) + 1 :]
+        if executed is None:
+            # A fence changed since it was read: read it again, write it again.
+            aborted += 1
+            if aborted >= MAX_WATCH_RETRIES:
+                raise FenceContention(
+                    f"fences kept changing under {MAX_WATCH_RETRIES} writes"
+                )
+            if not after:
+                fences = _watch_fences(connection, keys)
+            continue
+        for reply in executed:
+            if isinstance(reply, redis.RedisError):
+                raise reply
+        index, packed = index + 1, upcoming
 
 
 def _watch_fences(connection: Any, keys: Sequence[bytes]) -> list[Any]:
@@ -146,21 +167,13 @@ def _watch_fences(connection: Any, keys: Sequence[bytes]) -> list[Any]:
     return replies[1:]
 
 
-def _transact(connection: Any, commands: Sequence[Sequence[Any]]) -> bool:
-    """``MULTI``, ``commands``, ``EXEC``; False when a watched key changed.
-
-    Raises:
-        redis.ResponseError: The first error reply (the command's class, as a
-            pipeline raises it); a command refused when queued aborts it all.
-    """
-    replies = _round_trip(connection, [(b"MULTI",), *commands, (b"EXEC",)])
-    executed = replies[-1]  # the replies before it are OK and QUEUED
-    if executed is None:
-        return False
-    for reply in executed:
-        if isinstance(reply, redis.RedisError):
-            raise reply
-    return True
+# Round trips on a connection of the client's pool, without redis-py's pipeline.
+# A round trip costs little CPU but a lot of time on a busy machine (Redis must be
+# scheduled to answer): two fewer per batch took the activation bench's trigger
+# p99 from about 2.8 s to 1.7 s. Commands are packed by hiredis and the replies
+# taken from the connection's hiredis reader in one loop: redis-py's per-command
+# packing and per-reply ``read_response`` cost ~5 us a command, 2.5x this path,
+# and a live batch is ~2,000 commands (every one answers ``QUEUED``).
 
 
 def _round_trip(connection: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -170,16 +183,24 @@ def _round_trip(connection: Any, commands: Sequence[Sequence[Any]]) -> list[Any]
         redis.RedisError: The first error reply, as its class (the rest are left
             unread: the caller disconnects the connection on any error).
     """
+    connection.send_packed_command([_pack(commands)])
+    return _read_replies(connection, len(commands))
+
+
+def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    """``commands`` in Redis's wire protocol, one buffer."""
+    return b"".join([hiredis.pack_command(tuple(c)) for c in commands])
+
+
+def _read_replies(connection: Any, count: int) -> list[Any]:
+    """``count`` replies, the first error reply raised as its class."""
     parser = getattr(connection, "_parser", None)
     reader = getattr(parser, "_reader", None)
     if not isinstance(reader, hiredis.Reader):  # a client built without hiredis
-        connection.send_packed_command(connection.pack_commands(commands))
-        return [connection.read_response() for _ in commands]
-    packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
-    connection.send_packed_command([packed])
+        return [connection.read_response() for _ in range(count)]
     gets, more = reader.gets, parser.read_from_socket
     replies: list[Any] = []
-    while len(replies) < len(commands):
+    while len(replies) < count:
         reply = gets()
         if reply is NOT_ENOUGH_DATA:
             more()

@@ -130,19 +130,55 @@ def test_a_fence_raised_between_the_read_and_the_write_aborts_the_chunk(
     fence = b"f:race"
     client.hset(fence, b"generation", 4)
     rival = redis.Redis(port=rig.redis_port, db=10)
-    transact = guarded_write._transact
+    watch = guarded_write._watch_fences
 
-    def raise_fence_first(connection: Any, commands: Any) -> bool:
+    def raise_fence_after_the_read(connection: Any, keys: Any) -> list[Any]:
         # The new owner raises the fence after the write read it, before EXEC.
+        found = watch(connection, keys)
         rival.hset(fence, b"generation", 5)
-        return transact(connection, commands)
+        return found
 
-    monkeypatch.setattr(guarded_write, "_transact", raise_fence_first)
+    monkeypatch.setattr(guarded_write, "_watch_fences", raise_fence_after_the_read)
     state = UserState(last_event_ts=1_800_000_000.0, offsets={"t:0": 3})
     with pytest.raises(WriteFenced) as refused:
         save_states(client, layout, {"a": state}, guard=WriteGuard((fence,), 4))
     assert (refused.value.fence, refused.value.generation) == (5, 4)
     assert not client.exists(layout.key("a"))
+
+
+def test_a_fence_raised_during_a_long_write_stops_it_at_a_chunk(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's fence read goes with the transaction before it: a fence raised
+    after that read aborts the next chunk, which is then refused."""
+    client = redis.Redis(port=rig.redis_port, db=12)
+    client.flushdb()
+    layout = StateLayout(project="fence-race-chunks")
+    fence = b"f:race2"
+    rival = redis.Redis(port=rig.redis_port, db=12)
+    read = guarded_write._read_replies
+    calls = []
+
+    def raise_fence_after_the_first_chunk(connection: Any, count: int) -> list:
+        replies = read(connection, count)
+        calls.append(count)
+        if len(calls) == 2:  # the fence read, then the first chunk's transaction
+            rival.hset(fence, b"generation", 5)
+        return replies
+
+    monkeypatch.setattr(
+        guarded_write, "_read_replies", raise_fence_after_the_first_chunk
+    )
+    n = CHUNK_COMMANDS + 10  # an HSET a user (no TTL): two chunks
+    states = {
+        f"u{i:05d}": UserState(last_event_ts=1_800_000_000.0 + i, offsets={"t:0": i})
+        for i in range(n)
+    }
+    with pytest.raises(WriteFenced) as refused:
+        save_states(client, layout, states, guard=WriteGuard((fence,), 4))
+    assert (refused.value.fence, refused.value.generation) == (5, 4)
+    written = [u for u in states if client.exists(layout.key(u))]
+    assert written == list(states)[:CHUNK_COMMANDS]  # the first chunk, whole
 
 
 @pytest.mark.parametrize("parser", [None, _RESP2Parser], ids=["hiredis", "python"])
