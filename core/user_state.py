@@ -73,6 +73,10 @@ class Outcome(Enum):
     DUPLICATE = "duplicate"
     LATE = "late"
 
+    # Members are singletons compared by identity: hashed by identity too, in C,
+    # not by Enum's Python-level hash of the name (twice per event in a batch).
+    __hash__ = object.__hash__
+
 
 @dataclass
 class UserState:
