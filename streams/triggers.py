@@ -371,6 +371,10 @@ class _LazyValues(Mapping[str, Any]):
             return known[key]
         return self.batch.value(self.row, key)
 
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``self[key]``, which never raises (as ``_Env.get`` in core.rules.engine)."""
+        return self[key]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._known)
 
