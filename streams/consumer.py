@@ -191,6 +191,10 @@ class EventConsumer:
                 if writing is not None:
                     await writing
                     writing = None
+                    if batch:
+                        # What came in during the write joins this batch, as it
+                        # would have without the early fetch.
+                        await self._top_up(consumer, engine, records, batch, parsed)
                 await self._timers(consumer)
                 if self._epoch != epoch:
                     # Rewound or rebalanced since the fetch: the partitions read
@@ -212,6 +216,27 @@ class EventConsumer:
                 await asyncio.gather(writing, return_exceptions=True)
             await self._final_commit(consumer)
             await consumer.stop()
+
+    async def _top_up(
+        self,
+        consumer: AIOKafkaConsumer,
+        engine: FeatureEngine,
+        records: dict[TopicPartition, list[Any]],
+        batch: list[Any],
+        parsed: Parsed | None,
+    ) -> None:
+        """Add the records already fetched to ``batch`` (in place), up to its limit."""
+        room = self.settings.batch_max_events - len(batch)
+        if room <= 0 or parsed is None:
+            return
+        more = await consumer.getmany(timeout_ms=0, max_records=room)
+        extra = [record for part in more.values() for record in part]
+        if not extra:
+            return
+        parsed.extend(engine.parse(extra), len(batch))
+        batch += extra
+        for tp, part in more.items():
+            records.setdefault(tp, []).extend(part)
 
     async def _process(
         self,

@@ -23,6 +23,11 @@ class Parsed:
     events: list[Event] = field(default_factory=list)
     rejections: list[tuple[int, Rejection]] = field(default_factory=list)
 
+    def extend(self, more: Parsed, start: int) -> None:
+        """Append ``more``, parsed from records that follow this batch's ``start``."""
+        self.events += more.events
+        self.rejections += [(start + i, rejection) for i, rejection in more.rejections]
+
 
 @dataclass
 class BatchResult:

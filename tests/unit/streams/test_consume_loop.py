@@ -22,6 +22,7 @@ from tests.support.worker_fakes import (
     FakeConsumer,
     Record,
     batch_of,
+    event_json,
     make_rig,
     records_of,
 )
@@ -223,6 +224,7 @@ class ScriptedConsumer(FakeConsumer):
     def __init__(self, script: list[list[Record]], log: list[str]) -> None:
         super().__init__({("events", 0): 5})
         self.script, self.log = script, log
+        self.buffered: list[list[Record]] = []  # handed out without waiting
 
     def subscribe(self, topics: list[str], listener: object) -> None:
         pass
@@ -237,6 +239,8 @@ class ScriptedConsumer(FakeConsumer):
         return {0, 1}
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        if timeout_ms == 0:  # what is already fetched
+            return records_of(self.buffered.pop(0)) if self.buffered else {}
         if not self.script:
             raise asyncio.CancelledError  # as a worker told to stop
         batch = self.script.pop(0)
@@ -288,3 +292,39 @@ def test_the_next_batch_is_fetched_during_a_write_and_dropped_after_a_rewind(
     assert consumer.seeks[("events", 0)] == 5
     # On the way out, what was written is committed; the cut batch is not.
     assert consumer.commits == [{("events", 0): 6}]
+
+
+def test_records_fetched_during_a_write_join_the_batch_fetched_early(
+    tmp_path: Path,
+) -> None:
+    """The batch fetched during a write is topped up, once the write is done, with
+    what arrived meanwhile (up to the batch limit): one batch, rejections at the
+    right records, and its offsets committed."""
+    loop, _, _ = make_loop(tmp_path)
+    log: list[str] = []
+    first = batch_of(b"a", first_offset=5)
+    early = batch_of(event_json("e6", "ann", 10), first_offset=6)
+    late = batch_of(b"not json", event_json("e8", "bob", 10), first_offset=7)
+    after = batch_of(b"z", first_offset=9)
+    consumer = ScriptedConsumer([first, early, after], log)
+    consumer.buffered = [late]
+    loop._create = lambda: consumer  # type: ignore[method-assign]
+    written: list[tuple[list[int], list[str], list[int]]] = []
+
+    async def handle(batch, dlq, parsed=None) -> None:
+        written.append(
+            (
+                [r.offset for r in batch],
+                [e.event_id for e in parsed.events],
+                [batch[i].offset for i, _ in parsed.rejections],
+            )
+        )
+        await asyncio.sleep(0.01)
+
+    loop.engine.handle = handle  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(loop.run())
+    first_batch, topped_up = written[0], written[1]
+    assert first_batch[0] == [5]
+    assert topped_up == ([6, 7, 8], ["e6", "e8"], [7])
+    assert consumer.commits[-1] == {("events", 0): 9}  # not 10: cut short
