@@ -42,13 +42,7 @@ from core.events import Event
 from core.feature_catalog import REQUEST_FEATURES, STATE_FEATURE
 from core.feature_math import AGE_SOURCES, request_features
 from core.rules.engine import fire_due, on_events
-from core.rules.spec import (
-    DEFAULT_RULES,
-    EVENT_FIELDS,
-    RulesError,
-    RuleSet,
-    load_rules,
-)
+from core.rules.spec import DEFAULT_RULES, RulesError, RuleSet, load_rules
 from core.scoring import ScoringModels, build_inputs, with_read_time_features
 from core.store.guarded_write import WriteGuard
 from core.store.state_store import StateLayout, load_states, save_states
@@ -271,7 +265,7 @@ def feature_values(
     elif models is None:
         # No model inputs to build: the features are computed only once a rule
         # reads one (most rules read none for most events).
-        kinds = _reading_kinds(rules)
+        kinds = rules.feature_kinds
         likely = [
             i
             for i, user in enumerate(users)
@@ -281,9 +275,7 @@ def feature_values(
         return [_LazyValues(lazy, i, s) for i, s in enumerate(chosen)]
     else:
         stored = with_read_time_features({STATE_FEATURE: chosen}, n, at)
-    columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
-    if names & _REQUEST:
-        columns.update(_ages(names, stored, at))
+    columns = _read_columns(names, stored, at)
     if "propensity" in names:
         if inputs is None:
             inputs = build_inputs(stored, n, np.asarray(at), models).propensity
@@ -292,14 +284,6 @@ def feature_values(
     if "segment" in names:
         columns["segment"] = [s.segment for s in chosen]
     return [{k: column[i] for k, column in columns.items()} for i in range(n)]
-
-
-def _reading_kinds(rules: RuleSet) -> frozenset[str]:
-    """Event types on which a rule with ``on`` types reads a feature."""
-    own = {*EVENT_FIELDS, "segment", "propensity"}
-    return frozenset().union(
-        *(rule.on for rule in rules.rules if rule.on and rule.names() - own)
-    )
 
 
 class _LazyColumns:
@@ -346,9 +330,7 @@ class _LazyColumns:
         states, names = [self.states[r] for r in rows], self.names
         at = [self.at[r] for r in rows]
         stored = with_read_time_features({STATE_FEATURE: states}, len(rows), at)
-        columns = {k: v for k, v in stored.items() if k in names}
-        if names & _REQUEST:
-            columns.update(_ages(names, stored, at))
+        columns = _read_columns(names, stored, at)
         for position, row in enumerate(rows):
             self._found[row] = (columns, position)
 
@@ -380,6 +362,16 @@ class _LazyValues(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._known)
+
+
+def _read_columns(
+    names: frozenset[str], stored: Mapping[str, Sequence[Any]], at: list[float]
+) -> dict[str, Sequence[Any]]:
+    """The stored and derived columns the rules read, with the request-time ages."""
+    columns: dict[str, Sequence[Any]] = {k: v for k, v in stored.items() if k in names}
+    if names & _REQUEST:
+        columns.update(_ages(names, stored, at))
+    return columns
 
 
 def _ages(

@@ -149,6 +149,16 @@ class RuleSet:
         """Rules by name (built once per rule set: evaluation asks per user)."""
         return {rule.name: rule for rule in self.rules}
 
+    @cached_property
+    def feature_kinds(self) -> frozenset[str]:
+        """Event types on which a rule with ``on`` types reads a feature (a name
+        other than the event's fields, ``segment`` and ``propensity``); computed
+        once per rule set, asked once per batch."""
+        own = {*EVENT_FIELDS, "segment", "propensity"}
+        return frozenset().union(
+            *(rule.on for rule in self.rules if rule.on and rule.names() - own)
+        )
+
 
 def load_rules(path: Path | None = None) -> RuleSet:
     """Read and check a rules file (the shipped defaults without ``path``).

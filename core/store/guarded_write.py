@@ -119,7 +119,7 @@ def _write_chunks(
     connection: Any, guard: WriteGuard, chunks: list[Sequence[Sequence[Any]]]
 ) -> None:
     keys, generation = guard.fence_keys, guard.generation
-    watch = [(b"WATCH", *keys), *((b"HGET", key, b"generation") for key in keys)]
+    watch = _watch_commands(keys)
     fences = _watch_fences(connection, keys)
     packed = _pack(chunks[0])
     index, aborted = 0, 0
@@ -162,9 +162,12 @@ def _watch_fences(connection: Any, keys: Sequence[bytes]) -> list[Any]:
     """``WATCH`` the fences and read them, in one round trip."""
     if not keys:
         return []
-    reads = [(b"HGET", key, b"generation") for key in keys]
-    replies = _round_trip(connection, [(b"WATCH", *keys), *reads])
-    return replies[1:]
+    return _round_trip(connection, _watch_commands(keys))[1:]
+
+
+def _watch_commands(keys: Sequence[bytes]) -> list[tuple[Any, ...]]:
+    """``WATCH`` the fences, then read each; the replies: OK, then the fences."""
+    return [(b"WATCH", *keys), *((b"HGET", key, b"generation") for key in keys)]
 
 
 # Round trips on a connection of the client's pool, without redis-py's pipeline.
