@@ -35,20 +35,23 @@ acknowledged for.
 spawned to the first poll that sees one of its state writes in Redis.
 
 Freshness (fixed offered rate)
-    With the worker caught up, a paced aiokafka producer sends ``rate`` events/s for
+    With the worker caught up, a paced librdkafka producer sends ``rate`` events/s for
     ``duration`` seconds, each with event time = its send time. About
     ``SAMPLES_PER_SECOND`` of them per second (distinct users within any second) are
     handed to a separate poller *process* that reads them back through Feast
     (``get_online_features(["user_stream_features:state"])``) until the user's state
-    shows ``last_event_ts`` >= the event's time. Freshness = the end of that successful
-    read minus the send time, so it is an upper bound that includes one Feast read and
-    up to one poll period (both reported). Each read asks for the oldest
-    ``POLL_MAX_USERS`` pending samples only, so a lagging worker does not also lose
-    CPU to the poller. Samples still unseen 30 s after the last send count with the
-    time they waited (``freshness_unresolved`` says how many; the percentiles are
-    then lower bounds). ``freshness_trend_ms_per_s`` (slope of freshness over send
-    time) tells a worker that keeps up (~0) from one falling behind the offered rate
-    (> 0: the percentiles then only grow with the duration).
+    shows ``last_event_ts`` >= the event's time. Freshness = the end of that
+    successful read minus the send time, so it is an upper bound that includes one
+    Feast read and up to one poll period (both reported). Each read asks for a page
+    of the ``POLL_PAGE_USERS`` oldest pending samples, and the next page only when
+    all of that page was seen, so a lagging worker does not also lose CPU to the
+    poller (reading every pending sample through Feast took a lagging run's poller a
+    whole core, and the lag then fed on itself). Samples still unseen 30 s after the
+    last send count with the time they waited (``freshness_unresolved`` says how
+    many; the percentiles are then lower bounds). ``freshness_trend_ms_per_s``
+    (slope of freshness over send time) tells a worker that keeps up (~0) from one
+    falling behind the offered rate (> 0: the percentiles then only grow with the
+    duration).
 
 Repeats
     The stack is started once; both measurements then run ``repeats`` times

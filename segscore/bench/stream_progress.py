@@ -31,7 +31,7 @@ from core.user_state import UserState
 FEATURE = f"{STREAM_VIEW}:state"
 CHECKPOINT_EVERY = 200
 POLL_WINDOW = 32
-POLL_MAX_USERS = 256
+POLL_PAGE_USERS = 32
 # Event times travel as epoch milliseconds; compare with half a millisecond of slack.
 TS_TOLERANCE = 0.0005
 
@@ -171,6 +171,33 @@ class CrashWatch:
         return chunk[at : end if end > 0 else None][:500].decode(errors="replace")
 
 
+def _resolve(
+    pending: dict[str, list[tuple[float, float]]],
+    latencies: list[tuple[float, float]],
+    uids: list[str],
+    values: list[float | None],
+    seen: float,
+) -> int:
+    """Move the samples now visible from ``pending`` to ``latencies``.
+
+    Returns:
+        How many of ``uids`` have no sample left pending.
+    """
+    done = 0
+    for uid, value in zip(uids, values, strict=True):
+        if value is None:
+            continue
+        waiting = [s for s in pending[uid] if value < s[0] - TS_TOLERANCE]
+        visible = [sent for ts, sent in pending[uid] if ts <= value + TS_TOLERANCE]
+        latencies.extend((sent, seen - sent) for sent in visible)
+        if waiting:
+            pending[uid] = waiting
+        else:
+            del pending[uid]
+            done += 1
+    return done
+
+
 def freshness_poller(
     home: str,
     redis_url: str,
@@ -210,31 +237,25 @@ def freshness_poller(
         if not pending:
             time.sleep(0.005)
             continue
-        # The oldest pending samples only: bounded reads keep the poller from
-        # competing with the worker for CPU when the worker falls behind.
-        uids = list(itertools.islice(pending, POLL_MAX_USERS))
+        # Pages of the oldest pending samples, the next page only while every
+        # sample of the last one was seen: a read costs ~0.1 ms of CPU per user
+        # through Feast, so reading all pending samples of a lagging worker would
+        # take it a core and make it lag further. This bounds the poller's cost
+        # to one page per cycle plus the samples it resolves.
         t_read = time.time()
-        blobs = store.get_online_features(
-            features=[FEATURE], entity_rows=[{"user_id": u} for u in uids]
-        ).to_dict()["state"]
-        values = [UserState.from_bytes(b).last_event_ts for b in blobs]
-        seen = time.time()
-        read_seconds.append(seen - t_read)
+        while pending:
+            uids = list(itertools.islice(pending, POLL_PAGE_USERS))
+            t_page = time.time()
+            blobs = store.get_online_features(
+                features=[FEATURE], entity_rows=[{"user_id": u} for u in uids]
+            ).to_dict()["state"]
+            values = [UserState.from_bytes(b).last_event_ts for b in blobs]
+            seen = time.time()
+            read_seconds.append(seen - t_page)
+            if _resolve(pending, latencies, uids, values, seen) < len(uids):
+                break
         cycles.append(seen - last_cycle)
         last_cycle = seen
-        for uid, value in zip(uids, values, strict=True):
-            if value is None:
-                continue
-            waiting = [s for s in pending[uid] if value < s[0] - TS_TOLERANCE]
-            latencies.extend(
-                (sent, seen - sent)
-                for ts, sent in pending[uid]
-                if ts <= value + TS_TOLERANCE
-            )
-            if waiting:
-                pending[uid] = waiting
-            else:
-                del pending[uid]
         time.sleep(max(0.0, poll_seconds - (time.time() - t_read)))
     end = time.time()
     outbox.put(
