@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.store.state_store import StateLayout, save_states
 from core.user_state import UserState
 from segscore.bench.stream_events import EventFactory
-from segscore.bench.stream_progress import BacklogTracker
+from segscore.bench.stream_progress import BacklogTracker, _resolve
 from tests.support.worker_fakes import FakeRedis
 
 
@@ -33,3 +33,17 @@ def test_the_backlog_is_done_only_when_every_user_is_not_when_each_lane_ends() -
     write(2)
     tracker.poll()
     assert tracker.complete
+
+
+def test_a_sample_resolves_once_its_users_state_reaches_its_time() -> None:
+    pending = {
+        "a": [(10.0, 100.0), (12.0, 102.0)],
+        "b": [(11.0, 101.0)],
+        "c": [(9.0, 99.0)],
+    }
+    latencies: list[tuple[float, float]] = []
+    # a has reached its first sample only, b all of its, c nothing is stored yet.
+    done = _resolve(pending, latencies, ["a", "b", "c"], [10.0, 11.0, None], 103.0)
+    assert done == 1  # b: the poller reads the next page only when all are done
+    assert sorted(latencies) == [(100.0, 3.0), (101.0, 2.0)]
+    assert pending == {"a": [(12.0, 102.0)], "c": [(9.0, 99.0)]}
