@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 
 from core.events import Event
-from core.store.feast_config import feature_store
 from core.store.recent_events import stage_recent
 from core.store.state_store import StateLayout, load_states, save_states
 from core.user_state import source_key
@@ -173,6 +172,10 @@ class FeatureEngine:
     def layout(self) -> StateLayout:
         """Feast's Redis layout for the stream view (read from the repo config)."""
         if self._layout is None:
+            # Imported here: the worker passes its layout, and ``import feast``
+            # took over a second of a starting worker's path to its first write.
+            from core.store.feast_config import feature_store
+
             store = feature_store(self.settings, self.redis_url)
             self._layout = StateLayout.of(store)
         return self._layout

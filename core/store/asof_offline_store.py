@@ -43,7 +43,8 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 
-STORE_TYPE = "core.store.asof_offline_store.AsofDuckDBOfflineStore"
+from core.store.feast_config import STORE_TYPE
+
 _ROW = "__segscore_row"  # entity row ordinal: output keeps the entity frame's order
 
 

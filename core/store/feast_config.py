@@ -8,15 +8,21 @@ plain ``feast`` CLI works against the same stack.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import yaml
-from feast import FeatureStore
-from feast.repo_config import RepoConfig
 
 from core.names import PROJECT
-from core.store.asof_offline_store import STORE_TYPE
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+# The offline store class (core.store.asof_offline_store), named without
+# importing it: Feast loads it by this path. Importing Feast took over a second
+# of a starting stream worker, which needs only repo_config_dict.
+STORE_TYPE = "core.store.asof_offline_store.AsofDuckDBOfflineStore"
 
 
 def redis_connection_string(
@@ -83,6 +89,13 @@ def feature_store(
     ``skip_write_dedup`` drops Feast's check that a written row is newer than the
     stored one; only for a writer that orders its rows itself.
     """
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    # RepoConfig loads it by STORE_TYPE; imported here too so that whatever ships
+    # this module (the bento's include list, an import-closure check) ships it.
+    import core.store.asof_offline_store  # noqa: F401
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
         repo_path=settings.feature_repo,
