@@ -7,6 +7,7 @@ from feast import FeatureStore
 
 def apply_repo(store: FeatureStore) -> None:
     """Register every object of ``feature_repo`` (what ``feast apply`` does)."""
+    from core.store.key_check import record_key_check
     from feature_repo import (
         data_sources,
         entities,
@@ -30,3 +31,6 @@ def apply_repo(store: FeatureStore) -> None:
             feature_services.propensity_offline,
         ]
     )
+    # Feast is loaded here anyway: stream workers then need not load it to check
+    # their key build (see core.store.key_check).
+    record_key_check(store)

@@ -101,16 +101,20 @@ def state_layout(settings: Settings, redis_url: str) -> StateLayout:
 
     Building a ``FeatureStore`` for this (what the engine does by default) loads
     the registry too; the layout needs only the project and serialization version.
+    Its key build is checked against Feast's once per Feast release (see
+    :mod:`core.store.key_check`): otherwise the first batch imported Feast.
     """
     from core.store.feast_config import repo_config_dict
+    from core.store.key_check import VERDICTS, checked_layout
     from core.store.state_store import StateLayout
 
     config = repo_config_dict(settings, redis_url)
-    return StateLayout(
+    layout = StateLayout(
         project=config["project"],
         serialization_version=config["entity_key_serialization_version"],
         key_ttl_seconds=config["online_store"].get("key_ttl_seconds"),
     )
+    return checked_layout(layout, settings.data_dir / VERDICTS)
 
 
 PRODUCER_LINGER_SECONDS = 0.005

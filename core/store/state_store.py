@@ -77,7 +77,7 @@ class StateLayout:
             serialization_version=config.entity_key_serialization_version,
             key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
         )
-        return replace(layout, direct_key=layout._direct_key_agrees())
+        return replace(layout, direct_key=layout.direct_key_agrees())
 
     @cached_property
     def state_field(self) -> bytes:
@@ -116,10 +116,11 @@ class StateLayout:
         """
         agrees = self.direct_key
         if agrees is None:
-            agrees = self._direct_key_agrees()
+            agrees = self.direct_key_agrees()
         return self._direct_key if agrees else self.feast_key
 
-    def _direct_key_agrees(self) -> bool:
+    def direct_key_agrees(self) -> bool:
+        """Whether the direct key build equals Feast's on a few ids (imports Feast)."""
         probes = ("u1", "", "ünïcødé-✓", "x" * 128)
         return self.serialization_version == 3 and all(
             self._direct_key(p) == self.feast_key(p) for p in probes

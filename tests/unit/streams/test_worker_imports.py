@@ -16,6 +16,7 @@ ENGINE_MODULES = (
     "streams.live_segments",
     "streams.triggers",
     "core.store.feast_config",
+    "core.store.key_check",
 )
 
 
