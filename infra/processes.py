@@ -63,6 +63,14 @@ def _log(settings: Settings, name: str) -> Path:
     return path
 
 
+def worker_process_count(settings: Settings) -> int:
+    """How many worker processes a machine runs: the setting, else one per core
+    (at most one per partition: a process without a partition only waits)."""
+    if settings.worker_processes:
+        return settings.worker_processes
+    return max(1, min(os.cpu_count() or 1, settings.topic_partitions))
+
+
 def start_worker(
     settings: Settings, name: str = "worker", extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:

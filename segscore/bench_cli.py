@@ -84,6 +84,15 @@ def bench_stream(
     ] = None,
     batch_max_events: BatchMaxEvents = None,
     batch_max_seconds: BatchMaxSeconds = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes in the consumer group. [what `segscore "
+            "worker` runs here: SEGSCORE_WORKER_PROCESSES, else one per core, "
+            "at most one per partition]",
+            min=1,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option()] = 7,
     keep_home: KeepHome = False,
 ) -> None:
@@ -104,6 +113,7 @@ def bench_stream(
         seed=seed,
         batch_max_events=batch_max_events,
         batch_max_seconds=batch_max_seconds,
+        workers=workers,
         profile=profile,
         keep_home=keep_home,
     )

@@ -319,8 +319,26 @@ def batch_score(
 
 
 @app.command()
-def worker() -> None:
-    """Run the Faust stream worker in the foreground."""
+def worker(
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            "-n",
+            min=1,
+            help="Worker processes in the consumer group. [SEGSCORE_WORKER_PROCESSES, "
+            "else one per core, at most one per partition]",
+        ),
+    ] = None,
+) -> None:
+    """Run the Faust stream worker in the foreground (see infra/worker_group.py)."""
+    from infra.processes import worker_process_count
+
+    count = processes or worker_process_count(get_settings())
+    if count > 1:
+        from infra.worker_group import run_group
+
+        raise typer.Exit(run_group(count))
     from streams.app import main as worker_main
 
     # The worker CLI turns the web server back on unless told otherwise.

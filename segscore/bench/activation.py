@@ -70,7 +70,6 @@ from rich.console import Console
 
 from core.store.state_store import StateLayout
 from segscore.bench.activation_backlog import (
-    BenchWorkers,
     apply_backlog,
     check_states,
     make_backlog,
@@ -104,6 +103,7 @@ from segscore.bench.repeats import (
     summarize_numbers,
 )
 from segscore.bench.stream_progress import BacklogTracker
+from segscore.bench.workers import BenchWorkers
 
 PEER_TOPIC = "events-bench-peer"
 PEER_GROUP = "segscore-bench-peer"

@@ -1,8 +1,14 @@
 """``segscore bench stream``: broker -> Faust worker -> Redis/Feast, on real components.
 
 Everything runs in a fresh temporary ``SEGSCORE_HOME``: its own redis-server and tansu
-broker (:func:`infra.local_stack.up`), the Feast repo applied, and ONE real worker
-subprocess (:func:`infra.processes.start_worker`). Three measurements:
+broker (:func:`infra.local_stack.up`), the Feast repo applied, and real worker
+subprocesses (:func:`infra.processes.start_worker`) in one consumer group: as many as
+``segscore worker`` runs on the machine (``--workers`` to choose; the default is one
+per core, at most one per partition, :func:`infra.processes.worker_process_count`).
+A worker process is single-threaded by Python's interpreter lock: one took 0.6-0.8
+of a core and 8,000-11,000 events/s here, so a second core is used by a second
+process, as a deployment scales out. ``events_per_s_per_worker`` and the CPU of
+each worker are reported. Three measurements:
 
 Throughput (backlog)
     N valid events (uniform arrival over the last hour, round-robin over U users) are
@@ -88,6 +94,7 @@ import redis
 from rich.console import Console
 
 from core.store.state_store import StateLayout
+from infra.processes import worker_process_count
 from segscore.bench.harness import (
     BenchError,
     CpuMeter,
@@ -117,10 +124,10 @@ from segscore.bench.stream_events import (
 )
 from segscore.bench.stream_progress import (
     BacklogTracker,
-    CrashWatch,
     freshness_poller,
     verify_states,
 )
+from segscore.bench.workers import BenchWorkers
 
 BACKLOG_POLL_SECONDS = 0.05
 FRESHNESS_POLL_SECONDS = 0.02
@@ -138,6 +145,8 @@ class BenchConfig:
     batch_max_events: int | None = None
     batch_max_seconds: float | None = None
     repeats: int = DEFAULT_REPEATS
+    # None: as many as ``segscore worker`` runs on this machine.
+    workers: int | None = None
     profile: Path | None = None
     keep_home: bool = False
 
@@ -183,6 +192,7 @@ class _Rig:
     layout: StateLayout
     users: int
     stack_pids: dict[str, int]
+    workers: int
 
 
 def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
@@ -200,7 +210,9 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
     os.environ.update(extra_env)
     settings = get_settings()
     users = max(1, min(config.users, config.events))
+    workers = config.workers or worker_process_count(settings)
     result: dict[str, Any] = {
+        "workers": workers,
         "events": config.events,
         "users": users,
         "offered_rate": config.rate,
@@ -226,6 +238,7 @@ def _run(config: BenchConfig, console: Console, home: Path) -> dict[str, Any]:
             layout=StateLayout.of(store),
             users=users,
             stack_pids={s.name: s.pid for s in stack.started},
+            workers=workers,
         )
         runs: list[dict[str, Any]] = []
         first: Counter[int] | None = None
@@ -257,13 +270,11 @@ def _repeat(
     it reads from the start of the topic, and later backlogs are the same kind of
     events behind it.
     """
-    from infra import processes
-
     config, console, settings = rig.config, rig.console, rig.settings
-    name = "bench-worker" if repeat == 0 else f"bench-worker-{repeat + 1}"
-    worker_log = rig.home / "logs" / f"{name}.log"
+    name = "bench-worker" if repeat == 0 else f"bench-worker-r{repeat + 1}"
     result: dict[str, Any] = {}
-    worker = profiler = None
+    workers: BenchWorkers | None = None
+    profiler = None
     try:
         with console.status(f"producing a backlog of {config.events} events"):
             # Fresh users each repeat: a backlog of users the store already has
@@ -288,16 +299,15 @@ def _repeat(
         # From before the worker process exists to the first of its state writes
         # that Redis shows: start-up, imports, group join and the first batch.
         started = time.monotonic()
-        worker = processes.start_worker(settings, name=name)
-        crash_watch = CrashWatch(worker_log)
-        meter = CpuMeter({"worker": worker.pid, **rig.stack_pids})
+        workers = BenchWorkers(settings, name, rig.workers, {})
+        meter = CpuMeter({**workers.pids(), **rig.stack_pids})
         timeout = 120 + config.events / 500
         t_first = applied_first = None
         t_before = started  # the last poll that saw nothing applied
         timeline: list[tuple[float, int]] = []
         with console.status("worker reading the backlog"):
             while not tracker.complete:
-                _check_worker(worker, worker_log, crash_watch)
+                workers.check()
                 if time.monotonic() - started > timeout:
                     raise BenchError(
                         f"backlog not applied after {timeout:.0f}s "
@@ -313,7 +323,7 @@ def _repeat(
                     meter.begin()
                     if config.profile is not None and repeat == 0:
                         profiler = start_profiler(
-                            worker.pid,
+                            workers.procs[0].pid,
                             config.profile,
                             rig.home / "logs" / "py-spy.log",
                         )
@@ -337,6 +347,7 @@ def _repeat(
         seconds = max(seconds, 1e-9)
         result["backlog_apply_s"] = round(seconds, 3)
         result["events_per_s"] = round(counted / seconds, 1)
+        result["events_per_s_per_worker"] = round(counted / seconds / rig.workers, 1)
         result["events_per_s_lower_bound"] = lower_bound
         result["events_per_s_steady"] = _steady_rate(timeline, config.events)
         wrong = verify_states(rig.client, rig.layout, events)
@@ -368,31 +379,22 @@ def _repeat(
             f"{raw['events_per_s']:.0f} events/s; "
             f"the worker did {result['worker_share_of_raw']:.0%} of that"
         )
-        result.update(_freshness(rig, repeat, worker, worker_log, crash_watch))
+        result.update(_freshness(rig, repeat, workers))
         result["load_avg_1m"] = load_average()
         return result, Counter(partitions)
     except BenchError:
-        if worker is not None:
-            console.print(f"worker log tail:\n{log_tail(worker_log, 15)}")
+        if workers is not None:
+            for log in workers.logs:
+                console.print(f"{log.name} tail:\n{log_tail(log, 15)}")
         raise
     finally:
         if profiler is not None:
             stop_profiler(profiler)
-        if worker is not None:
-            processes.stop(worker)
+        if workers is not None:
+            workers.stop()
 
 
-def _check_worker(worker: Any, log: Path, crash_watch: CrashWatch) -> None:
-    if worker.poll() is not None:
-        raise BenchError(f"worker exited:\n{log_tail(log)}")
-    crash = crash_watch.crashed()
-    if crash:
-        raise BenchError(f"a worker task crashed: {crash}")
-
-
-def _freshness(
-    rig: _Rig, repeat: int, worker: Any, worker_log: Path, crash_watch: CrashWatch
-) -> dict[str, Any]:
+def _freshness(rig: _Rig, repeat: int, workers: BenchWorkers) -> dict[str, Any]:
     """The paced phase with a poller process reading sampled events back."""
     config, settings = rig.config, rig.settings
     result: dict[str, Any] = {}
@@ -413,7 +415,7 @@ def _freshness(
     poller.start()
     try:
         _from_poller(outbox, poller, 120, "the freshness poller to start")
-        meter = CpuMeter({"worker": worker.pid, **rig.stack_pids})
+        meter = CpuMeter({**workers.pids(), **rig.stack_pids})
         meter.begin()
         with rig.console.status(
             f"producing {config.rate} events/s for {config.duration:g}s"
@@ -438,7 +440,7 @@ def _freshness(
         if poller.is_alive():
             poller.terminate()
             poller.join(timeout=5)
-    _check_worker(worker, worker_log, crash_watch)
+    workers.check()
     result["achieved_rate"] = round(produced["sent"] / produced["seconds"], 1)
     result["freshness_unresolved"] = len(fresh["unresolved"])
     result["freshness_read_ms"] = round(fresh["read_ms_mean"], 2)

@@ -41,7 +41,7 @@ def test_bench_stream_smoke(
     # Several small batches, so throughput is measured between two worker writes.
     args = [
         *("--events", "3000", "--users", "200", "--batch-max-events", "250"),
-        *("--rate", "300", "--duration", "2", "--quick"),
+        *("--rate", "300", "--duration", "2", "--quick", "--workers", "2"),
     ]
     cmd = [sys.executable, "-m", "segscore.cli", "bench", "stream", *args]
     result = run_command([*cmd, "--json", str(out)], 180)
@@ -63,6 +63,10 @@ def test_bench_stream_smoke(
     assert data["events_per_s"] > 0
     assert data["worker_batch_max_events"] == 250
     assert data["states_wrong"] == 0
+    # Two worker processes split the two partitions; each one's CPU is metered.
+    assert data["workers"] == 2
+    assert data["events_per_s_per_worker"] == round(data["events_per_s"] / 2, 1)
+    assert data["backlog_cpu_worker"] > 0 and data["backlog_cpu_worker_2"] > 0
     assert data["freshness_samples"] > 0
     assert 0 < data["freshness_p50_ms"] <= data["freshness_p99_ms"]
     assert data["achieved_rate"] > 0

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from core.store.state_store import StateLayout, load_states
 from core.user_state import UserState
 from feature_repo.apply import apply_repo
 from infra import local_stack, processes
-from infra.settings import Settings
+from infra.settings import PROJECT_ROOT, Settings
 from infra.topics import ensure_topics
 from segscore.producer import produce_events
 from segscore.simulator import simulate
@@ -190,8 +191,29 @@ class Lane:
         extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         """A real worker on this lane, writing its metrics file every 0.5 s."""
+        env = self.worker_env(worker, metrics_port, extra_env)
+        proc = processes.start_worker(self.settings, name=worker, extra_env=env)
+        self.rig.workers.append(proc)
+        return proc
+
+    def start_worker_group(self, worker: str, count: int) -> subprocess.Popen:
+        """``segscore worker -n count`` on this lane: processes ``<worker>-1``..."""
+        cmd = [sys.executable, "-m", "segscore.cli", "worker", "-n", str(count)]
+        env = processes.process_env(self.settings, self.worker_env(worker))
+        log = self.settings.home / "logs" / f"{worker}.log"
+        proc = processes.spawn_logged(cmd, log, env, PROJECT_ROOT)
+        self.rig.workers.append(proc)
+        return proc
+
+    def worker_env(
+        self,
+        worker: str,
+        metrics_port: int = 0,
+        extra_env: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The environment of a worker of this lane called ``worker``."""
         s = self.settings
-        env = {
+        return {
             "SEGSCORE_REDIS_URL": self.redis_url,
             "SEGSCORE_KAFKA_BROKER": self.rig.broker,
             "SEGSCORE_EVENTS_TOPIC": s.events_topic,
@@ -203,9 +225,6 @@ class Lane:
             "SEGSCORE_WORKER_METRICS_PORT": str(metrics_port),
             **(extra_env or {}),
         }
-        proc = processes.start_worker(s, name=worker, extra_env=env)
-        self.rig.workers.append(proc)
-        return proc
 
     def metrics(self, worker: str) -> Samples:
         """The samples of ``worker``'s metrics file (none before its first write)."""
