@@ -41,12 +41,13 @@ acknowledged for.
 spawned to the first poll that sees one of its state writes in Redis.
 
 Freshness (fixed offered rate)
-    With the worker caught up, a paced librdkafka producer sends ``rate`` events/s for
-    ``duration`` seconds, each with event time = its send time. About
-    ``SAMPLES_PER_SECOND`` of them per second (distinct users within any second) are
-    handed to a separate poller *process* that reads them back through Feast
-    (``get_online_features(["user_stream_features:state"])``) until the user's state
-    shows ``last_event_ts`` >= the event's time. Freshness = the end of that
+    With the worker caught up, a paced librdkafka producer sends ``rate`` events/s
+    for ``duration`` seconds of the users whose backlog the worker just read (in
+    every repeat; see :func:`_users_prefix`), each with event time = its send time.
+    About ``SAMPLES_PER_SECOND`` of them per second (distinct users within any
+    second) are handed to a separate poller *process* that reads them back through
+    Feast (``get_online_features(["user_stream_features:state"])``) until the user's
+    state shows ``last_event_ts`` >= the event's time. Freshness = the end of that
     successful read minus the send time, so it is an upper bound that includes one
     Feast read and up to one poll period (both reported). Each read asks for a page
     of the ``POLL_PAGE_USERS`` oldest pending samples, and the next page only when
@@ -279,7 +280,7 @@ def _repeat(
         with console.status(f"producing a backlog of {config.events} events"):
             # Fresh users each repeat: a backlog of users the store already has
             # newer states of would look applied before the worker read it.
-            prefix = "b" if repeat == 0 else f"r{repeat}u"
+            prefix = _users_prefix(repeat)
             events = backlog_events(
                 config.events,
                 rig.users,
@@ -394,6 +395,17 @@ def _repeat(
             workers.stop()
 
 
+def _users_prefix(repeat: int) -> str:
+    """The user ids of a repeat: its backlog's and its paced phase's.
+
+    The paced phase sends events of the users the repeat's fresh worker has just
+    read the backlog of, in every repeat alike: the users of an earlier repeat
+    would be states that worker loads from Redis first (a restart's cold start,
+    which ``worker_start_to_first_write_s`` and the backlog already time).
+    """
+    return "b" if repeat == 0 else f"r{repeat}u"
+
+
 def _freshness(rig: _Rig, repeat: int, workers: BenchWorkers) -> dict[str, Any]:
     """The paced phase with a poller process reading sampled events back."""
     config, settings = rig.config, rig.settings
@@ -429,6 +441,7 @@ def _freshness(rig: _Rig, repeat: int, workers: BenchWorkers) -> dict[str, Any]:
                     rig.users,
                     config.seed + 100 + repeat,
                     inbox,
+                    prefix=_users_prefix(repeat),
                 )
             )
         result["freshness_cpu"] = meter.end()

@@ -287,11 +287,14 @@ async def paced_produce(
     seed: int,
     samples: Any,
     samples_per_second: int = SAMPLES_PER_SECOND,
+    prefix: str = "b",
 ) -> dict[str, float]:
-    """Send ``rate`` events/s for ``duration`` s; hand sampled ones to the poller."""
+    """Send ``rate`` events/s for ``duration`` s of users ``<prefix>NNNNNNN``
+    (:func:`bench_user`'s by default); hand sampled ones to the poller."""
     total = max(1, int(rate * duration))
     rng = np.random.default_rng(seed)
-    uids = [bench_user(i) for i in rng.integers(0, users, size=total).tolist()]
+    ids = rng.integers(0, users, size=total).tolist()
+    uids = [f"{prefix}{i:07d}" for i in ids]
     # Built ahead (valid events as wire dicts); only ts is set at send time.
     payloads = [
         orjson.loads(e.to_json())
