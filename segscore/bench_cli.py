@@ -346,13 +346,14 @@ def bench_activation(
     batch_max_events: BatchMaxEvents = None,
     batch_max_seconds: BatchMaxSeconds = None,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Workers in the consumer group (they split the partitions; "
-            "at most the topic's partition count do work).",
+            "at most the topic's partition count do work). [what `segscore "
+            "worker` runs here]",
             min=1,
         ),
-    ] = 1,
+    ] = None,
     repeats: Annotated[
         int | None,
         typer.Option(min=1, help="Repeats of the three phases; medians. [3]"),

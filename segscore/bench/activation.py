@@ -4,8 +4,9 @@ Everything runs in a fresh temporary ``SEGSCORE_HOME``: its own redis-server and
 tansu broker, a champion model pair trained on a small simulation (so live
 segments run), a rules file with the four shipped rules whose cart timer is
 ``cart_after`` seconds (:func:`~segscore.bench.activation_traffic.rules_text`),
-and real worker subprocesses (one unless ``workers`` says more; they split the
-topic's partitions) with live segments and triggers on. Three phases:
+and real worker subprocesses (as many as ``segscore worker`` runs on the machine
+unless ``workers`` says; they split the topic's partitions) with live segments and
+triggers on. Three phases:
 
 Backlog with activations on
     N events of U users are produced before the worker starts; throughput is
@@ -61,7 +62,7 @@ import os
 import queue
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,10 @@ class ActivationConfig:
     seed: int = 7
     batch_max_events: int | None = None
     batch_max_seconds: float | None = None
-    workers: int = 1  # in one consumer group; the verdict on events_per_s is per worker
+    # In one consumer group; None: what ``segscore worker`` runs on this machine
+    # (infra.processes.worker_process_count). The verdict on events_per_s is per
+    # worker.
+    workers: int | None = None
     repeats: int = DEFAULT_REPEATS
     profile: Path | None = None  # py-spy the worker over the live phase
     keep_home: bool = False
@@ -191,8 +195,11 @@ def run_activation_bench(config: ActivationConfig, console: Console) -> dict[str
             os.environ["SEGSCORE_BATCH_MAX_EVENTS"] = str(config.batch_max_events)
         if config.batch_max_seconds is not None:
             os.environ["SEGSCORE_BATCH_MAX_SECONDS"] = str(config.batch_max_seconds)
+        from infra.processes import worker_process_count
         from infra.settings import get_settings
 
+        if config.workers is None:
+            config = replace(config, workers=worker_process_count(get_settings()))
         if config.workers > get_settings().topic_partitions:
             # A partition for every worker; the extra ones would idle otherwise.
             os.environ["SEGSCORE_TOPIC_PARTITIONS"] = str(config.workers)

@@ -65,7 +65,7 @@ def test_bench_stream_smoke(
     assert data["states_wrong"] == 0
     # Two worker processes split the two partitions; each one's CPU is metered.
     assert data["workers"] == 2
-    assert data["events_per_s_per_worker"] == round(data["events_per_s"] / 2, 1)
+    assert abs(data["events_per_s_per_worker"] - data["events_per_s"] / 2) <= 0.1
     assert data["backlog_cpu_worker"] > 0 and data["backlog_cpu_worker_2"] > 0
     assert data["freshness_samples"] > 0
     assert 0 < data["freshness_p50_ms"] <= data["freshness_p99_ms"]
