@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +33,21 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300) -> str:
             f"segscore {' '.join(args)} exited {result.returncode}\n"
             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
+    return result.stdout
+
+
+def run_python(code: str, home: Path) -> str:
+    """Run ``python -c code`` in a fresh interpreter of the project with
+    ``SEGSCORE_HOME=home``; its output, or a failure showing what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "SEGSCORE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"exited {result.returncode}\n{result.stderr[-4000:]}")
     return result.stdout
 
 

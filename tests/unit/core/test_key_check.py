@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
 from core.store.key_check import checked_layout
 from core.store.state_store import StateLayout
-from infra.settings import PROJECT_ROOT
+from tests.support.processes import run_python
 
 
 def _entry(layout: StateLayout) -> str:
@@ -41,15 +38,7 @@ def test_a_recorded_verdict_is_used_without_importing_feast(tmp_path: Path) -> N
         f"layout = checked_layout(StateLayout(project='p'), Path({str(verdicts)!r}))\n"
         "print(layout.direct_key, 'feast' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "SEGSCORE_HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert done.stdout.split() == ["False", "False"]
+    assert run_python(code, tmp_path).split() == ["False", "False"]
 
 
 def test_another_release_or_a_broken_file_means_checking_again(

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from infra.settings import PROJECT_ROOT
+from tests.support.processes import run_python
 
 HEAVY = ("numpy", "lightgbm", "sklearn", "scipy", "pandas", "pyarrow", "feast")
 
@@ -17,15 +14,7 @@ def _imported_after(module: str, home: Path) -> list[str]:
         f"import sys, {module}\n"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "SEGSCORE_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.split()
+    return run_python(code, home).split()
 
 
 def test_the_service_module_loads_no_model_or_feature_store_library(

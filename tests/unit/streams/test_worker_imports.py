@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from infra.settings import PROJECT_ROOT
+from tests.support.processes import run_python
 
 # What the worker's engine build imports (streams.app._build_engine), and the
 # repo config it reads its state layout from.
@@ -22,15 +19,7 @@ ENGINE_MODULES = (
 
 def _loaded(modules: tuple[str, ...], home: Path) -> set[str]:
     code = f"import sys, {', '.join(modules)}\nprint(' '.join(sys.modules))"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "SEGSCORE_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return set(done.stdout.split())
+    return set(run_python(code, home).split())
 
 
 def test_the_worker_engine_does_not_import_feast(tmp_path: Path) -> None:
