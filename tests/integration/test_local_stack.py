@@ -61,3 +61,18 @@ def test_unreachable_configured_redis_is_a_clear_error(
     monkeypatch.setenv("SEGSCORE_REDIS_URL", f"redis://127.0.0.1:{port}/0")
     with pytest.raises(local_stack.StackError, match="not reachable"):
         local_stack.up(get_settings())
+
+
+def test_the_local_redis_keeps_an_fsynced_aof_compacted_less_often(home: Path) -> None:
+    server = local_stack.start_redis(home)
+    try:
+        config = redis.Redis.from_url(server.address).config_get("*aof*")
+        config |= redis.Redis.from_url(server.address).config_get("append*")
+        assert config["appendonly"] == "yes"
+        assert config["appendfsync"] == "everysec"
+        assert config["auto-aof-rewrite-percentage"] == str(
+            local_stack.AOF_REWRITE_PERCENT
+        )
+        assert int(config["auto-aof-rewrite-min-size"]) == 128 * 1024 * 1024
+    finally:
+        local_stack.stop_pid(server.pid)
